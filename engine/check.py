@@ -1,0 +1,47 @@
+"""Load a pipeline file and build its plan, with every problem located as file:line:col."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from engine.errors import ConfigError, Diagnostic
+from engine.plan import Plan, PlanProblems, Problem, build_plan
+from engine.spec.document import Document, format_path
+from engine.spec.loader import LoadedPipeline, load_pipeline
+
+
+@dataclass(frozen=True)
+class CheckedPipeline:
+    """A pipeline that passed every load-time check, its plan, and any warnings."""
+
+    loaded: LoadedPipeline
+    plan: Plan
+    warnings: list[Diagnostic]
+
+
+def check_file(
+    path: str,
+    *,
+    content: bytes | str | None = None,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> CheckedPipeline:
+    """Validate ``path`` completely; raise :class:`ConfigError` with every error (and warning)."""
+    loaded = load_pipeline(path, content=content, overrides=overrides, env=env)
+    try:
+        plan, problems = build_plan(loaded.spec)
+    except PlanProblems as exc:
+        located = [locate(p, loaded.document) for p in exc.problems]
+        raise ConfigError(loaded.warnings + sorted(located, key=lambda d: (d.line, d.col))) from None
+    warnings = loaded.warnings + [locate(p, loaded.document) for p in problems]
+    return CheckedPipeline(loaded, plan, warnings)
+
+
+def locate(problem: Problem, doc: Document) -> Diagnostic:
+    """Place a plan problem in the file it came from."""
+    span = doc.source_map.locate(problem.where, prefer=problem.at)
+    return Diagnostic(
+        doc.path, span.line, span.col, problem.message, severity=problem.severity, code=problem.code,
+        json_path=format_path(problem.where), hint=problem.hint, origin=doc.source_map.origin(problem.where),
+    )

@@ -1,0 +1,106 @@
+"""Every error headrace raises on purpose, in one place.
+
+    HeadraceError                 base; carries a stable ``code`` and an exit status
+    ├── ConfigError               a pipeline file is unusable; holds one Diagnostic per problem
+    ├── PlanError                 a valid file whose graph cannot be compiled (capacity, resources)
+    ├── DataError                 a row or batch of input data is unusable (node, file, offset)
+    └── RunError                  a run failed while executing (node, cause)
+
+A user-facing error always says *where* (file:line:col, node, row, input offset) and *what to do*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem in a pipeline file, located as exactly as the source allows."""
+
+    path: str
+    line: int
+    col: int
+    message: str
+    severity: Severity = "error"
+    code: str = "invalid"
+    json_path: str = ""
+    hint: str = ""
+    origin: str = ""  # e.g. "--set nodes.input.path=x" when an override caused it
+
+    def format(self) -> str:
+        """Render as ``PATH:LINE:COL: severity: MESSAGE`` on one line."""
+        text = self.message
+        extras = []
+        if self.json_path:
+            extras.append(f"at {self.json_path}")
+        if self.origin:
+            extras.append(f"value from {self.origin}")
+        if extras:
+            text += f" [{'; '.join(extras)}]"
+        if self.hint:
+            text += f"; {self.hint}"
+        text = " ".join(text.split())  # one line, whatever the message held
+        return f"{self.path}:{self.line}:{self.col}: {self.severity}: {text}"
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready view, used by ``headrace validate --format json``."""
+        return {
+            "path": self.path,
+            "line": self.line,
+            "col": self.col,
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "json_path": self.json_path,
+            "hint": self.hint,
+            "origin": self.origin,
+        }
+
+
+class HeadraceError(Exception):
+    """Base of every deliberate headrace error."""
+
+    code: str = "headrace_error"
+    exit_code: int = 1
+
+
+@dataclass
+class ConfigError(HeadraceError):
+    """A pipeline file (or an override) has problems; ``diagnostics`` lists each one."""
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    code = "config_invalid"
+    exit_code = 1
+
+    def __str__(self) -> str:
+        return "\n".join(d.format() for d in self.diagnostics)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        """Only the diagnostics of severity ``error``."""
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+
+class PlanError(HeadraceError):
+    """The pipeline is well-formed but cannot be compiled for this cluster."""
+
+    code = "plan_invalid"
+    exit_code = 1
+
+
+class DataError(HeadraceError):
+    """Input data that a node cannot process; the message names node, file and offset or row."""
+
+    code = "data_invalid"
+    exit_code = 3
+
+
+class RunError(HeadraceError):
+    """A run failed while executing."""
+
+    code = "run_failed"
+    exit_code = 3

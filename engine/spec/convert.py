@@ -1,0 +1,103 @@
+"""Convert pipeline files between YAML and JSON, and rewrite YAML without losing its comments."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any, Literal
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from engine.errors import ConfigError, Diagnostic
+from engine.spec.document import Document, read_document
+
+Format = Literal["json", "yaml"]
+
+
+def convert(path: str, content: bytes | str | None, to: Format) -> str:
+    """The document at ``path`` (or ``content``) rendered as ``to``; data is kept exactly."""
+    doc = read_document(path, content)
+    if to == "json":
+        return dump_json(doc.data, path)
+    if doc.format == "yaml":
+        return roundtrip_yaml(_text(path, content))
+    return dump_yaml(doc.data)
+
+
+def dump_json(data: Any, path: str = "<data>") -> str:
+    """Pretty JSON, refusing values JSON cannot hold (``.nan``, ``.inf``)."""
+    _check_json_safe(data, path)
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def dump_yaml(data: Any) -> str:
+    """Block-style YAML 1.2 that :func:`engine.spec.document.read_document` reads back equal."""
+    out = io.StringIO()
+    _yaml().dump(_to_commented(data), out)
+    return out.getvalue()
+
+
+def roundtrip_yaml(text: str) -> str:
+    """Re-emit YAML through ruamel's round-trip mode: comments, order and quoting are kept."""
+    yaml = _yaml()
+    out = io.StringIO()
+    yaml.dump(yaml.load(text), out)
+    return out.getvalue()
+
+
+def load_commented(text: str) -> Any:
+    """A round-trip (comment-keeping) view of YAML text, for rewrites such as migrations."""
+    return _yaml().load(text)
+
+
+def dump_commented(data: Any) -> str:
+    """Emit a round-trip view produced by :func:`load_commented`."""
+    out = io.StringIO()
+    _yaml().dump(data, out)
+    return out.getvalue()
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def _text(path: str, content: bytes | str | None) -> str:
+    if content is None:
+        with open(path, encoding="utf-8-sig") as fh:
+            return fh.read()
+    return content.decode("utf-8-sig") if isinstance(content, bytes) else content
+
+
+def _to_commented(data: Any) -> Any:
+    if isinstance(data, dict):
+        out = CommentedMap()
+        for k, v in data.items():
+            out[k] = _to_commented(v)
+        return out
+    if isinstance(data, list):
+        seq = CommentedSeq(_to_commented(v) for v in data)
+        return seq
+    return data
+
+
+def _check_json_safe(data: Any, path: str) -> None:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError([Diagnostic(path, 1, 1, f"{item} has no JSON form", code="not_json",
+                                          hint="write it as a string, or keep the file in YAML")])
+
+
+__all__ = ["Document", "convert", "dump_commented", "dump_json", "dump_yaml", "load_commented",
+           "roundtrip_yaml"]

@@ -1,0 +1,56 @@
+"""``${VAR}`` and ``${VAR:-default}`` in string values, from the environment; ``$${`` is a literal ``${``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from engine.errors import ConfigError, Diagnostic
+from engine.spec.document import Document, JsonPath, format_path
+
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{([^}]*)\}?")
+
+
+def interpolate(doc: Document, env: Mapping[str, str]) -> Document:
+    """A new document whose strings have their variables replaced; every missing one is reported."""
+    problems: list[Diagnostic] = []
+
+    def walk(node: Any, where: JsonPath) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, (*where, k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, (*where, i)) for i, v in enumerate(node)]
+        if isinstance(node, str) and "${" in node:
+            return _substitute(node, where)
+        return node
+
+    def _substitute(text: str, where: JsonPath) -> str:
+        def one(m: re.Match[str]) -> str:
+            if m.group(0) == "$${":
+                return "${"
+            name, default = m.group(1), m.group(2)
+            if name is None:
+                _report(where, f"'{m.group(0)}' is not a valid variable reference",
+                        "write ${NAME} or ${NAME:-default}; $${ gives a literal ${")
+                return m.group(0)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            _report(where, f"environment variable {name} is not set",
+                    f"set it, or give a default: ${{{name}:-value}}")
+            return m.group(0)
+
+        return _VAR.sub(one, text)
+
+    def _report(where: JsonPath, message: str, hint: str) -> None:
+        span = doc.source_map.locate(where)
+        problems.append(Diagnostic(doc.path, span.line, span.col, message, code="missing_variable",
+                                   json_path=format_path(where), hint=hint,
+                                   origin=doc.source_map.origin(where)))
+
+    data = walk(doc.data, ())
+    if problems:
+        raise ConfigError(problems)
+    return Document(doc.path, data, doc.source_map, doc.format)

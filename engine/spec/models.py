@@ -1,0 +1,295 @@
+"""The pipeline format, version 1: pydantic models that are the single source of truth.
+
+The JSON Schema that ``headrace schema`` prints, the editor help text and the validation errors all come
+from these models; every field therefore carries a description. Node models for each ``op`` live with
+the operator or connector that implements them and register through :mod:`engine.spec.registry`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+
+FORMAT_VERSION = 1
+"""The newest pipeline format this headrace reads and writes."""
+
+OpKind = Literal["source", "transform", "sink", "state"]
+Columns = Mapping[str, str]
+"""Known output columns of a node: column name -> Arrow type name (``"any"`` when not known)."""
+
+START = "START"
+END = "END"
+
+NodeName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$", max_length=128),
+]
+NodeRef = Annotated[str, Field(description="The name of another node in `nodes`.")]
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
+          "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4}
+
+
+def _parse_size(value: Any) -> Any:
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"'{value}' is not a size; write bytes as a number or e.g. '512MiB', '2GB'")
+        return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    return value
+
+
+ByteCount = Annotated[
+    int,
+    BeforeValidator(_parse_size),
+    Field(ge=0),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0},
+                              {"type": "string", "pattern": _SIZE.pattern}]}),
+]
+
+
+class Model(BaseModel):
+    """Base of every model a user writes: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              use_attribute_docstrings=True)
+
+
+class Resources(Model):
+    """What one task or actor of a node needs; becomes Ray scheduling options."""
+
+    num_cpus: float | None = Field(None, ge=0, description="CPUs reserved per task or actor.")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs reserved per task or actor.")
+    memory: ByteCount | None = Field(
+        None, description="Memory reserved per task or actor, in bytes or with a unit ('2GiB')."
+    )
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per task or actor, e.g. {llm_gateway: 1} to run on "
+        "machines that offer them.",
+    )
+    concurrency: int | None = Field(
+        None, ge=1, description="The most tasks or actors of this node running at once."
+    )
+
+
+class RetryPolicy(Model):
+    """How a failed batch, call or step is retried before its error policy applies."""
+
+    max_attempts: int = Field(3, ge=1, le=100, description="Attempts in all, the first included.")
+    initial_backoff_s: float = Field(0.5, ge=0, description="Wait before the second attempt, in seconds.")
+    max_backoff_s: float = Field(30.0, ge=0, description="Upper bound on one wait, in seconds.")
+    multiplier: float = Field(2.0, ge=1, description="Growth of the wait after each attempt.")
+    jitter: bool = Field(True, description="Randomise each wait by up to ±50% to spread retries out.")
+
+
+class ErrorPolicy(Model):
+    """What happens to a row or batch that still fails after its retries."""
+
+    mode: Literal["fail", "skip", "dead_letter"] = Field(
+        "fail",
+        description="`fail` stops the run (outputs committed so far are kept); `skip` drops the row "
+        "and counts it; `dead_letter` writes it with its error to `dead_letter_path`.",
+    )
+    dead_letter_path: str | None = Field(
+        None, description="Where failed rows go when `mode` is `dead_letter` (a folder or URL)."
+    )
+    max_failed_rows: int | None = Field(
+        None, ge=0, description="The run fails once more rows than this have failed."
+    )
+    max_failed_ratio: float | None = Field(
+        None, ge=0, le=1, description="The run fails once this share of rows has failed."
+    )
+
+    @model_validator(mode="after")
+    def _dead_letter_needs_path(self) -> ErrorPolicy:
+        if self.mode == "dead_letter" and not self.dead_letter_path:
+            raise ValueError("`mode: dead_letter` needs `dead_letter_path`")
+        return self
+
+
+class Budget(Model):
+    """Spending limits; a run stops cleanly before it would exceed one."""
+
+    max_cost_usd: float | None = Field(None, ge=0, description="The most a run may spend, in US dollars.")
+    max_input_tokens: int | None = Field(None, ge=0, description="The most input tokens a run may send.")
+    max_output_tokens: int | None = Field(
+        None, ge=0, description="The most output tokens a run may receive."
+    )
+
+
+class Defaults(Model):
+    """Values every node inherits unless it sets its own."""
+
+    provider: str | None = Field(
+        None, description="LLM provider for LLM nodes: `anthropic`, `gemini`, `offline` or a plugin's."
+    )
+    model: str | None = Field(None, description="LLM model name for LLM nodes.")
+    batch_rows: int = Field(
+        65_536, ge=1, le=10_000_000, description="Rows per Arrow batch that sources produce."
+    )
+    resources: Resources | None = Field(None, description="Default resources of every node.")
+    retry: RetryPolicy | None = Field(None, description="Default retry policy of every node.")
+    on_error: ErrorPolicy | None = Field(None, description="Default error policy of every node.")
+
+
+class StateField(Model):
+    """One field of a state graph's state."""
+
+    type: Literal["string", "integer", "number", "boolean", "array", "object", "any"] = Field(
+        "any", description="The JSON type of the field."
+    )
+    default: JsonValue = Field(None, description="The value before any node has run.")
+    reducer: Literal["replace", "append", "add", "merge"] = Field(
+        "replace",
+        description="How a node's update combines with the current value: `replace` it, `append` "
+        "to a list, `add` numbers or lists, `merge` objects key by key.",
+    )
+    description: str | None = Field(None, description="What the field holds.")
+
+
+class StateSchema(Model):
+    """The typed state that state-graph nodes read and update."""
+
+    fields: dict[NodeName, StateField] = Field(
+        default_factory=dict, description="State fields by name."
+    )
+
+
+class Branch(Model):
+    """One way out of a conditional edge: the first branch whose `when` holds is taken."""
+
+    when: str | None = Field(
+        None,
+        description="A sandboxed expression over the state, e.g. `score >= 8`; omit it for the "
+        "branch taken when no other holds.",
+    )
+    to: str = Field(description="The node to go to, or END.")
+
+
+class Edge(Model):
+    """A state (control) edge between nodes; data edges are written as a node's `input`."""
+
+    from_: str = Field(alias="from", description="The node this edge leaves, or START.")
+    to: str | list[str] | None = Field(
+        None, description="The node (or nodes, run in parallel) to go to next, or END."
+    )
+    branches: list[Branch] | None = Field(
+        None, min_length=1, description="Conditional ways out, tried in order."
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Edge:
+        if (self.to is None) == (self.branches is None):
+            raise ValueError("an edge needs exactly one of `to` and `branches`")
+        return self
+
+    def targets(self) -> list[str]:
+        """Every node this edge can lead to."""
+        if self.branches is not None:
+            return [b.to for b in self.branches]
+        return [self.to] if isinstance(self.to, str) else list(self.to or [])
+
+
+class NodeSpec(Model):
+    """Fields shared by every node, whatever its `op`."""
+
+    kind: ClassVar[OpKind] = "transform"
+    """Where the op sits in a dataflow: a source, a per-batch transform, a sink or a state node."""
+
+    op: str = Field(description="What the node does.")
+    description: str | None = Field(None, description="What the node is for, in a sentence.")
+    resources: Resources | None = Field(None, description="Resources per task or actor of this node.")
+    retry: RetryPolicy | None = Field(None, description="Retry policy of this node.")
+    on_error: ErrorPolicy | None = Field(None, description="Error policy of this node.")
+
+    def inputs(self) -> tuple[str, ...]:
+        """Names of the nodes whose data this node reads."""
+        return ()
+
+    def output_columns(self, inputs: Sequence[Columns | None]) -> Columns | None:
+        """The columns this node produces given its inputs' columns; None when unknown."""
+        if self.kind in ("transform", "sink") and inputs:
+            return inputs[0]
+        return None
+
+    def column_refs(self) -> list[tuple[str, tuple[str | int, ...]]]:
+        """Columns this node reads, each with the field path (relative to the node) that names it."""
+        return []
+
+
+class SourceSpec(NodeSpec):
+    """A node that reads data from outside the pipeline."""
+
+    kind: ClassVar[OpKind] = "source"
+
+
+class _Reads(NodeSpec):
+    input: NodeRef | list[NodeRef] = Field(
+        description="The node (or nodes) whose output this node reads."
+    )
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,) if isinstance(self.input, str) else tuple(self.input)
+
+
+class TransformSpec(_Reads):
+    """A node that turns each batch of its input into batches of output."""
+
+    kind: ClassVar[OpKind] = "transform"
+
+
+class SinkSpec(_Reads):
+    """A node that writes its input out of the pipeline."""
+
+    kind: ClassVar[OpKind] = "sink"
+
+
+class StateNodeSpec(NodeSpec):
+    """A node of a state graph: it reads the state and returns an update."""
+
+    kind: ClassVar[OpKind] = "state"
+
+
+class Pipeline(Model):
+    """A headrace pipeline: a graph of named nodes joined by data inputs and state edges."""
+
+    version: Literal[1] = Field(description="The format version of this file; this headrace reads 1.")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="The pipeline's name, shown in run records and summaries."
+    )
+    description: str | None = Field(None, description="What the pipeline does.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Free-form labels, e.g. {team: risk}, kept with every run."
+    )
+    params: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="Named values that templates and expressions read as `params.NAME`.",
+    )
+    defaults: Defaults = Field(default_factory=Defaults, description="Values every node inherits.")
+    budget: Budget | None = Field(None, description="Spending limits for one run.")
+    state: StateSchema | None = Field(None, description="The typed state of a state graph.")
+    nodes: dict[NodeName, NodeSpec] = Field(
+        min_length=1, description="The nodes, keyed by name; each one's `op` says what it does."
+    )
+    edges: list[Edge] = Field(
+        default_factory=list, description="State (control) edges between nodes, for state graphs."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="The most steps a state graph may take in one run; required when "
+        "its edges form a loop.",
+    )

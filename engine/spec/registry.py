@@ -1,0 +1,100 @@
+"""The table of ops: each ``op`` name maps to the node model that describes it.
+
+Built-in ops come from the ``connectors`` and ``operators`` packages; third parties add theirs through
+the ``headrace.ops`` entry-point group (an entry point names a module, or a node model class, or a
+callable returning a list of them). The discriminated union of :func:`pipeline_model` is assembled from
+this table, so a plugin's op brings its own schema.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Annotated, Any, TypeVar, Union, get_args
+
+from pydantic import Field, create_model
+
+from engine.spec.models import NodeName, NodeSpec, Pipeline
+
+ENTRY_POINT_GROUP = "headrace.ops"
+_BUILTIN_MODULES = ("connectors", "operators")
+
+_ops: dict[str, type[NodeSpec]] = {}
+_lock = threading.Lock()
+_loaded = False
+
+N = TypeVar("N", bound=type[NodeSpec])
+
+
+class RegistryError(Exception):
+    """Two models claim one op name, or a model has no literal `op`."""
+
+
+def op_name(model: type[NodeSpec]) -> str:
+    """The literal ``op`` value a node model declares."""
+    annotation = model.model_fields["op"].annotation
+    args = get_args(annotation)
+    if len(args) != 1 or not isinstance(args[0], str):
+        raise RegistryError(f"{model.__qualname__} must declare `op: Literal['name']`")
+    return args[0]
+
+
+def register_op(model: N) -> N:
+    """Class decorator: make ``model`` the schema of its ``op``."""
+    name = op_name(model)
+    with _lock:
+        existing = _ops.get(name)
+        if existing is not None and existing is not model:
+            raise RegistryError(
+                f"op '{name}' is registered twice: {existing.__module__}.{existing.__qualname__} "
+                f"and {model.__module__}.{model.__qualname__}"
+            )
+        _ops[name] = model
+    pipeline_model.cache_clear()
+    return model
+
+
+def ops() -> Mapping[str, type[NodeSpec]]:
+    """Every registered op, built-ins and plugins, by name."""
+    _ensure_loaded()
+    return dict(_ops)
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _register_loaded(ep.load())
+    _loaded = True
+
+
+def _register_loaded(obj: Any) -> None:
+    if isinstance(obj, type) and issubclass(obj, NodeSpec):
+        register_op(obj)
+    elif callable(obj) and not isinstance(obj, type):
+        for model in obj():
+            register_op(model)
+    # a module: importing it registered its ops through @register_op
+
+
+@lru_cache(maxsize=1)
+def pipeline_model() -> type[Pipeline]:
+    """The Pipeline model whose ``nodes`` is the discriminated union of every registered op."""
+    models = list(ops().values())
+    union: Any = Union[tuple(models)] if len(models) > 1 else models[0]  # noqa: UP007
+    node = Annotated[union, Field(discriminator="op")]
+    return create_model(
+        "Pipeline",
+        __base__=Pipeline,
+        __doc__=Pipeline.__doc__,
+        nodes=(
+            dict[NodeName, node],  # type: ignore[valid-type]
+            Field(min_length=1, description=Pipeline.model_fields["nodes"].description),
+        ),
+    )
