@@ -34,9 +34,7 @@ class WriteParquet(FileSink):
     )
     compression_level: int | None = Field(None, description="Codec level, for zstd and gzip.")
     use_dictionary: bool = Field(True, description="Dictionary-encode columns.")
-    row_group_rows: int = Field(
-        1_048_576, ge=1, description="The most rows in one Parquet row group."
-    )
+    row_group_rows: int = Field(1_048_576, ge=1, description="The most rows in one Parquet row group.")
 
 
 @register_op

@@ -35,18 +35,14 @@ class ReadCsv(FileSource):
     delimiter: str = Field(",", min_length=1, max_length=1, description="Field delimiter.")
     quote_char: str = Field('"', min_length=1, max_length=1, description="Quote character.")
     header: bool = Field(True, description="Whether the first line of each file names the columns.")
-    column_names: list[str] | None = Field(
-        None, description="Column names, for files without a header line."
-    )
+    column_names: list[str] | None = Field(None, description="Column names, for files without a header line.")
     column_types: dict[str, str] | None = Field(
         None,
         description="Arrow types of columns by name (`int64`, `string`, `double`, `bool`, "
         "`timestamp[s]`...); other columns are inferred from the start of the data.",
     )
     columns: list[str] | None = Field(None, description="Read only these columns, in this order.")
-    null_values: list[str] = Field(
-        default_factory=lambda: [""], description="Strings read as null."
-    )
+    null_values: list[str] = Field(default_factory=lambda: [""], description="Strings read as null.")
 
     def output_columns(self, inputs: object) -> Columns | None:
         types = self.column_types or {}

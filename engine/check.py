@@ -42,6 +42,13 @@ def locate(problem: Problem, doc: Document) -> Diagnostic:
     """Place a plan problem in the file it came from."""
     span = doc.source_map.locate(problem.where, prefer=problem.at)
     return Diagnostic(
-        doc.path, span.line, span.col, problem.message, severity=problem.severity, code=problem.code,
-        json_path=format_path(problem.where), hint=problem.hint, origin=doc.source_map.origin(problem.where),
+        doc.path,
+        span.line,
+        span.col,
+        problem.message,
+        severity=problem.severity,
+        code=problem.code,
+        json_path=format_path(problem.where),
+        hint=problem.hint,
+        origin=doc.source_map.origin(problem.where),
     )

@@ -17,7 +17,8 @@ class Call(StateNodeSpec):
 
     op: Literal["call"] = Field(description="Call a Python function on the state.")
     fn: str = Field(
-        pattern=_IMPORT_PATH, description="The function as an import path, `package.module:function`."
+        pattern=_IMPORT_PATH,
+        description="The function as an import path, `package.module:function`.",
     )
     kwargs: dict[str, JsonValue] = Field(
         default_factory=dict, description="Keyword arguments passed to the function."

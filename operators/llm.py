@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from jinja2 import TemplateSyntaxError
 from pydantic import Field, JsonValue, field_validator, model_validator
@@ -21,9 +21,12 @@ class NodeBudget(Model):
 class LlmSpec(TransformSpec):
     """Fields shared by every LLM node."""
 
+    per_batch: ClassVar[bool] = False  # runs in an async actor pool, not fused into read tasks
+
     provider: str | None = Field(
-        None, description="`anthropic`, `gemini`, `offline` (no network) or `replay`; defaults to "
-        "`defaults.provider`."
+        None,
+        description="`anthropic`, `gemini`, `offline` (no network) or `replay`; defaults to "
+        "`defaults.provider`.",
     )
     model: str | None = Field(None, description="Model name; defaults to `defaults.model`.")
     prompt: str = Field(
@@ -48,7 +51,9 @@ class LlmSpec(TransformSpec):
         return value
 
     def column_refs(self) -> list[tuple[str, tuple[str | int, ...]]]:
-        refs = [(name, ("prompt",)) for name in sorted(template_names(self.prompt))]
+        refs: list[tuple[str, tuple[str | int, ...]]] = [
+            (name, ("prompt",)) for name in sorted(template_names(self.prompt))
+        ]
         if self.system:
             refs += [(name, ("system",)) for name in sorted(template_names(self.system))]
         return refs
@@ -100,7 +105,10 @@ class LlmExtract(LlmSpec):
     )
     output: str = Field("extracted", min_length=1, description="Name of the output column (a struct).")
     max_attempts: int = Field(
-        3, ge=1, le=10, description="Attempts per row, feeding validation errors back, before dead-lettering."
+        3,
+        ge=1,
+        le=10,
+        description="Attempts per row, feeding validation errors back, before dead-lettering.",
     )
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, JsonValue
 
@@ -86,7 +86,8 @@ class MapBatches(TransformSpec):
 
     op: Literal["map_batches"] = Field(description="Apply a Python function to each batch.")
     fn: ImportPath = Field(
-        pattern=_IMPORT_PATH, description="The function as an import path, `package.module:function`."
+        pattern=_IMPORT_PATH,
+        description="The function as an import path, `package.module:function`.",
     )
     kwargs: dict[str, JsonValue] = Field(
         default_factory=dict, description="Keyword arguments passed to the function."
@@ -100,11 +101,13 @@ class MapBatches(TransformSpec):
 class Limit(TransformSpec):
     """Pass on only the first `n` rows of the stream."""
 
+    per_batch: ClassVar[bool] = False
+
     op: Literal["limit"] = Field(description="Keep the first n rows.")
     n: int = Field(ge=0, description="How many rows to keep.")
 
 
 def _first(inputs: object) -> Columns | None:
     if isinstance(inputs, (list, tuple)) and inputs and inputs[0] is not None:
-        return inputs[0]  # type: ignore[no-any-return]
+        return inputs[0]
     return None

@@ -46,8 +46,11 @@ def _friendly(fn: F) -> F:
         except Exception as exc:
             if os.environ.get("HEADRACE_DEBUG"):
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {exc} (this is a bug in headrace; "
-                       "set HEADRACE_DEBUG=1 for the traceback and please report it)", err=True)
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc} (this is a bug in headrace; "
+                "set HEADRACE_DEBUG=1 for the traceback and please report it)",
+                err=True,
+            )
             sys.exit(EXIT_INTERNAL)
 
     return wrapper  # type: ignore[return-value]
@@ -60,7 +63,10 @@ def cli() -> None:
 
 
 _set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Override a field before validation, e.g. --set nodes.input.path=data/x.csv (repeatable).",
 )
 
@@ -68,8 +74,14 @@ _set_option = click.option(
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
 @_set_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="`json` prints one JSON object per file for tools.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="`json` prints one JSON object per file for tools.",
+)
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 @_friendly
 def validate(paths: tuple[str, ...], overrides: tuple[str, ...], fmt: str, strict: bool) -> None:
@@ -90,8 +102,15 @@ def validate(paths: tuple[str, ...], overrides: tuple[str, ...], fmt: str, stric
         bad = any(d.severity == "error" or strict for d in diagnostics)
         failed = failed or bad
         if fmt == "json":
-            click.echo(json.dumps({"path": path, "valid": not bad,
-                                   "diagnostics": [d.as_dict() for d in diagnostics]}))
+            click.echo(
+                json.dumps(
+                    {
+                        "path": path,
+                        "valid": not bad,
+                        "diagnostics": [d.as_dict() for d in diagnostics],
+                    }
+                )
+            )
         else:
             for diag in diagnostics:
                 click.echo(diag.format())
@@ -128,8 +147,14 @@ def convert(path: str, to: str, output: str | None) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
 @_set_option
-@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid",
-              show_default=True, help="Mermaid (renders on GitHub) or Graphviz DOT.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "dot"]),
+    default="mermaid",
+    show_default=True,
+    help="Mermaid (renders on GitHub) or Graphviz DOT.",
+)
 @_friendly
 def graph(path: str, overrides: tuple[str, ...], fmt: str) -> None:
     """Print the pipeline's graph as Mermaid or DOT text."""

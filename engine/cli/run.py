@@ -13,11 +13,16 @@ from engine.cli.main import _friendly, _set_option
 @click.command()
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
 @_set_option
-@click.option("--address", help="Ray cluster address (`auto`, `ray://host:10001`); default: start a local Ray.")
+@click.option(
+    "--address",
+    help="Ray cluster address (`auto`, `ray://host:10001`); default: start a local Ray.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run's summary.")
 @click.option("--run-id", help="Use this run id instead of a generated one.")
 @_friendly
-def run(path: str, overrides: tuple[str, ...], address: str | None, as_json: bool, run_id: str | None) -> None:
+def run(
+    path: str, overrides: tuple[str, ...], address: str | None, as_json: bool, run_id: str | None
+) -> None:
     """Validate, compile and run a pipeline (a local Ray is started when no --address is given)."""
     from engine.check import check_file
     from engine.runtime import run_checked

@@ -44,8 +44,9 @@ class PlanProblems(Exception):
 
 def spec_hash(pipeline: Pipeline) -> str:
     """A stable hash of the pipeline's data (cache keys, deterministic batch ids)."""
-    canonical = json.dumps(pipeline.model_dump(mode="json", by_alias=True), sort_keys=True,
-                           separators=(",", ":"))
+    canonical = json.dumps(
+        pipeline.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -104,8 +105,14 @@ def _check_inputs(pipeline: Pipeline, names: set[str], problems: list[Problem]) 
                 problems.append(Problem(where, f"'{ref}' is not a node", hint, code="unknown_ref"))
             elif pipeline.nodes[ref].kind in ("sink", "state"):
                 kind = pipeline.nodes[ref].kind
-                problems.append(Problem(where, f"'{ref}' is a {kind} node (op {pipeline.nodes[ref].op}) "
-                                        "and produces no data to read", code="bad_ref"))
+                problems.append(
+                    Problem(
+                        where,
+                        f"'{ref}' is a {kind} node (op {pipeline.nodes[ref].op}) "
+                        "and produces no data to read",
+                        code="bad_ref",
+                    )
+                )
 
 
 def _check_data_cycles(pipeline: Pipeline, problems: list[Problem]) -> None:
@@ -126,12 +133,17 @@ def _check_data_cycles(pipeline: Pipeline, problems: list[Problem]) -> None:
                 continue
             nxt = todo.pop(0)
             if state.get(nxt) == 1:
-                loop = path[path.index(nxt):] + [nxt]
+                loop = [*path[path.index(nxt) :], nxt]
                 # path follows inputs (consumer -> producer); print the data direction
                 cycle = " -> ".join(reversed(loop))
-                problems.append(Problem(("nodes", nxt, "input"), f"data cycle: {cycle}",
-                                        "data must flow one way; state loops belong in `edges`",
-                                        code="cycle"))
+                problems.append(
+                    Problem(
+                        ("nodes", nxt, "input"),
+                        f"data cycle: {cycle}",
+                        "data must flow one way; state loops belong in `edges`",
+                        code="cycle",
+                    )
+                )
                 return
             if not state.get(nxt):
                 state[nxt] = 1
@@ -156,8 +168,11 @@ def _check_state_edges(pipeline: Pipeline, names: set[str], problems: list[Probl
         targets = edge.targets()
         for j, target in enumerate(targets):
             where: JsonPath = (
-                ("edges", i, "branches", j, "to") if edge.branches is not None
-                else ("edges", i, "to", j) if isinstance(edge.to, list) else ("edges", i, "to")
+                ("edges", i, "branches", j, "to")
+                if edge.branches is not None
+                else ("edges", i, "to", j)
+                if isinstance(edge.to, list)
+                else ("edges", i, "to")
             )
             if target == START:
                 problems.append(Problem(where, "an edge cannot lead to START"))
@@ -167,38 +182,75 @@ def _check_state_edges(pipeline: Pipeline, names: set[str], problems: list[Probl
         for j, branch in enumerate(edge.branches or []):
             if branch.when is None:
                 if j != len(edge.branches or []) - 1:
-                    problems.append(Problem(("edges", i, "branches", j), "a branch without `when` must "
-                                            "come last: the branches after it could never be taken"))
+                    problems.append(
+                        Problem(
+                            ("edges", i, "branches", j),
+                            "a branch without `when` must "
+                            "come last: the branches after it could never be taken",
+                        )
+                    )
                 continue
             _check_condition(branch.when, fields, ("edges", i, "branches", j, "when"), problems)
     if state_nodes and not pipeline.edges:
-        problems.append(Problem(("nodes",), "the pipeline has state nodes but no `edges`",
-                                f"add an edge from START, e.g. {{from: START, to: {sorted(state_nodes)[0]}}}",
-                                code="no_entry", at="key"))
+        problems.append(
+            Problem(
+                ("nodes",),
+                "the pipeline has state nodes but no `edges`",
+                f"add an edge from START, e.g. {{from: START, to: {sorted(state_nodes)[0]}}}",
+                code="no_entry",
+                at="key",
+            )
+        )
         return
     if pipeline.edges and START not in graph:
-        problems.append(Problem(("edges",), "no edge leaves START, so the state graph has no entry",
-                                code="no_entry", at="key"))
+        problems.append(
+            Problem(
+                ("edges",),
+                "no edge leaves START, so the state graph has no entry",
+                code="no_entry",
+                at="key",
+            )
+        )
         return
     loop = _find_loop(graph)
     if loop and pipeline.max_steps is None:
         index = next(i for i, e in enumerate(pipeline.edges) if e.from_ == loop[0])
-        problems.append(Problem(("edges", index), f"state loop {' -> '.join(loop)} has no bound",
-                                "set `max_steps` (the most steps a run may take)", code="unbounded_loop"))
+        problems.append(
+            Problem(
+                ("edges", index),
+                f"state loop {' -> '.join(loop)} has no bound",
+                "set `max_steps` (the most steps a run may take)",
+                code="unbounded_loop",
+            )
+        )
     reachable = _reach(graph, START)
     for name in sorted(state_nodes - reachable):
-        problems.append(Problem(("nodes", name), f"state node '{name}' cannot be reached from START",
-                                severity="warning", code="unreachable", at="key"))
+        problems.append(
+            Problem(
+                ("nodes", name),
+                f"state node '{name}' cannot be reached from START",
+                severity="warning",
+                code="unreachable",
+                at="key",
+            )
+        )
 
 
-def _check_endpoint(pipeline: Pipeline, name: str, names: set[str], where: JsonPath,
-                    problems: list[Problem]) -> None:
+def _check_endpoint(
+    pipeline: Pipeline, name: str, names: set[str], where: JsonPath, problems: list[Problem]
+) -> None:
     if name not in names:
         hint = _did_you_mean(name, names | {START, END})
         problems.append(Problem(where, f"'{name}' is not a node", hint, code="unknown_ref"))
     elif pipeline.nodes[name].kind != "state":
-        problems.append(Problem(where, f"'{name}' is a {pipeline.nodes[name].kind} node; state edges "
-                                "join state nodes (op call, ...)", code="bad_ref"))
+        problems.append(
+            Problem(
+                where,
+                f"'{name}' is a {pipeline.nodes[name].kind} node; state edges "
+                "join state nodes (op call, ...)",
+                code="bad_ref",
+            )
+        )
 
 
 def _check_condition(expr: str, fields: set[str] | None, where: JsonPath, problems: list[Problem]) -> None:
@@ -209,9 +261,14 @@ def _check_condition(expr: str, fields: set[str] | None, where: JsonPath, proble
         return
     if fields is not None:
         for name in sorted(used - fields):
-            problems.append(Problem(where, f"condition reads '{name}', which is not a state field",
-                                    _did_you_mean(name, fields) or f"state fields: {', '.join(sorted(fields))}",
-                                    code="unknown_field"))
+            problems.append(
+                Problem(
+                    where,
+                    f"condition reads '{name}', which is not a state field",
+                    _did_you_mean(name, fields) or f"state fields: {', '.join(sorted(fields))}",
+                    code="unknown_field",
+                )
+            )
 
 
 def _find_loop(graph: dict[str, list[str]]) -> list[str] | None:
@@ -223,7 +280,7 @@ def _find_loop(graph: dict[str, list[str]]) -> list[str] | None:
         path.append(node)
         for nxt in graph.get(node, []):
             if color.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return [*path[path.index(nxt) :], nxt]
             if not color.get(nxt):
                 found = visit(nxt)
                 if found:
@@ -265,9 +322,16 @@ def _check_reachability(pipeline: Pipeline, problems: list[Problem]) -> None:
         todo.extend(r for r in pipeline.nodes[node].inputs() if r in pipeline.nodes)
     for name, spec in pipeline.nodes.items():
         if spec.kind in ("source", "transform") and name not in leads_to_sink:
-            problems.append(Problem(("nodes", name), f"the output of '{name}' never reaches a sink, "
-                                    "so it is computed and discarded", "add a write_* node that reads it",
-                                    severity="warning", code="unused", at="key"))
+            problems.append(
+                Problem(
+                    ("nodes", name),
+                    f"the output of '{name}' never reaches a sink, so it is computed and discarded",
+                    "add a write_* node that reads it",
+                    severity="warning",
+                    code="unused",
+                    at="key",
+                )
+            )
 
 
 def _check_columns(pipeline: Pipeline, problems: list[Problem]) -> dict[str, Columns | None]:
@@ -285,7 +349,13 @@ def _check_columns(pipeline: Pipeline, problems: list[Problem]) -> dict[str, Col
                 for column, rel in spec.column_refs():
                     if column not in first:
                         hint = _did_you_mean(column, set(first)) or f"columns: {', '.join(first)}"
-                        problems.append(Problem(("nodes", name, *rel), f"column '{column}' is not in the "
-                                                f"input of '{name}'", hint, code="unknown_column"))
+                        problems.append(
+                            Problem(
+                                ("nodes", name, *rel),
+                                f"column '{column}' is not in the input of '{name}'",
+                                hint,
+                                code="unknown_column",
+                            )
+                        )
             known[name] = spec.output_columns(inputs)
     return known

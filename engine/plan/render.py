@@ -10,7 +10,12 @@ from engine.spec.models import END, START
 
 GraphFormat = Literal["mermaid", "dot"]
 
-_SHAPES = {"source": ("[(", ")]"), "sink": ("[/", "/]"), "state": ("([", "])"), "transform": ("[", "]")}
+_SHAPES = {
+    "source": ("[(", ")]"),
+    "sink": ("[/", "/]"),
+    "state": ("([", "])"),
+    "transform": ("[", "]"),
+}
 
 
 def render(plan: Plan, fmt: GraphFormat) -> str:

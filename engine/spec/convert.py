@@ -95,9 +95,26 @@ def _check_json_safe(data: Any, path: str) -> None:
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, float) and not math.isfinite(item):
-            raise ConfigError([Diagnostic(path, 1, 1, f"{item} has no JSON form", code="not_json",
-                                          hint="write it as a string, or keep the file in YAML")])
+            raise ConfigError(
+                [
+                    Diagnostic(
+                        path,
+                        1,
+                        1,
+                        f"{item} has no JSON form",
+                        code="not_json",
+                        hint="write it as a string, or keep the file in YAML",
+                    )
+                ]
+            )
 
 
-__all__ = ["Document", "convert", "dump_commented", "dump_json", "dump_yaml", "load_commented",
-           "roundtrip_yaml"]
+__all__ = [
+    "Document",
+    "convert",
+    "dump_commented",
+    "dump_json",
+    "dump_yaml",
+    "load_commented",
+    "roundtrip_yaml",
+]

@@ -16,6 +16,7 @@ import json.scanner
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any, Literal
 
 import yaml
@@ -90,6 +91,10 @@ class Document:
     format: Literal["yaml", "json"]
 
 
+def _join(where: JsonPath, key: str | int) -> JsonPath:
+    return (*where, key)
+
+
 def format_path(where: JsonPath) -> str:
     """Render a JSON path as ``nodes.clean.query`` or ``edges[2].to``."""
     out = ""
@@ -115,7 +120,13 @@ def read_document(
     if fmt is None:
         fmt = _guess_format(path, text)
     if not text.strip() or (fmt == "yaml" and _only_comments(text)):
-        raise _fail(path, 1, 1, "the file is empty", "a pipeline needs at least `version`, `name` and `nodes`")
+        raise _fail(
+            path,
+            1,
+            1,
+            "the file is empty",
+            "a pipeline needs at least `version`, `name` and `nodes`",
+        )
     if fmt == "json":
         return _JsonReader(path, text, limits).read()
     return _YamlBuilder(path, text, limits).read()
@@ -141,7 +152,9 @@ def _read_bytes(path: str, content: bytes | str | None, limits: Limits) -> bytes
     if len(raw) > limits.max_bytes:
         size = "more than " + _mib(limits.max_bytes) if content is None else _mib(len(raw))
         raise _fail(
-            path, 1, 1,
+            path,
+            1,
+            1,
             f"the file is {size}; pipeline files are limited to {_mib(limits.max_bytes)}",
             "keep data out of the pipeline file and point a source node at it",
             code="too_large",
@@ -157,20 +170,36 @@ def _decode(path: str, raw: bytes) -> str:
     nul = raw.find(b"\x00")
     if nul >= 0:
         line, col = _line_col_bytes(raw, nul)
-        raise _fail(path, line, col, "the file holds binary data (a NUL byte), not YAML or JSON text",
-                    code="binary")
+        raise _fail(
+            path,
+            line,
+            col,
+            "the file holds binary data (a NUL byte), not YAML or JSON text",
+            code="binary",
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line, col = _line_col_bytes(raw, exc.start)
-        raise _fail(path, line, col, f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x})",
-                    "save the file as UTF-8", code="encoding") from None
+        raise _fail(
+            path,
+            line,
+            col,
+            f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x})",
+            "save the file as UTF-8",
+            code="encoding",
+        ) from None
     bad = re.search(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
     if bad:
         line = text.count("\n", 0, bad.start()) + 1
         col = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
-        raise _fail(path, line, col, f"control character {bad.group()!r} is not allowed in a pipeline file",
-                    code="binary")
+        raise _fail(
+            path,
+            line,
+            col,
+            f"control character {bad.group()!r} is not allowed in a pipeline file",
+            code="binary",
+        )
     return text
 
 
@@ -263,17 +292,47 @@ class _YamlBuilder:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or "not valid YAML"
         if "nesting depth" in problem:
-            return _fail(self.path, line, col, f"nesting deeper than {self.limits.max_depth} levels",
-                         code="too_deep")
+            if mark is not None:  # libyaml scans ahead and stops at 1000 levels: find ours
+                exact = self._depth_error(mark.index)
+                if exact is not None:
+                    return exact
+            return _fail(
+                self.path,
+                line,
+                col,
+                f"nesting deeper than {self.limits.max_depth} levels",
+                code="too_deep",
+            )
         hint = ""
         if mark is not None and "\t" in self._line_text(mark.line)[: mark.column + 1]:
             hint = "YAML indentation must use spaces, not tabs"
         elif "quoted scalar" in (exc.context or "") and exc.context_mark is not None:
             cm = exc.context_mark
-            hint = f"the quoted string opened at {cm.line + 1}:{cm.column + 1} is never closed"
+            if "end of stream" in problem or "document" in problem:
+                # the parser notices only at the end of the file; point at the opening quote
+                return _fail(
+                    self.path,
+                    cm.line + 1,
+                    cm.column + 1,
+                    "YAML syntax: this quoted string is never closed",
+                    f"add the closing quote (the parser {problem})",
+                )
+            hint = f"in the quoted string opened at {cm.line + 1}:{cm.column + 1}"
         elif exc.context and exc.context_mark is not None:
             hint = f"{exc.context} at {exc.context_mark.line + 1}:{exc.context_mark.column + 1}"
         return _fail(self.path, line, col, f"YAML syntax: {problem}", hint)
+
+    def _depth_error(self, index: int) -> ConfigError | None:
+        """Rebuild the text up to libyaml's stop with the pure-Python parser to hit our own limit."""
+        builder = _YamlBuilder(self.path, self.text[: index + 1], self.limits)
+        try:
+            builder._build(yaml.parse(builder.text, Loader=yaml.SafeLoader))
+        except ConfigError as exc:
+            if exc.diagnostics and exc.diagnostics[0].code == "too_deep":
+                return exc
+        except yaml.YAMLError:
+            pass
+        return None
 
     def _line_text(self, index: int) -> str:
         lines = self.text.splitlines()
@@ -290,8 +349,12 @@ class _YamlBuilder:
             if isinstance(ev, yaml.DocumentStartEvent):
                 documents += 1
                 if documents > 1:
-                    raise _fail(self.path, *self._lc(ev), "the file holds more than one YAML document",
-                                "a pipeline file holds exactly one document; remove the extra `---`")
+                    raise _fail(
+                        self.path,
+                        *self._lc(ev),
+                        "the file holds more than one YAML document",
+                        "a pipeline file holds exactly one document; remove the extra `---`",
+                    )
                 continue
             if isinstance(ev, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
                 continue
@@ -299,11 +362,13 @@ class _YamlBuilder:
                 self._check_tag(ev)
                 where = self._child_path(stack, ev)
                 if len(stack) >= self.limits.max_depth:
-                    raise _fail(self.path, *self._lc(ev),
-                                f"nesting deeper than {self.limits.max_depth} levels", code="too_deep")
-                container: dict[str, Any] | list[Any] = (
-                    {} if isinstance(ev, yaml.MappingStartEvent) else []
-                )
+                    raise _fail(
+                        self.path,
+                        *self._lc(ev),
+                        f"nesting deeper than {self.limits.max_depth} levels",
+                        code="too_deep",
+                    )
+                container: dict[str, Any] | list[Any] = {} if isinstance(ev, yaml.MappingStartEvent) else []
                 self.smap.values[where] = self._span(ev.start_mark)
                 self._count(1, ev)
                 stack.append(_Frame(container, where, ev.anchor, self._span(ev.start_mark)))
@@ -334,15 +399,19 @@ class _YamlBuilder:
                     frame = stack[-1]
                     key = ev.value
                     if key in frame.container or (key == "<<" and frame.merges):
-                        first = self.smap.keys.get((*frame.where, key))
+                        first = self.smap.keys.get(_join(frame.where, key))
                         where_first = f" (first at line {first.line})" if first else ""
-                        raise _fail(self.path, *self._lc(ev), f"duplicate key '{key}'{where_first}",
-                                    "YAML would silently keep only the last one; remove or rename one",
-                                    code="duplicate_key")
+                        raise _fail(
+                            self.path,
+                            *self._lc(ev),
+                            f"duplicate key '{key}'{where_first}",
+                            "YAML would silently keep only the last one; remove or rename one",
+                            code="duplicate_key",
+                        )
                     frame.key = key
                     frame.key_span = self._span(ev.start_mark)
                     if key != "<<":
-                        self.smap.keys[(*frame.where, key)] = frame.key_span
+                        self.smap.keys[_join(frame.where, key)] = frame.key_span
                     continue
                 value = self._scalar(ev)
                 where = self._child_path(stack, ev)
@@ -354,15 +423,19 @@ class _YamlBuilder:
         return root
 
     def _lc(self, ev: yaml.Event) -> tuple[int, int]:
-        return ev.start_mark.line + 1, ev.start_mark.column + 1
+        mark = ev.start_mark
+        return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
     def _count(self, n: int, ev: yaml.Event) -> None:
         self.total_nodes += n
         if self.total_nodes > self.limits.max_nodes:
-            raise _fail(self.path, *self._lc(ev),
-                        f"the document expands to more than {self.limits.max_nodes} values",
-                        "aliases that expand exponentially (a 'billion laughs') are refused",
-                        code="too_large")
+            raise _fail(
+                self.path,
+                *self._lc(ev),
+                f"the document expands to more than {self.limits.max_nodes} values",
+                "aliases that expand exponentially (a 'billion laughs') are refused",
+                code="too_large",
+            )
 
     def _check_tag(self, ev: Any) -> None:
         tag = ev.tag
@@ -372,19 +445,28 @@ class _YamlBuilder:
         if isinstance(ev, yaml.ScalarEvent) and implicit[0]:
             return
         if tag not in _ALLOWED_TAGS:
-            raise _fail(self.path, *self._lc(ev), f"YAML tag '{tag}' is not allowed",
-                        "pipeline files hold plain data; tags that build objects are refused",
-                        code="unsafe_tag")
+            raise _fail(
+                self.path,
+                *self._lc(ev),
+                f"YAML tag '{tag}' is not allowed",
+                "pipeline files hold plain data; tags that build objects are refused",
+                code="unsafe_tag",
+            )
 
     def _scalar(self, ev: yaml.ScalarEvent) -> Any:
         tag = ev.tag
         if tag and not ev.implicit[0] and tag != "!":
-            kind = tag[len(_STD):]
+            kind = tag[len(_STD) :]
             if kind == "str":
                 return ev.value
             value = resolve_plain_scalar(ev.value)
-            expected = {"int": int, "float": (int, float), "bool": bool, "null": type(None)}.get(kind)
-            if expected is None or not isinstance(value, expected) or (kind == "int" and isinstance(value, bool)):
+            valid = {
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+                "bool": isinstance(value, bool),
+                "null": value is None,
+            }.get(kind, False)
+            if not valid:
                 raise _fail(self.path, *self._lc(ev), f"'{ev.value}' is not a valid !!{kind}")
             return float(value) if kind == "float" else value
         if ev.style in ("'", '"', "|", ">") or tag == "!":
@@ -401,7 +483,9 @@ class _YamlBuilder:
             raise _fail(self.path, *self._lc(ev), "mapping keys must be plain scalars, not collections")
         return (*frame.where, frame.key)
 
-    def _attach(self, stack: list[_Frame], value: Any, nodes: int, ev: yaml.Event, done_path: JsonPath) -> Any:
+    def _attach(
+        self, stack: list[_Frame], value: Any, nodes: int, ev: yaml.Event, done_path: JsonPath
+    ) -> Any:
         if not stack:
             return value
         frame = stack[-1]
@@ -429,8 +513,8 @@ class _YamlBuilder:
                 for key, item in source.items():
                     if key not in target:
                         target[key] = item
-                        self.smap.keys.setdefault((*frame.where, key), span)
-                        self.smap.values.setdefault((*frame.where, key), span)
+                        self.smap.keys.setdefault(_join(frame.where, key), span)
+                        self.smap.values.setdefault(_join(frame.where, key), span)
 
 
 # --- JSON ------------------------------------------------------------------------------------------
@@ -475,7 +559,11 @@ class _JsonReader:
             self._error(pos, f"nesting deeper than {self.limits.max_depth} levels", code="too_deep")
         self.nodes += 1
         if self.nodes > self.limits.max_nodes:
-            self._error(pos, f"the document holds more than {self.limits.max_nodes} values", code="too_large")
+            self._error(
+                pos,
+                f"the document holds more than {self.limits.max_nodes} values",
+                code="too_large",
+            )
         self.smap.values[where] = self._span(pos)
         ch = self.text[pos : pos + 1]
         if ch == "{":
@@ -500,27 +588,50 @@ class _JsonReader:
 
     def _string(self, pos: int) -> tuple[str, int]:
         try:
-            return json.decoder.scanstring(self.text, pos + 1, True)
+            return scanstring(self.text, pos + 1, True)
         except json.JSONDecodeError as exc:
-            self._error(exc.pos, f"JSON string: {exc.msg}")
+            bad = self.text[exc.pos : exc.pos + 1]
+            if exc.msg.startswith("Unterminated") or bad in ("\n", "\r"):
+                self._error(
+                    pos,
+                    "unterminated string",
+                    'close it with " on the same line; a newline inside a string is written \\n',
+                )
+            if exc.msg.startswith("Invalid control character"):
+                self._error(exc.pos, f"JSON string: control character {bad!r} must be escaped")
+            self._error(exc.pos, f"JSON string: {exc.msg.removesuffix(' at')}")
             raise AssertionError("unreachable") from None
+
+    def _trailing_comma(self, comma: int | None, pos: int, close: str) -> None:
+        if comma is not None and self.text[pos : pos + 1] == close:
+            self._error(comma, f"trailing comma before '{close}'", "JSON allows no comma after the last item")
 
     def _object(self, pos: int, where: JsonPath, depth: int) -> tuple[dict[str, Any], int]:
         out: dict[str, Any] = {}
         pos = self._skip(pos)
         if self.text[pos : pos + 1] == "}":
             return out, pos + 1
+        comma: int | None = None
         while True:
             pos = self._skip(pos)
+            self._trailing_comma(comma, pos, "}")
             if self.text[pos : pos + 1] != '"':
-                self._error(pos, "expected a quoted key", "JSON keys are double-quoted strings; no trailing commas")
+                self._error(
+                    pos,
+                    "expected a quoted key",
+                    "JSON keys are double-quoted strings; no trailing commas",
+                )
             key_pos = pos
             key, pos = self._string(pos)
             if key in out:
-                first = self.smap.keys[(*where, key)]
-                self._error(key_pos, f"duplicate key '{key}' (first at line {first.line})",
-                            "remove or rename one of them", code="duplicate_key")
-            self.smap.keys[(*where, key)] = self._span(key_pos)
+                first = self.smap.keys[_join(where, key)]
+                self._error(
+                    key_pos,
+                    f"duplicate key '{key}' (first at line {first.line})",
+                    "remove or rename one of them",
+                    code="duplicate_key",
+                )
+            self.smap.keys[_join(where, key)] = self._span(key_pos)
             pos = self._skip(pos)
             if self.text[pos : pos + 1] != ":":
                 self._error(pos, "expected ':' after the key")
@@ -529,7 +640,7 @@ class _JsonReader:
             pos = self._skip(pos)
             ch = self.text[pos : pos + 1]
             if ch == ",":
-                pos += 1
+                comma, pos = pos, pos + 1
                 continue
             if ch == "}":
                 return out, pos + 1
@@ -540,14 +651,16 @@ class _JsonReader:
         pos = self._skip(pos)
         if self.text[pos : pos + 1] == "]":
             return out, pos + 1
+        comma: int | None = None
         while True:
             pos = self._skip(pos)
+            self._trailing_comma(comma, pos, "]")
             item, pos = self._value(pos, (*where, len(out)), depth + 1)
             out.append(item)
             pos = self._skip(pos)
             ch = self.text[pos : pos + 1]
             if ch == ",":
-                pos += 1
+                comma, pos = pos, pos + 1
                 continue
             if ch == "]":
                 return out, pos + 1

@@ -39,12 +39,11 @@ def _path_of(err: ErrorDetails, data: Any) -> JsonPath:
     out: list[str | int] = []
     cur = data
     for seg in err["loc"]:
-        if isinstance(cur, dict) and isinstance(seg, str) and seg in cur:
+        if (isinstance(cur, dict) and isinstance(seg, str) and seg in cur) or (
+            isinstance(cur, list) and isinstance(seg, int) and 0 <= seg < len(cur)
+        ):
             out.append(seg)
-            cur = cur[seg]
-        elif isinstance(cur, list) and isinstance(seg, int) and 0 <= seg < len(cur):
-            out.append(seg)
-            cur = cur[seg]
+            cur = cur[seg]  # type: ignore[index]
     return tuple(out)
 
 
@@ -56,7 +55,15 @@ def _one(err: ErrorDetails, doc: Document, schema: Mapping[str, Any]) -> Diagnos
     hint = ""
     prefer: str = "value"
     code = "invalid"
-    if kind == "extra_forbidden":
+    if last == "[key]":  # a mapping key (a node or state-field name) is itself invalid
+        prefer, code = "key", "bad_name"
+        message = f"{_show(err.get('input'))} is not a valid name"
+        hint = (
+            "a name starts with a letter or '_' and holds only letters, digits, '_' and '-'"
+            if kind == "string_pattern_mismatch"
+            else err["msg"]
+        )
+    elif kind == "extra_forbidden":
         prefer, code = "key", "unknown_key"
         parent = where[:-1] if where and where[-1] == last else where
         allowed = sorted(_allowed_keys(schema, doc.data, parent))
@@ -83,7 +90,11 @@ def _one(err: ErrorDetails, doc: Document, schema: Mapping[str, Any]) -> Diagnos
         code = "wrong_value"
         expected = (err.get("ctx") or {}).get("expected", "")
         message = f"{_show(err.get('input'))} is not allowed here; expected {expected}"
-    elif kind.endswith("_type") or kind.endswith("_parsing") or kind in ("model_type", "dict_type", "list_type"):
+    elif (
+        kind.endswith("_type")
+        or kind.endswith("_parsing")
+        or kind in ("model_type", "dict_type", "list_type")
+    ):
         code = "wrong_type"
         message = f"expected {_expected(kind, err)}, got {_show(err.get('input'))}"
     else:
@@ -92,8 +103,14 @@ def _one(err: ErrorDetails, doc: Document, schema: Mapping[str, Any]) -> Diagnos
             message += f" (got {_show(err.get('input'))})"
     span = smap.locate(where, prefer="key" if prefer == "key" else "value")
     return Diagnostic(
-        doc.path, span.line, span.col, message, code=code, json_path=format_path(where),
-        hint=hint, origin=smap.origin(where),
+        doc.path,
+        span.line,
+        span.col,
+        message,
+        code=code,
+        json_path=format_path(where),
+        hint=hint,
+        origin=smap.origin(where),
     )
 
 
@@ -145,7 +162,7 @@ def _allowed_keys(schema: Mapping[str, Any], data: Any, where: JsonPath) -> set[
     for seg in where:
         if node is None:
             return set()
-        cur = cur[seg] if isinstance(cur, (dict, list)) else None
+        cur = cur[seg] if isinstance(cur, (dict, list)) else None  # type: ignore[index]
         node = _step(schema, node, seg, cur)
     if node is None:
         return set()
@@ -178,7 +195,9 @@ def _resolve(root: Mapping[str, Any], node: Mapping[str, Any], data: Any) -> Map
     return None
 
 
-def _step(root: Mapping[str, Any], node: Mapping[str, Any], seg: str | int, data: Any) -> Mapping[str, Any] | None:
+def _step(
+    root: Mapping[str, Any], node: Mapping[str, Any], seg: str | int, data: Any
+) -> Mapping[str, Any] | None:
     if isinstance(seg, int):
         items = node.get("items")
         return _resolve(root, items, data) if isinstance(items, dict) else None

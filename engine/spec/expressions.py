@@ -13,13 +13,17 @@ from typing import Any
 from jinja2 import StrictUndefined, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-RESERVED_NAMES = frozenset({"params", "row", "state", "loop", "namespace", "range", "dict", "lipsum", "cycler", "joiner"})
+RESERVED_NAMES = frozenset(
+    {"params", "row", "state", "loop", "namespace", "range", "dict", "lipsum", "cycler", "joiner"}
+)
 
 
 @lru_cache(maxsize=1)
 def sandbox() -> ImmutableSandboxedEnvironment:
     """The one Jinja2 environment headrace renders with."""
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    return ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
 
 
 def template_names(source: str) -> set[str]:

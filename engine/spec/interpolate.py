@@ -31,24 +31,39 @@ def interpolate(doc: Document, env: Mapping[str, str]) -> Document:
                 return "${"
             name, default = m.group(1), m.group(2)
             if name is None:
-                _report(where, f"'{m.group(0)}' is not a valid variable reference",
-                        "write ${NAME} or ${NAME:-default}; $${ gives a literal ${")
+                _report(
+                    where,
+                    f"'{m.group(0)}' is not a valid variable reference",
+                    "write ${NAME} or ${NAME:-default}; $${ gives a literal ${",
+                )
                 return m.group(0)
             if name in env:
                 return env[name]
             if default is not None:
                 return default
-            _report(where, f"environment variable {name} is not set",
-                    f"set it, or give a default: ${{{name}:-value}}")
+            _report(
+                where,
+                f"environment variable {name} is not set",
+                f"set it, or give a default: ${{{name}:-value}}",
+            )
             return m.group(0)
 
         return _VAR.sub(one, text)
 
     def _report(where: JsonPath, message: str, hint: str) -> None:
         span = doc.source_map.locate(where)
-        problems.append(Diagnostic(doc.path, span.line, span.col, message, code="missing_variable",
-                                   json_path=format_path(where), hint=hint,
-                                   origin=doc.source_map.origin(where)))
+        problems.append(
+            Diagnostic(
+                doc.path,
+                span.line,
+                span.col,
+                message,
+                code="missing_variable",
+                json_path=format_path(where),
+                hint=hint,
+                origin=doc.source_map.origin(where),
+            )
+        )
 
     data = walk(doc.data, ())
     if problems:

@@ -64,20 +64,46 @@ def pipeline_schema() -> dict[str, Any]:
 def _upgrade(doc: Document) -> tuple[Document, list[Diagnostic]]:
     if not isinstance(doc.data, dict):
         found = "a list" if isinstance(doc.data, list) else f"a single value ({doc.data!r})"
-        raise ConfigError([Diagnostic(doc.path, 1, 1, f"the top level must be a mapping of pipeline "
-                                      f"fields, found {found}", code="wrong_type",
-                                      hint="start with `version: 1`, `name:` and `nodes:`")])
+        raise ConfigError(
+            [
+                Diagnostic(
+                    doc.path,
+                    1,
+                    1,
+                    f"the top level must be a mapping of pipeline fields, found {found}",
+                    code="wrong_type",
+                    hint="start with `version: 1`, `name:` and `nodes:`",
+                )
+            ]
+        )
     try:
         data, steps = migrate(doc.data)
     except VersionProblem as exc:
         where = ("version",) if "version" in doc.data else ()
         span = doc.source_map.locate(where)
-        raise ConfigError([Diagnostic(doc.path, span.line, span.col, exc.message, code="version",
-                                      json_path="version", hint=exc.hint,
-                                      origin=doc.source_map.origin(where))]) from None
+        raise ConfigError(
+            [
+                Diagnostic(
+                    doc.path,
+                    span.line,
+                    span.col,
+                    exc.message,
+                    code="version",
+                    json_path="version",
+                    hint=exc.hint,
+                    origin=doc.source_map.origin(where),
+                )
+            ]
+        ) from None
     if not steps:
         return doc, []
-    note = Diagnostic(doc.path, 1, 1, f"format v{steps[0].source} was migrated in memory to "
-                      f"v{steps[-1].source + 1}", severity="warning", code="old_format",
-                      hint=f"`headrace migrate {doc.path} --in-place` updates the file")
+    note = Diagnostic(
+        doc.path,
+        1,
+        1,
+        f"format v{steps[0].source} was migrated in memory to v{steps[-1].source + 1}",
+        severity="warning",
+        code="old_format",
+        hint=f"`headrace migrate {doc.path} --in-place` updates the file",
+    )
     return Document(doc.path, data, doc.source_map, doc.format), [note]

@@ -20,8 +20,9 @@ def migrate_file(path: str, steps: tuple[Migration, ...] = MIGRATIONS) -> tuple[
         migrated, taken = migrate(raw, steps)
     except VersionProblem as exc:
         span = doc.source_map.locate(("version",))
-        raise ConfigError([Diagnostic(path, span.line, span.col, exc.message, code="version",
-                                      hint=exc.hint)]) from None
+        raise ConfigError(
+            [Diagnostic(path, span.line, span.col, exc.message, code="version", hint=exc.hint)]
+        ) from None
     if not taken:
         return text, []
     return (dump_commented(migrated) if doc.format == "yaml" else dump_json(migrated, path)), taken

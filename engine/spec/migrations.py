@@ -44,14 +44,19 @@ class VersionProblem(Exception):
 def document_version(data: RawDocument) -> int:
     """The format version a raw document declares."""
     if "version" not in data:
-        raise VersionProblem("missing required field `version`", f"add `version: {FORMAT_VERSION}` at the top")
+        raise VersionProblem(
+            "missing required field `version`", f"add `version: {FORMAT_VERSION}` at the top"
+        )
     version = data["version"]
     if isinstance(version, bool) or not isinstance(version, int):
-        raise VersionProblem(f"`version` must be a whole number, not {version!r}",
-                             f"this headrace reads `version: {FORMAT_VERSION}`")
+        raise VersionProblem(
+            f"`version` must be a whole number, not {version!r}",
+            f"this headrace reads `version: {FORMAT_VERSION}`",
+        )
     if version > FORMAT_VERSION:
-        raise VersionProblem(f"format v{version}; this headrace reads up to v{FORMAT_VERSION}",
-                             "upgrade headrace")
+        raise VersionProblem(
+            f"format v{version}; this headrace reads up to v{FORMAT_VERSION}", "upgrade headrace"
+        )
     return version
 
 
@@ -63,15 +68,18 @@ def plan_migrations(version: int, steps: Sequence[Migration] = MIGRATIONS) -> li
     while current < FORMAT_VERSION:
         step = by_source.get(current)
         if step is None:
-            raise VersionProblem(f"format v{version} is not one this headrace can read or migrate",
-                                 f"the formats it knows are v{min([*by_source, FORMAT_VERSION])} "
-                                 f"to v{FORMAT_VERSION}")
+            raise VersionProblem(
+                f"format v{version} is not one this headrace can read or migrate",
+                f"the formats it knows are v{min([*by_source, FORMAT_VERSION])} to v{FORMAT_VERSION}",
+            )
         chain.append(step)
         current += 1
     return chain
 
 
-def migrate(data: RawDocument, steps: Sequence[Migration] = MIGRATIONS) -> tuple[RawDocument, list[Migration]]:
+def migrate(
+    data: RawDocument, steps: Sequence[Migration] = MIGRATIONS
+) -> tuple[RawDocument, list[Migration]]:
     """Apply the chain to ``data``; returns the migrated document and the steps taken."""
     chain = plan_migrations(document_version(data), steps)
     out = data

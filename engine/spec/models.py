@@ -39,9 +39,26 @@ NodeName = Annotated[
 NodeRef = Annotated[str, Field(description="The name of another node in `nodes`.")]
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
-          "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
 
 
 def _parse_size(value: Any) -> Any:
@@ -57,16 +74,18 @@ ByteCount = Annotated[
     int,
     BeforeValidator(_parse_size),
     Field(ge=0),
-    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0},
-                              {"type": "string", "pattern": _SIZE.pattern}]}),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE.pattern}]}
+    ),
 ]
 
 
 class Model(BaseModel):
     """Base of every model a user writes: unknown keys are errors, instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
-                              use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
 
 class Resources(Model):
@@ -127,16 +146,15 @@ class Budget(Model):
 
     max_cost_usd: float | None = Field(None, ge=0, description="The most a run may spend, in US dollars.")
     max_input_tokens: int | None = Field(None, ge=0, description="The most input tokens a run may send.")
-    max_output_tokens: int | None = Field(
-        None, ge=0, description="The most output tokens a run may receive."
-    )
+    max_output_tokens: int | None = Field(None, ge=0, description="The most output tokens a run may receive.")
 
 
 class Defaults(Model):
     """Values every node inherits unless it sets its own."""
 
     provider: str | None = Field(
-        None, description="LLM provider for LLM nodes: `anthropic`, `gemini`, `offline` or a plugin's."
+        None,
+        description="LLM provider for LLM nodes: `anthropic`, `gemini`, `offline` or a plugin's.",
     )
     model: str | None = Field(None, description="LLM model name for LLM nodes.")
     batch_rows: int = Field(
@@ -165,9 +183,7 @@ class StateField(Model):
 class StateSchema(Model):
     """The typed state that state-graph nodes read and update."""
 
-    fields: dict[NodeName, StateField] = Field(
-        default_factory=dict, description="State fields by name."
-    )
+    fields: dict[NodeName, StateField] = Field(default_factory=dict, description="State fields by name.")
 
 
 class Branch(Model):
@@ -211,6 +227,9 @@ class NodeSpec(Model):
     kind: ClassVar[OpKind] = "transform"
     """Where the op sits in a dataflow: a source, a per-batch transform, a sink or a state node."""
 
+    per_batch: ClassVar[bool] = False
+    """True when each output batch depends on one input batch only, so the optimizer may fuse it."""
+
     op: str = Field(description="What the node does.")
     description: str | None = Field(None, description="What the node is for, in a sentence.")
     resources: Resources | None = Field(None, description="Resources per task or actor of this node.")
@@ -239,9 +258,7 @@ class SourceSpec(NodeSpec):
 
 
 class _Reads(NodeSpec):
-    input: NodeRef | list[NodeRef] = Field(
-        description="The node (or nodes) whose output this node reads."
-    )
+    input: NodeRef | list[NodeRef] = Field(description="The node (or nodes) whose output this node reads.")
 
     def inputs(self) -> tuple[str, ...]:
         return (self.input,) if isinstance(self.input, str) else tuple(self.input)
@@ -251,6 +268,7 @@ class TransformSpec(_Reads):
     """A node that turns each batch of its input into batches of output."""
 
     kind: ClassVar[OpKind] = "transform"
+    per_batch: ClassVar[bool] = True
 
 
 class SinkSpec(_Reads):
@@ -274,7 +292,8 @@ class Pipeline(Model):
     )
     description: str | None = Field(None, description="What the pipeline does.")
     labels: dict[str, str] = Field(
-        default_factory=dict, description="Free-form labels, e.g. {team: risk}, kept with every run."
+        default_factory=dict,
+        description="Free-form labels, e.g. {team: risk}, kept with every run.",
     )
     params: dict[str, JsonValue] = Field(
         default_factory=dict,
@@ -290,6 +309,7 @@ class Pipeline(Model):
         default_factory=list, description="State (control) edges between nodes, for state graphs."
     )
     max_steps: int | None = Field(
-        None, ge=1, description="The most steps a state graph may take in one run; required when "
-        "its edges form a loop.",
+        None,
+        ge=1,
+        description="The most steps a state graph may take in one run; required when its edges form a loop.",
     )

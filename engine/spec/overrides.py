@@ -20,8 +20,17 @@ def parse_override(text: str, path: str = "--set") -> tuple[JsonPath, Any]:
     key, sep, raw = text.partition("=")
     parts = key.strip().split(".")
     if not sep or not key.strip() or any(not p for p in parts):
-        raise ConfigError([Diagnostic(path, 1, 1, f"--set {text!r}: expected KEY=VALUE with a dotted KEY, "
-                                      "e.g. nodes.input.path=data/x.csv", code="bad_override")])
+        raise ConfigError(
+            [
+                Diagnostic(
+                    path,
+                    1,
+                    1,
+                    f"--set {text!r}: expected KEY=VALUE with a dotted KEY, e.g. nodes.input.path=data/x.csv",
+                    code="bad_override",
+                )
+            ]
+        )
     where: JsonPath = tuple(int(p) if p.isdigit() else p for p in parts)
     return where, _parse_value(raw, text, path)
 
@@ -34,16 +43,29 @@ def _parse_value(raw: str, text: str, path: str) -> Any:
         try:
             return yaml.safe_load(stripped)
         except yaml.YAMLError as exc:
-            raise ConfigError([Diagnostic(path, 1, 1, f"--set {text!r}: the value is not valid YAML ({exc})",
-                                          code="bad_override")]) from None
+            raise ConfigError(
+                [
+                    Diagnostic(
+                        path,
+                        1,
+                        1,
+                        f"--set {text!r}: the value is not valid YAML ({exc})",
+                        code="bad_override",
+                    )
+                ]
+            ) from None
     return resolve_plain_scalar(stripped)
 
 
 def apply_overrides(doc: Document, overrides: list[str] | tuple[str, ...]) -> Document:
     """A new document with each override applied in order; the source map remembers which ones."""
     data = doc.data
-    smap = SourceMap(doc.source_map.path, dict(doc.source_map.keys), dict(doc.source_map.values),
-                     dict(doc.source_map.origins))
+    smap = SourceMap(
+        doc.source_map.path,
+        dict(doc.source_map.keys),
+        dict(doc.source_map.values),
+        dict(doc.source_map.origins),
+    )
     for text in overrides:
         where, value = parse_override(text, doc.path)
         data = _set(data, where, value, doc, text)
@@ -75,5 +97,15 @@ def _set(node: Any, where: JsonPath, value: Any, doc: Document, text: str) -> An
 
 def _bad(doc: Document, where: JsonPath, text: str, message: str) -> ConfigError:
     span = doc.source_map.locate(where)
-    return ConfigError([Diagnostic(doc.path, span.line, span.col, f"--set {text!r}: {message}",
-                                   code="bad_override", origin=f"--set {text}")])
+    return ConfigError(
+        [
+            Diagnostic(
+                doc.path,
+                span.line,
+                span.col,
+                f"--set {text!r}: {message}",
+                code="bad_override",
+                origin=f"--set {text}",
+            )
+        ]
+    )

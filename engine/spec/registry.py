@@ -94,7 +94,7 @@ def pipeline_model() -> type[Pipeline]:
         __base__=Pipeline,
         __doc__=Pipeline.__doc__,
         nodes=(
-            dict[NodeName, node],  # type: ignore[valid-type]
+            dict[NodeName, node],
             Field(min_length=1, description=Pipeline.model_fields["nodes"].description),
         ),
     )

@@ -7,6 +7,7 @@ from importlib.resources import files
 
 from engine.errors import ConfigError, Diagnostic
 from engine.spec.convert import dump_commented, load_commented
+from engine.spec.models import FORMAT_VERSION
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,19 @@ def render_template(key: str, name: str) -> str:
     """The template ``key`` with its pipeline name set to ``name``, comments kept."""
     available = templates()
     if key not in available:
-        raise ConfigError([Diagnostic(key, 1, 1, f"no template '{key}'", code="unknown_template",
-                                      hint=f"templates: {', '.join(sorted(available))}")])
+        raise ConfigError(
+            [
+                Diagnostic(
+                    key,
+                    1,
+                    1,
+                    f"no template '{key}'",
+                    code="unknown_template",
+                    hint=f"templates: {', '.join(sorted(available))}",
+                )
+            ]
+        )
     data = load_commented(available[key].text)
     data["name"] = name
-    return dump_commented(data)
+    schema = files("configs").joinpath("schema", f"pipeline-v{FORMAT_VERSION}.json")
+    return f"# yaml-language-server: $schema={schema}\n" + dump_commented(data)

@@ -1,0 +1,1 @@
+"""Throughput measurements of headrace against baselines measured in the same run."""

@@ -1,0 +1,222 @@
+"""What sources do: plan the splits of their inputs, and read one split as Arrow tables.
+
+``READERS`` maps each source op to its reader. A split is the unit of parallelism, retry and resume:
+one Ray task reads, transforms and writes one split.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from connectors.files import FileRef, expand, filesystem
+from connectors.sources import FileSource, ReadCsv, ReadJsonl, ReadParquet, ReadText
+from engine.errors import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """A piece of a source's input: a byte range of a file, or a row group of a Parquet file."""
+
+    node: str
+    index: int
+    url: str
+    start: int
+    end: int
+    row_group: int | None = None
+    schema: pa.Schema | None = None
+
+    @property
+    def id(self) -> str:
+        """A stable id of this split, used in manifests and resume."""
+        where = f"rg{self.row_group}" if self.row_group is not None else f"{self.start}-{self.end}"
+        return f"{self.url}@{where}"
+
+
+class Reader(Protocol):
+    """Plans and reads the splits of one kind of source."""
+
+    def splits(self, spec: Any, node: str, urls: list[str]) -> list[Split]:
+        """Every split of the source, in order."""
+        ...
+
+    def read(self, spec: Any, split: Split, batch_rows: int) -> Iterator[pa.Table]:
+        """The split's rows, in tables of at most ``batch_rows`` rows."""
+        ...
+
+
+def _rechunk(tables: Iterator[pa.Table | pa.RecordBatch], batch_rows: int) -> Iterator[pa.Table]:
+    pending: list[pa.Table] = []
+    count = 0
+    for t in tables:
+        table = pa.Table.from_batches([t]) if isinstance(t, pa.RecordBatch) else t
+        pending.append(table)
+        count += table.num_rows
+        while count >= batch_rows:
+            whole = pa.concat_tables(pending)
+            yield whole.slice(0, batch_rows)
+            rest = whole.slice(batch_rows)
+            pending, count = ([rest] if rest.num_rows else []), rest.num_rows
+    if count:
+        yield pa.concat_tables(pending)
+
+
+class _CsvReader:
+    def splits(self, spec: ReadCsv, node: str, urls: list[str]) -> list[Split]:
+        files = expand(urls, node=node, suffixes=(".csv", ".tsv", ".txt"))
+        schema = self._infer(spec, node, files[0]) if files else None
+        return [Split(node, i, f.url, 0, f.size, schema=schema) for i, f in enumerate(files)]
+
+    def _infer(self, spec: ReadCsv, node: str, first: FileRef) -> pa.Schema:
+        # Infer once, from the start of the first file, so every split and part shares one schema.
+        fs, path = filesystem(first.url)
+        with fs.open(path, "rb") as fh:
+            try:
+                reader = pacsv.open_csv(fh, **self._options(spec, None, 1 << 20))
+                schema = reader.schema
+            except pa.ArrowInvalid as exc:
+                raise DataError(f"node '{node}': {first.url}: {exc}") from None
+        return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in schema])
+
+    def _options(self, spec: ReadCsv, schema: pa.Schema | None, block: int) -> dict[str, Any]:
+        types: dict[str, pa.DataType] = {f.name: f.type for f in schema} if schema else {}
+        for name, type_name in (spec.column_types or {}).items():
+            types[name] = pa.type_for_alias(type_name)
+        return {
+            "read_options": pacsv.ReadOptions(
+                block_size=block, column_names=spec.column_names, autogenerate_column_names=False
+            ),
+            "parse_options": pacsv.ParseOptions(
+                delimiter=spec.delimiter, quote_char=spec.quote_char, newlines_in_values=True
+            ),
+            "convert_options": pacsv.ConvertOptions(
+                column_types=types,
+                include_columns=spec.columns,
+                null_values=spec.null_values,
+                strings_can_be_null=True,
+            ),
+        }
+
+    def read(self, spec: ReadCsv, split: Split, batch_rows: int) -> Iterator[pa.Table]:
+        fs, path = filesystem(split.url)
+        with fs.open(path, "rb") as fh:
+            try:
+                reader = pacsv.open_csv(fh, **self._options(spec, split.schema, 16 << 20))
+                yield from _rechunk(iter(reader), batch_rows)
+            except pa.ArrowInvalid as exc:
+                raise DataError(f"node '{split.node}': {split.url}: {exc}") from None
+
+
+class _JsonlReader:
+    def splits(self, spec: ReadJsonl, node: str, urls: list[str]) -> list[Split]:
+        files = expand(urls, node=node, suffixes=(".jsonl", ".json", ".ndjson"))
+        return [Split(node, i, f.url, 0, f.size) for i, f in enumerate(files)]
+
+    def read(self, spec: ReadJsonl, split: Split, batch_rows: int) -> Iterator[pa.Table]:
+        fs, path = filesystem(split.url)
+        rows: list[dict[str, Any]] = []
+        offset = 0
+        with fs.open(path, "rb") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataError(
+                            f"node '{split.node}': {split.url}:{line_no} (byte {offset}): "
+                            f"not a JSON object: {exc.msg}"
+                        ) from None
+                    if not isinstance(row, dict):
+                        raise DataError(
+                            f"node '{split.node}': {split.url}:{line_no} (byte {offset}): "
+                            "each line must be a JSON object"
+                        )
+                    rows.append(row)
+                offset += len(line)
+                if len(rows) >= batch_rows:
+                    yield self._table(spec, rows)
+                    rows = []
+        if rows:
+            yield self._table(spec, rows)
+
+    def _table(self, spec: ReadJsonl, rows: list[dict[str, Any]]) -> pa.Table:
+        table = pa.Table.from_pylist(rows)
+        if spec.column_types:
+            table = table.cast(
+                pa.schema(
+                    [
+                        pa.field(f.name, pa.type_for_alias(spec.column_types[f.name]))
+                        if f.name in spec.column_types
+                        else f
+                        for f in table.schema
+                    ]
+                )
+            )
+        return table.select(spec.columns) if spec.columns else table
+
+
+class _TextReader:
+    def splits(self, spec: ReadText, node: str, urls: list[str]) -> list[Split]:
+        files = expand(urls, node=node)
+        return [Split(node, i, f.url, 0, f.size) for i, f in enumerate(files)]
+
+    def read(self, spec: ReadText, split: Split, batch_rows: int) -> Iterator[pa.Table]:
+        fs, path = filesystem(split.url)
+        with fs.open(path, "rb") as fh:
+            raw = fh.read() if spec.mode == "file" else None
+            if raw is not None:
+                yield pa.table({"path": [split.url], spec.column: [raw.decode(spec.encoding)]})
+                return
+            text = io.TextIOWrapper(fh, encoding=spec.encoding, newline="")
+            lines: list[str] = []
+            for line in text:
+                lines.append(line.rstrip("\r\n"))
+                if len(lines) >= batch_rows:
+                    yield pa.table({spec.column: lines})
+                    lines = []
+            if lines:
+                yield pa.table({spec.column: lines})
+
+
+class _ParquetReader:
+    def splits(self, spec: ReadParquet, node: str, urls: list[str]) -> list[Split]:
+        out: list[Split] = []
+        for f in expand(urls, node=node, suffixes=(".parquet", ".pq")):
+            fs, path = filesystem(f.url)
+            with fs.open(path, "rb") as fh:
+                meta = pq.ParquetFile(fh).metadata
+            for rg in range(max(meta.num_row_groups, 1)):
+                out.append(Split(node, len(out), f.url, 0, f.size, row_group=rg))
+        return out
+
+    def read(self, spec: ReadParquet, split: Split, batch_rows: int) -> Iterator[pa.Table]:
+        fs, path = filesystem(split.url)
+        with fs.open(path, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            if pf.metadata.num_row_groups == 0:
+                return
+            for batch in pf.iter_batches(
+                batch_size=batch_rows, row_groups=[split.row_group or 0], columns=spec.columns
+            ):
+                yield pa.Table.from_batches([batch])
+
+
+READERS: dict[str, Reader] = {
+    "read_csv": _CsvReader(),
+    "read_jsonl": _JsonlReader(),
+    "read_text": _TextReader(),
+    "read_parquet": _ParquetReader(),
+}
+"""The reader of each source op."""
+
+
+def reader_for(spec: FileSource) -> Reader:
+    """The reader of a source node's op."""
+    return READERS[spec.op]

@@ -1,0 +1,336 @@
+"""Byte-range splits of big text files, so several workers can read one CSV / JSONL / text file.
+
+A file is cut into ranges by pure arithmetic on its size (`plan_ranges`). A range owns every record
+that *starts* inside it: its reader skips forward to the first record boundary at or after its start
+and reads past its end to finish the last record it owns. Neighbouring ranges agree on the boundary
+between them because both compute "the first boundary at or after this offset", so every record is
+read exactly once whatever the cut points.
+
+For JSONL and text a boundary is the byte after a newline. For CSV a newline inside a quoted field
+is not a boundary, so a reader must know whether its start lies inside quotes. That needs every byte
+before it, which is why it is computed in two cheap parallel steps instead of by one sequential
+scan: each range counts its quote characters (`csv_quote_parity`), and the prefix XOR of those
+parities (`range_quote_states`) is the quote state at each range start. Under RFC 4180 quotes only
+open or close quoted fields and doubled quotes inside them come in pairs, so the parity is exact.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import fsspec
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+__all__ = [
+    "ByteRange",
+    "csv_quote_parity",
+    "header_line",
+    "plan_ranges",
+    "range_quote_states",
+    "read_csv_range",
+    "read_lines_range",
+    "read_range_bytes",
+]
+
+# Read granularity: large enough that per-call overhead (and remote round trips) vanish, small
+# enough that the boundary searches, which may run past a range, never pull in much extra.
+_CHUNK_BYTES = 4 * 1024 * 1024
+_NL = b"\n"
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """A split of one file: it owns every record that STARTS at a byte offset in [start, end)."""
+
+    path: str
+    start: int
+    end: int
+    file_size: int
+    index: int
+
+
+def plan_ranges(fs: fsspec.AbstractFileSystem, path: str, target_bytes: int) -> list[ByteRange]:
+    """Cut the file into ranges of about `target_bytes` (at least one range, even when empty).
+
+    Pure arithmetic on the file size: the file is not read. Sizes are spread evenly so the last
+    range is not a small remainder.
+    """
+    if target_bytes < 1:
+        raise ValueError(f"target_bytes must be at least 1, got {target_bytes}")
+    size = int(fs.size(path))
+    count = max(1, -(-size // target_bytes))
+    cuts = [size * i // count for i in range(count + 1)]
+    return [ByteRange(path, cuts[i], cuts[i + 1], size, i) for i in range(count)]
+
+
+def csv_quote_parity(fs: fsspec.AbstractFileSystem, r: ByteRange, quote_char: str = '"') -> int:
+    """Number of `quote_char` bytes in [r.start, r.end) modulo 2.
+
+    Cheap (a C-level count over the range) and independent per range, so the runtime can run it
+    for all ranges in parallel and feed the results to `range_quote_states`.
+    """
+    quote = _quote_byte(quote_char)
+    count = 0
+    with fs.open(r.path, "rb") as f:
+        f.seek(r.start)
+        remaining = r.end - r.start
+        while remaining > 0:
+            chunk = f.read(min(_CHUNK_BYTES, remaining))
+            if not chunk:
+                break
+            count += chunk.count(quote)
+            remaining -= len(chunk)
+    return count & 1
+
+
+def range_quote_states(parities: Sequence[int]) -> list[bool]:
+    """Quote state at the start of each range of one file, from the ranges' `csv_quote_parity`.
+
+    Range k starts inside quotes when the quotes before it are odd in number: the prefix XOR.
+    """
+    states: list[bool] = []
+    inside = 0
+    for parity in parities:
+        states.append(bool(inside))
+        inside ^= parity & 1
+    return states
+
+
+def read_range_bytes(
+    fs: fsspec.AbstractFileSystem,
+    r: ByteRange,
+    *,
+    kind: Literal["csv", "lines"],
+    in_quotes: bool = False,
+    quote_char: str = '"',
+    skip_header: bool = False,
+) -> tuple[bytes, int]:
+    """Return (data, data_start_offset): the bytes of every record that starts in [r.start, r.end).
+
+    Data runs from the first record boundary at or after r.start up to and including the end of
+    the record holding byte r.end - 1, reading past r.end as far as that record goes. For "lines"
+    a boundary is the byte after a newline; for "csv" after a newline outside quotes, `in_quotes`
+    being the quote state at r.start. With `skip_header` the first range leaves out the file's
+    first record. A range that owns no record returns empty data.
+    """
+    parts, data_start = _record_parts(fs, r, kind, in_quotes, quote_char, skip_header)
+    return b"".join(parts), data_start
+
+
+def header_line(fs: fsspec.AbstractFileSystem, path: str, quote_char: str = '"') -> bytes:
+    """The first CSV record of the file (several lines if quoted), including its newline."""
+    quote = _quote_byte(quote_char)
+    parts: list[bytes] = []
+    inside = False
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            hit, inside = _find_boundary(chunk, 0, inside, quote)
+            if hit >= 0:
+                parts.append(chunk[:hit])
+                break
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+def read_csv_range(
+    fs: fsspec.AbstractFileSystem,
+    r: ByteRange,
+    *,
+    in_quotes: bool,
+    header: bytes | None,
+    read_options: pacsv.ReadOptions | None,
+    parse_options: pacsv.ParseOptions | None,
+    convert_options: pacsv.ConvertOptions | None,
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """Parse the range's records with pyarrow.csv, in batches of exactly `batch_rows` but the last.
+
+    `header` is the file's header line (from `header_line`), prepended to every range so each parse
+    sees the column names; the first range then skips the file's own copy. Pass None for a file
+    without a header, with the names in `read_options.column_names`. `read_options.skip_rows`
+    would apply to every range, so it must be left at 0. Types left to inference are inferred per
+    range: give `convert_options.column_types` when ranges must agree on a schema.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+    parse_options = parse_options or pacsv.ParseOptions()
+    # The quote scan must follow the parser's quoting: quote_char=False disables quoting.
+    quote = parse_options.quote_char if parse_options.quote_char else None
+    skip_header = header is not None and r.start == 0
+    parts, _ = _record_parts(fs, r, "csv", in_quotes, quote, skip_header)
+    if not any(parts):
+        return
+    if header is not None:
+        # A header-only file may lack its final newline; the data must still start on a new line.
+        parts.insert(0, header if header.endswith(_NL) else header + _NL)
+    stream = io.BytesIO(b"".join(parts))
+    del parts  # the joined copy is all the parser needs; free the pieces early
+    reader = pacsv.open_csv(
+        stream,
+        read_options=read_options,
+        parse_options=parse_options,
+        convert_options=convert_options,
+    )
+    yield from _rebatch(reader, batch_rows)
+
+
+def read_lines_range(
+    fs: fsspec.AbstractFileSystem, r: ByteRange, *, batch_rows: int, encoding: str = "utf-8"
+) -> Iterator[list[str]]:
+    """The lines (without "\\n" or "\\r\\n") of the records the range owns, in lists of at most
+    `batch_rows`. A last line without a trailing newline is included.
+
+    The encoding must keep b"\\n" a single byte that no other character contains (UTF-8, ASCII,
+    Latin-1...); UTF-16/32 files are not supported.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+    data, _ = read_range_bytes(fs, r, kind="lines")
+    if not data:
+        return
+    # Split on "\n" only: str.splitlines also splits on \u2028, \x85... which JSON may hold raw.
+    lines = data.decode(encoding).split("\n")
+    if data.endswith(_NL):
+        lines.pop()  # the empty piece after the final newline is not a line
+    for i in range(0, len(lines), batch_rows):
+        yield [line for line in lines[i : i + batch_rows]]
+
+
+def _quote_byte(quote_char: str) -> bytes:
+    quote = quote_char.encode("utf-8")
+    if len(quote) != 1 or quote == _NL:
+        raise ValueError(f"quote_char must be one single-byte character other than newline: {quote!r}")
+    return quote
+
+
+def _find_boundary(buf: bytes, pos: int, inside: bool, quote: bytes | None) -> tuple[int, bool]:
+    """Index just after the first newline at or after `pos` outside quotes, or -1 if none.
+
+    Also returns the quote state at the end of the scan (where the boundary was found, or at the
+    end of `buf`) so a scan can continue into the next chunk. Jumps from quote to quote with
+    bytes.find, so the cost is in quotes passed, not bytes; it only ever runs over about a record.
+    """
+    if quote is None:
+        hit = buf.find(_NL, pos)
+        return (hit + 1 if hit >= 0 else -1), False
+    newline = -1
+    while True:
+        if inside:
+            q = buf.find(quote, pos)
+            if q < 0:
+                return -1, True
+            inside, pos = False, q + 1
+            continue
+        if newline < pos:  # cached newline still ahead of pos stays the first one: skip re-finding
+            newline = buf.find(_NL, pos)
+            if newline < 0:
+                # No newline left in buf: only the final quote state matters.
+                return -1, bool(buf.count(quote, pos) & 1)
+        q = buf.find(quote, pos, newline)
+        if q < 0:
+            return newline + 1, False
+        inside, pos = True, q + 1
+
+
+def _record_parts(
+    fs: fsspec.AbstractFileSystem,
+    r: ByteRange,
+    kind: Literal["csv", "lines"],
+    in_quotes: bool,
+    quote_char: str | None,
+    skip_header: bool,
+) -> tuple[list[bytes], int]:
+    """The pieces of bytes of the records the range owns, and the offset where they start."""
+    quote = _quote_byte(quote_char) if kind == "csv" and quote_char is not None else None
+    inside = in_quotes and quote is not None
+    with fs.open(r.path, "rb") as f:
+        if r.start == 0:
+            data_start = 0
+            if skip_header:
+                # The header may be longer than the range: search to the end of the file.
+                data_start = _seek_boundary(f, 0, r.file_size, False, quote)
+                if data_start < 0:
+                    return [], r.file_size  # the file is all header
+        else:
+            f.seek(r.start - 1)
+            before = f.read(1)
+            # A newline is not a quote, so the state at r.start also holds just before it.
+            if before == _NL and not inside:
+                data_start = r.start
+            else:
+                # A boundary at r.end or later starts a record owned by the next range: stop there.
+                data_start = _seek_boundary(f, r.start, r.end - 1, inside, quote)
+                if data_start < 0:
+                    return [], r.end
+        if data_start >= r.end:
+            return [], data_start
+
+        # Body: the owned records up to r.end, then finish the record holding byte r.end - 1.
+        parts: list[bytes] = []
+        f.seek(data_start)
+        remaining = r.end - data_start
+        quotes = 0
+        while remaining > 0:
+            chunk = f.read(min(_CHUNK_BYTES, remaining))
+            if not chunk:
+                break
+            if quote is not None:
+                quotes += chunk.count(quote)
+            parts.append(chunk)
+            remaining -= len(chunk)
+        if not parts:
+            return [], data_start
+        last = parts[-1]
+        # data_start is a boundary, so it is outside quotes; the count gives the state at r.end - 1.
+        inside = bool((quotes - (quote is not None and last.endswith(quote))) & 1)
+        hit, inside = _find_boundary(last, len(last) - 1, inside, quote)
+        while hit < 0:
+            chunk = f.read(_CHUNK_BYTES)
+            if not chunk:
+                break  # the last record of the file has no final newline
+            hit, inside = _find_boundary(chunk, 0, inside, quote)
+            parts.append(chunk if hit < 0 else chunk[:hit])
+    return parts, data_start
+
+
+def _seek_boundary(f: Any, start: int, limit: int, inside: bool, quote: bytes | None) -> int:
+    """Offset just after the first boundary newline in [start, limit), or -1 if there is none.
+
+    Reads from `start` in chunks; `inside` is the quote state at `start`.
+    """
+    f.seek(start)
+    pos = start
+    while pos < limit:
+        chunk = f.read(min(_CHUNK_BYTES, limit - pos))
+        if not chunk:
+            break
+        hit, inside = _find_boundary(chunk, 0, inside, quote)
+        if hit >= 0:
+            return pos + hit
+        pos += len(chunk)
+    return -1
+
+
+def _rebatch(reader: pacsv.CSVStreamingReader, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Re-cut the parser's block-sized batches into batches of exactly `batch_rows` but the last."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in reader:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        if pending_rows < batch_rows:
+            continue
+        table = pa.Table.from_batches(pending)
+        full = pending_rows - pending_rows % batch_rows
+        for offset in range(0, full, batch_rows):
+            yield from table.slice(offset, batch_rows).combine_chunks().to_batches()
+        pending = table.slice(full).to_batches()
+        pending_rows -= full
+    if pending_rows:
+        yield from pa.Table.from_batches(pending).combine_chunks().to_batches()

@@ -1,0 +1,104 @@
+"""Physical planning: turn stages into Ray task specifications with resource options.
+
+Reservations are checked against the cluster's capacity here, at compile time: on a small cluster a
+task that asks for more than any machine has would wait forever, so it is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.optimizer import Stage
+from engine.plan import Problem
+from engine.spec.models import NodeSpec, Resources
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """Everything a worker needs to run one stage on one split; plain, picklable data."""
+
+    source_id: str
+    source: NodeSpec
+    transforms: tuple[tuple[str, NodeSpec], ...]
+    sink_id: str
+    sink: NodeSpec
+    output: str
+    batch_rows: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class PhysicalStage:
+    """A stage ready to submit: its job, its resolved input URLs and its Ray options."""
+
+    job: StageJob
+    inputs: tuple[str, ...]
+    ray_options: Mapping[str, Any]
+
+
+def ray_options(resources: Resources) -> dict[str, Any]:
+    """Ray task options for one task of a stage (one CPU unless the nodes ask otherwise)."""
+    options: dict[str, Any] = {"num_cpus": 1.0 if resources.num_cpus is None else resources.num_cpus}
+    if resources.num_gpus:
+        options["num_gpus"] = resources.num_gpus
+    if resources.memory:
+        options["memory"] = resources.memory
+    if resources.custom:
+        options["resources"] = dict(resources.custom)
+    return options
+
+
+def build_physical(
+    stages: list[Stage], batch_rows: int, resolve: Callable[[str, str], str]
+) -> list[PhysicalStage]:
+    """Physical stages; ``resolve(node, path)`` makes a node's relative path absolute."""
+    out = []
+    for stage in stages:
+        src, sink = stage.source.spec, stage.sink.spec
+        paths = src.path if isinstance(src.path, list) else [src.path]  # type: ignore[attr-defined]
+        job = StageJob(
+            source_id=stage.source.id,
+            source=src,
+            transforms=tuple((t.id, t.spec) for t in stage.transforms),
+            sink_id=stage.sink.id,
+            sink=sink,
+            output=resolve(stage.sink.id, sink.path),  # type: ignore[attr-defined]
+            batch_rows=getattr(src, "batch_rows", None) or batch_rows,
+            max_attempts=max(n.retry.max_attempts for n in stage.nodes),
+        )
+        inputs = tuple(resolve(stage.source.id, p) for p in paths)
+        out.append(PhysicalStage(job, inputs, ray_options(stage.resources)))
+    return out
+
+
+def check_capacity(stages: list[Stage], capacity: Mapping[str, float]) -> list[Problem]:
+    """Problems for stages whose one task needs more than the cluster offers."""
+    problems = []
+    for stage in stages:
+        need = ray_options(stage.resources)
+        wants: dict[str, float] = {"CPU": need["num_cpus"], "GPU": need.get("num_gpus", 0.0)}
+        wants.update(need.get("resources", {}))
+        for key, amount in wants.items():
+            have = capacity.get(key, 0.0)
+            if amount > have:
+                node = _asking(stage, key)
+                problems.append(
+                    Problem(
+                        ("nodes", node, "resources"),
+                        f"node '{node}' needs {amount:g} {key} per task; the cluster has {have:g}",
+                        "lower the request or run on a cluster that has it",
+                        code="capacity",
+                    )
+                )
+    return problems
+
+
+def _asking(stage: Stage, key: str) -> str:
+    for node in stage.nodes:
+        r = node.resources
+        value = {"CPU": r.num_cpus, "GPU": r.num_gpus}.get(key, r.custom.get(key))
+        if value:
+            return node.id
+    return stage.sink.id

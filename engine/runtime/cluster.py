@@ -1,0 +1,64 @@
+"""Connecting to Ray: a local instance sized explicitly, or an existing cluster with the code shipped."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import ray
+
+DEFAULT_OBJECT_STORE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What the runtime needs to know about the cluster it runs on."""
+
+    address: str
+    resources: dict[str, float]
+    started_here: bool
+
+
+def object_store_bytes() -> int:
+    """The object store size for a local Ray (``HEADRACE_OBJECT_STORE_BYTES`` overrides it)."""
+    return int(os.environ.get("HEADRACE_OBJECT_STORE_BYTES", DEFAULT_OBJECT_STORE_BYTES))
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[ClusterInfo]:
+    """Use the Ray already initialised in this process, connect to ``address``, or start a local Ray.
+
+    A Ray started here is stopped on exit; a cluster or an outer session is left running.
+    """
+    if ray.is_initialized():
+        yield ClusterInfo("existing", dict(ray.cluster_resources()), started_here=False)
+        return
+    if address:
+        import connectors
+        import engine
+        import operators
+
+        runtime_env = {"py_modules": [engine, operators, connectors]}
+        ray.init(
+            address=address,
+            runtime_env=runtime_env,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    else:
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            object_store_memory=object_store_bytes(),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            configure_logging=True,
+        )
+    try:
+        yield ClusterInfo(address or "local", dict(ray.cluster_resources()), started_here=True)
+    finally:
+        ray.shutdown()

@@ -1,0 +1,200 @@
+"""Run a checked pipeline: compile it to stages, submit a bounded window of split tasks, commit.
+
+This is the one module that calls ``ray.wait``. Memory stays flat whatever the input size: at most
+``window`` splits are in flight, each streams its split in batches, and only metadata comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import ray
+
+from connectors.files import resolve
+from connectors.readers import Split, reader_for
+from connectors.writers import PartInfo, prepare_output, write_manifest
+from engine.check import CheckedPipeline, locate
+from engine.errors import ConfigError, DataError, HeadraceError
+from engine.optimizer import optimize
+from engine.physical import PhysicalStage, build_physical, check_capacity
+from engine.plan import Problem
+from engine.runtime.cluster import ray_session
+from engine.runtime.summary import NodeStats, RunSummary
+from engine.runtime.worker import SplitResult, run_split
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: ``run-20261125-213045-1a2b3c``."""
+    return f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class _Pending:
+    stage: PhysicalStage
+    split: Split
+    attempt: int = 1
+
+
+def run_checked(
+    checked: CheckedPipeline,
+    *,
+    address: str | None = None,
+    run_id: str | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Run ``checked`` to completion on Ray and return its summary (failures are in the summary)."""
+    run_id = run_id or new_run_id()
+    plan = checked.plan
+    stages, problems = optimize(plan)
+    _raise_located(problems, checked)
+    physical = build_physical(stages, checked.loaded.spec.defaults.batch_rows, _resolver(checked))
+    started = time.perf_counter()
+    nodes: dict[str, NodeStats] = {n.id: NodeStats(n.op) for s in stages for n in s.nodes}
+    summary = RunSummary(run_id, plan.name, "succeeded", 0.0, nodes)
+    with ray_session(address) as cluster:
+        _raise_located(check_capacity(stages, cluster.resources), checked)
+        report = _Progress(summary, enabled=progress)
+        try:
+            parts = _execute(physical, cluster.resources.get("CPU", 1.0), summary, report)
+            for stage in physical:
+                url = write_manifest(
+                    stage.job.output, run_id, plan.name, plan.spec_hash, parts[stage.job.sink_id]
+                )
+                summary.outputs[stage.job.sink_id] = url
+        except HeadraceError as exc:
+            summary.status = "failed"
+            summary.error = str(exc)
+        except KeyboardInterrupt:
+            summary.status = "cancelled"
+            summary.error = "interrupted; parts committed so far are kept"
+        finally:
+            summary.seconds = time.perf_counter() - started
+            report.close()
+    return summary
+
+
+def _execute(
+    stages: list[PhysicalStage], cpus: float, summary: RunSummary, report: _Progress
+) -> dict[str, list[PartInfo]]:
+    queue: list[_Pending] = []
+    for stage in stages:
+        prepare_output(stage.job.sink, stage.job.output, stage.job.sink_id)  # type: ignore[arg-type]
+        splits = reader_for(stage.job.source).splits(  # type: ignore[arg-type]
+            stage.job.source, stage.job.source_id, list(stage.inputs)
+        )
+        queue.extend(_Pending(stage, s) for s in splits)
+    report.total_splits = len(queue)
+    window = max(2, int(cpus * 2))
+    remote = ray.remote(run_split)
+    in_flight: dict[Any, _Pending] = {}
+    parts: dict[str, list[PartInfo]] = {s.job.sink_id: [] for s in stages}
+    queue.reverse()
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < window:
+                item = queue.pop()
+                ref = remote.options(
+                    **item.stage.ray_options,
+                    max_retries=item.stage.job.max_attempts - 1,
+                    retry_exceptions=[OSError],
+                ).remote(item.stage.job, item.split)
+                in_flight[ref] = item
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in done:
+                item = in_flight.pop(ref)
+                result: SplitResult = _get(ref)
+                parts[item.stage.job.sink_id].append(result.part)
+                for node, count in result.rows.items():
+                    summary.nodes[node].rows += count
+                    summary.nodes[node].seconds += result.seconds.get(node, 0.0)
+                report.split_done(result.bytes_read)
+            report.tick()
+    except BaseException:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+        raise
+    return parts
+
+
+def _get(ref: Any) -> SplitResult:
+    try:
+        result: SplitResult = ray.get(ref)
+        return result
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, Exception) else None
+        if isinstance(cause, HeadraceError):
+            raise cause from None
+        raise DataError(str(cause or exc).strip().splitlines()[-1]) from None
+
+
+def _resolver(checked: CheckedPipeline) -> Callable[[str, str], str]:
+    """Relative paths in the file are relative to the file; those given with --set, to the cwd."""
+    doc_path = checked.loaded.document.path
+    file_dir = os.path.dirname(os.path.abspath(doc_path)) if doc_path not in ("-", "<stdin>") else os.getcwd()
+    origin = checked.loaded.document.source_map.origin
+
+    def resolve_path(node: str, path: str) -> str:
+        base = os.getcwd() if origin(("nodes", node, "path")) else file_dir
+        return resolve(path, base)
+
+    return resolve_path
+
+
+def _raise_located(problems: list[Problem], checked: CheckedPipeline) -> None:
+    errors = [locate(p, checked.loaded.document) for p in problems if p.severity == "error"]
+    if errors:
+        raise ConfigError(errors)
+
+
+class _Progress:
+    """Live progress on a terminal, a plain line every few seconds otherwise (to stderr)."""
+
+    def __init__(self, summary: RunSummary, *, enabled: bool) -> None:
+        self.summary = summary
+        self.enabled = enabled
+        self.total_splits = 0
+        self.done_splits = 0
+        self.bytes = 0
+        self.started = time.perf_counter()
+        self.last_line = 0.0
+        self.live: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(stderr=True), refresh_per_second=4, transient=True)
+            self.live.start()
+
+    def split_done(self, nbytes: int) -> None:
+        self.done_splits += 1
+        self.bytes += nbytes
+
+    def _line(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        rows = " ".join(f"{n}={s.rows:,}" for n, s in self.summary.nodes.items())
+        rate = self.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
+        return (
+            f"[{elapsed:6.1f}s] splits {self.done_splits}/{self.total_splits} {rate:.1f} MB/s  rows: {rows}"
+        )
+
+    def tick(self) -> None:
+        if not self.enabled:
+            return
+        if self.live is not None:
+            self.live.update(self._line())
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= 5.0:
+            self.last_line = now
+            print(self._line(), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()

@@ -1,0 +1,80 @@
+"""The summary of a run: what ``headrace run`` prints and what ``--json`` emits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RunStatus = Literal["succeeded", "failed", "budget_exceeded", "cancelled"]
+
+_EXIT = {"succeeded": 0, "failed": 3, "budget_exceeded": 4, "cancelled": 130}
+
+
+@dataclass
+class NodeStats:
+    """Counters of one node over a run."""
+
+    op: str
+    rows: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    """The outcome of a run."""
+
+    run_id: str
+    pipeline: str
+    status: RunStatus
+    seconds: float
+    nodes: dict[str, NodeStats] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """The process exit status for this outcome."""
+        return _EXIT[self.status]
+
+    @property
+    def total_cost_usd(self) -> float:
+        """Spend over every node."""
+        return sum(n.cost_usd for n in self.nodes.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object ``headrace run --json`` prints."""
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "nodes": {
+                name: {
+                    "op": s.op,
+                    "rows": s.rows,
+                    "seconds": round(s.seconds, 3),
+                    "tokens": s.tokens,
+                    "cost_usd": s.cost_usd,
+                }
+                for name, s in self.nodes.items()
+            },
+            "total_cost_usd": self.total_cost_usd,
+            "outputs": self.outputs,
+            "error": self.error,
+        }
+
+    def render(self) -> str:
+        """A short table for people."""
+        lines = [f"run {self.run_id} ({self.pipeline}): {self.status} in {self.seconds:.2f}s"]
+        width = max([len(n) for n in self.nodes] + [4])
+        lines.append(f"  {'node':<{width}}  {'op':<14} {'rows':>12} {'seconds':>9} {'rows/s':>12}")
+        for name, s in self.nodes.items():
+            rate = f"{s.rows / s.seconds:,.0f}" if s.seconds > 0 else "-"
+            lines.append(f"  {name:<{width}}  {s.op:<14} {s.rows:>12,} {s.seconds:>9.2f} {rate:>12}")
+        for node, url in self.outputs.items():
+            lines.append(f"  output {node}: {url}")
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return "\n".join(lines)
