@@ -84,9 +84,10 @@ def check_capacity(stages: list[Stage], capacity: Mapping[str, float]) -> list[P
             have = capacity.get(key, 0.0)
             if amount > have:
                 node = _asking(stage, key)
+                field = {"CPU": ("num_cpus",), "GPU": ("num_gpus",)}.get(key, ("custom", key))
                 problems.append(
                     Problem(
-                        ("nodes", node, "resources"),
+                        ("nodes", node, "resources", *field),
                         f"node '{node}' needs {amount:g} {key} per task; the cluster has {have:g}",
                         "lower the request or run on a cluster that has it",
                         code="capacity",

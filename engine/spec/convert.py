@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from engine.errors import ConfigError, Diagnostic
 from engine.spec.document import Document, read_document
@@ -29,7 +30,8 @@ def convert(path: str, content: bytes | str | None, to: Format) -> str:
 def dump_json(data: Any, path: str = "<data>") -> str:
     """Pretty JSON, refusing values JSON cannot hold (``.nan``, ``.inf``)."""
     _check_json_safe(data, path)
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    # json leaves DEL raw, which the reader refuses as a control character; it can only sit in a string
+    return json.dumps(data, indent=2, ensure_ascii=False).replace("\x7f", "\\u007f") + "\n"
 
 
 def dump_yaml(data: Any) -> str:
@@ -78,12 +80,18 @@ def _to_commented(data: Any) -> Any:
     if isinstance(data, dict):
         out = CommentedMap()
         for k, v in data.items():
-            out[k] = _to_commented(v)
+            out[_to_commented(k)] = _to_commented(v)
         return out
     if isinstance(data, list):
         seq = CommentedSeq(_to_commented(v) for v in data)
         return seq
+    if isinstance(data, str) and any(c in data for c in _LINE_BREAKS):
+        # ruamel writes these raw in single quotes, where a reader folds NEL into a space
+        return DoubleQuotedScalarString(data)
     return data
+
+
+_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
 
 
 def _check_json_safe(data: Any, path: str) -> None:

@@ -266,6 +266,7 @@ class _Frame:
     nodes: int = 1
     key: str | None = None
     key_span: Span | None = None
+    merge_key: bool = False  # the pending key is a plain `<<` (a quoted '<<' is an ordinary key)
     merges: list[tuple[Any, Span]] = field(default_factory=list)
 
 
@@ -398,7 +399,8 @@ class _YamlBuilder:
                 if stack and isinstance(stack[-1].container, dict) and stack[-1].key is None:
                     frame = stack[-1]
                     key = ev.value
-                    if key in frame.container or (key == "<<" and frame.merges):
+                    merge = key == "<<" and not ev.style
+                    if key in frame.container or (merge and frame.merges):
                         first = self.smap.keys.get(_join(frame.where, key))
                         where_first = f" (first at line {first.line})" if first else ""
                         raise _fail(
@@ -410,7 +412,8 @@ class _YamlBuilder:
                         )
                     frame.key = key
                     frame.key_span = self._span(ev.start_mark)
-                    if key != "<<":
+                    frame.merge_key = merge
+                    if not merge:
                         self.smap.keys[_join(frame.where, key)] = frame.key_span
                     continue
                 value = self._scalar(ev)
@@ -494,7 +497,7 @@ class _YamlBuilder:
             frame.container.append(value)
         else:
             assert frame.key is not None
-            if frame.key == "<<":
+            if frame.merge_key:
                 assert frame.key_span is not None
                 frame.merges.append((value, frame.key_span))
             else:

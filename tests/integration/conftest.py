@@ -1,0 +1,34 @@
+"""A real local Ray, sized explicitly, shared by the integration tests of one session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """Two CPUs and a 512 MiB object store, whatever the machine, so tests behave the same everywhere."""
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            object_store_memory=512 * 1024 * 1024,
+            include_dashboard=False,
+            # workers import test helpers (e.g. map_batches functions) from the repository
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}},
+        )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def out_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the examples' ${HEADRACE_OUT} at a temporary folder."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("HEADRACE_OUT", str(out))
+    return out

@@ -1,0 +1,23 @@
+"""User functions named by import path in integration-test pipelines."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def double_n(table: pa.Table, factor: int = 2) -> pa.Table:
+    """Multiply column ``n`` by ``factor``."""
+    return table.set_column(table.column_names.index("n"), "n", pc.multiply(table["n"], factor))
+
+
+def explode_on_seven(table: pa.Table) -> pa.Table:
+    """Fail on a row whose ``n`` is 7, to test failure reporting."""
+    if pc.any(pc.equal(table["n"], 7)).as_py():
+        raise ValueError("n must not be 7")
+    return table
+
+
+def not_a_table(table: pa.Table) -> object:
+    """Return something that is not a table."""
+    return [1, 2, 3]
