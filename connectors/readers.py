@@ -6,9 +6,8 @@ one Ray task reads, transforms and writes one split.
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +17,14 @@ import pyarrow.parquet as pq
 
 from connectors.files import FileRef, expand, filesystem
 from connectors.sources import FileSource, ReadCsv, ReadJsonl, ReadParquet, ReadText
+from connectors.splits import (
+    ByteRange,
+    csv_quote_parity,
+    header_line,
+    plan_ranges,
+    read_csv_range,
+    read_lines_range,
+)
 from engine.errors import DataError
 
 
@@ -32,6 +39,8 @@ class Split:
     end: int
     row_group: int | None = None
     schema: pa.Schema | None = None
+    in_quotes: bool = False
+    header: bytes | None = None
 
     @property
     def id(self) -> str:
@@ -40,11 +49,20 @@ class Split:
         return f"{self.url}@{where}"
 
 
+ParallelMap = Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]
+"""Runs ``fn(*args)`` for each argument tuple, possibly in parallel, returning results in order."""
+
+
+def serial_map(fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+    """The trivial ParallelMap."""
+    return [fn(*a) for a in args]
+
+
 class Reader(Protocol):
     """Plans and reads the splits of one kind of source."""
 
-    def splits(self, spec: Any, node: str, urls: list[str]) -> list[Split]:
-        """Every split of the source, in order."""
+    def splits(self, spec: Any, node: str, urls: list[str], pmap: ParallelMap = serial_map) -> list[Split]:
+        """Every split of the source, in order; ``pmap`` runs planning work (e.g. scans) in parallel."""
         ...
 
     def read(self, spec: Any, split: Split, batch_rows: int) -> Iterator[pa.Table]:
@@ -69,10 +87,41 @@ def _rechunk(tables: Iterator[pa.Table | pa.RecordBatch], batch_rows: int) -> It
 
 
 class _CsvReader:
-    def splits(self, spec: ReadCsv, node: str, urls: list[str]) -> list[Split]:
+    def splits(
+        self, spec: ReadCsv, node: str, urls: list[str], pmap: ParallelMap = serial_map
+    ) -> list[Split]:
         files = expand(urls, node=node, suffixes=(".csv", ".tsv", ".txt"))
         schema = self._infer(spec, node, files[0]) if files else None
-        return [Split(node, i, f.url, 0, f.size, schema=schema) for i, f in enumerate(files)]
+        ranges: list[tuple[FileRef, ByteRange]] = []
+        for f in files:
+            fs, path = filesystem(f.url)
+            ranges.extend((f, r) for r in plan_ranges(fs, path, spec.split_bytes))
+        # Whether a range starts inside a quoted field follows from the quote parity of every range
+        # before it in its file; the parities are counted in parallel.
+        multi = [(f.url, r, spec.quote_char) for f, r in ranges if r.file_size > r.end or r.start > 0]
+        parity = dict(zip([(u, r.index) for u, r, _ in multi], pmap(_parity, multi), strict=True))
+        out: list[Split] = []
+        headers: dict[str, bytes | None] = {}
+        states: dict[str, int] = {}
+        for f, r in ranges:
+            if f.url not in headers:
+                fs, path = filesystem(f.url)
+                headers[f.url] = header_line(fs, path, spec.quote_char) if spec.header else None
+            inside = states.get(f.url, 0)
+            out.append(
+                Split(
+                    node,
+                    len(out),
+                    f.url,
+                    r.start,
+                    r.end,
+                    schema=schema,
+                    in_quotes=bool(inside),
+                    header=headers[f.url],
+                )
+            )
+            states[f.url] = inside ^ parity.get((f.url, r.index), 0)
+        return out
 
     def _infer(self, spec: ReadCsv, node: str, first: FileRef) -> pa.Schema:
         # Infer once, from the start of the first file, so every split and part shares one schema.
@@ -90,9 +139,7 @@ class _CsvReader:
         for name, type_name in (spec.column_types or {}).items():
             types[name] = pa.type_for_alias(type_name)
         return {
-            "read_options": pacsv.ReadOptions(
-                block_size=block, column_names=spec.column_names, autogenerate_column_names=False
-            ),
+            "read_options": pacsv.ReadOptions(block_size=block, column_names=spec.column_names),
             "parse_options": pacsv.ParseOptions(
                 delimiter=spec.delimiter, quote_char=spec.quote_char, newlines_in_values=True
             ),
@@ -106,45 +153,71 @@ class _CsvReader:
 
     def read(self, spec: ReadCsv, split: Split, batch_rows: int) -> Iterator[pa.Table]:
         fs, path = filesystem(split.url)
-        with fs.open(path, "rb") as fh:
-            try:
-                reader = pacsv.open_csv(fh, **self._options(spec, split.schema, 16 << 20))
-                yield from _rechunk(iter(reader), batch_rows)
-            except pa.ArrowInvalid as exc:
-                raise DataError(f"node '{split.node}': {split.url}: {exc}") from None
+        size = int(fs.size(path) or 0)
+        byte_range = ByteRange(path, split.start, split.end, size, split.index)
+        try:
+            batches = read_csv_range(
+                fs,
+                byte_range,
+                in_quotes=split.in_quotes,
+                header=split.header,
+                batch_rows=batch_rows,
+                **self._options(spec, split.schema, 16 << 20),
+            )
+            yield from _rechunk(batches, batch_rows)
+        except pa.ArrowInvalid as exc:
+            raise DataError(
+                f"node '{split.node}': {split.url} (bytes {split.start}-{split.end}): {exc}"
+            ) from None
+
+
+def _parity(url: str, r: ByteRange, quote_char: str) -> int:
+    fs, _ = filesystem(url)
+    return csv_quote_parity(fs, r, quote_char)
+
+
+def _line_splits(node: str, files: list[FileRef], split_bytes: int) -> list[Split]:
+    out: list[Split] = []
+    for f in files:
+        fs, path = filesystem(f.url)
+        out.extend(Split(node, len(out), f.url, r.start, r.end) for r in plan_ranges(fs, path, split_bytes))
+    return out
+
+
+def _lines(split: Split, batch_rows: int, encoding: str = "utf-8") -> Iterator[list[str]]:
+    fs, path = filesystem(split.url)
+    byte_range = ByteRange(path, split.start, split.end, int(fs.size(path) or 0), split.index)
+    return read_lines_range(fs, byte_range, batch_rows=batch_rows, encoding=encoding)
 
 
 class _JsonlReader:
-    def splits(self, spec: ReadJsonl, node: str, urls: list[str]) -> list[Split]:
+    def splits(
+        self, spec: ReadJsonl, node: str, urls: list[str], pmap: ParallelMap = serial_map
+    ) -> list[Split]:
         files = expand(urls, node=node, suffixes=(".jsonl", ".json", ".ndjson"))
-        return [Split(node, i, f.url, 0, f.size) for i, f in enumerate(files)]
+        return _line_splits(node, files, spec.split_bytes)
 
     def read(self, spec: ReadJsonl, split: Split, batch_rows: int) -> Iterator[pa.Table]:
-        fs, path = filesystem(split.url)
-        rows: list[dict[str, Any]] = []
-        offset = 0
-        with fs.open(path, "rb") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(
-                            f"node '{split.node}': {split.url}:{line_no} (byte {offset}): "
-                            f"not a JSON object: {exc.msg}"
-                        ) from None
-                    if not isinstance(row, dict):
-                        raise DataError(
-                            f"node '{split.node}': {split.url}:{line_no} (byte {offset}): "
-                            "each line must be a JSON object"
-                        )
-                    rows.append(row)
-                offset += len(line)
-                if len(rows) >= batch_rows:
-                    yield self._table(spec, rows)
-                    rows = []
-        if rows:
-            yield self._table(spec, rows)
+        seen = 0
+        for lines in _lines(split, batch_rows):
+            rows: list[dict[str, Any]] = []
+            for line in lines:
+                seen += 1
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(self._where(split, seen) + f"not a JSON object: {exc.msg}") from None
+                if not isinstance(row, dict):
+                    raise DataError(self._where(split, seen) + "each line must be a JSON object")
+                rows.append(row)
+            if rows:
+                yield self._table(spec, rows)
+
+    def _where(self, split: Split, line: int) -> str:
+        span = f"bytes {split.start}-{split.end}"
+        return f"node '{split.node}': {split.url} (line {line} of the split at {span}): "
 
     def _table(self, spec: ReadJsonl, rows: list[dict[str, Any]]) -> pa.Table:
         table = pa.Table.from_pylist(rows)
@@ -163,30 +236,35 @@ class _JsonlReader:
 
 
 class _TextReader:
-    def splits(self, spec: ReadText, node: str, urls: list[str]) -> list[Split]:
+    def splits(
+        self, spec: ReadText, node: str, urls: list[str], pmap: ParallelMap = serial_map
+    ) -> list[Split]:
         files = expand(urls, node=node)
+        if spec.mode == "line":
+            return _line_splits(node, files, spec.split_bytes)
         return [Split(node, i, f.url, 0, f.size) for i, f in enumerate(files)]
 
     def read(self, spec: ReadText, split: Split, batch_rows: int) -> Iterator[pa.Table]:
+        if spec.mode == "line":
+            for lines in _lines(split, batch_rows, spec.encoding):
+                yield pa.table({spec.column: pa.array(lines, pa.string())})
+            return
         fs, path = filesystem(split.url)
         with fs.open(path, "rb") as fh:
-            raw = fh.read() if spec.mode == "file" else None
-            if raw is not None:
-                yield pa.table({"path": [split.url], spec.column: [raw.decode(spec.encoding)]})
-                return
-            text = io.TextIOWrapper(fh, encoding=spec.encoding, newline="")
-            lines: list[str] = []
-            for line in text:
-                lines.append(line.rstrip("\r\n"))
-                if len(lines) >= batch_rows:
-                    yield pa.table({spec.column: lines})
-                    lines = []
-            if lines:
-                yield pa.table({spec.column: lines})
+            raw = fh.read()
+        try:
+            text = raw.decode(spec.encoding)
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"node '{split.node}': {split.url} (byte {exc.start}): not {spec.encoding} text"
+            ) from None
+        yield pa.table({"path": [split.url], spec.column: [text]})
 
 
 class _ParquetReader:
-    def splits(self, spec: ReadParquet, node: str, urls: list[str]) -> list[Split]:
+    def splits(
+        self, spec: ReadParquet, node: str, urls: list[str], pmap: ParallelMap = serial_map
+    ) -> list[Split]:
         out: list[Split] = []
         for f in expand(urls, node=node, suffixes=(".parquet", ".pq")):
             fs, path = filesystem(f.url)

@@ -16,7 +16,7 @@ open or close quoted fields and doubled quotes inside them come in pairs, so the
 
 from __future__ import annotations
 
-import io
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,7 +39,10 @@ __all__ = [
 # Read granularity: large enough that per-call overhead (and remote round trips) vanish, small
 # enough that the boundary searches, which may run past a range, never pull in much extra.
 _CHUNK_BYTES = 4 * 1024 * 1024
+# Boundary searches usually end within one record, so they start with small reads and double.
+_SEARCH_BYTES = 64 * 1024
 _NL = b"\n"
+_NON_BLANK = re.compile(rb"[^\r\n]")
 
 
 @dataclass(frozen=True)
@@ -117,17 +120,18 @@ def read_range_bytes(
     being the quote state at r.start. With `skip_header` the first range leaves out the file's
     first record. A range that owns no record returns empty data.
     """
-    parts, data_start = _record_parts(fs, r, kind, in_quotes, quote_char, skip_header)
-    return b"".join(parts), data_start
+    data, data_start = _read_records(fs, r, kind, in_quotes, quote_char, skip_header)
+    return (bytes(data) if data is not None else b""), data_start
 
 
 def header_line(fs: fsspec.AbstractFileSystem, path: str, quote_char: str = '"') -> bytes:
     """The first CSV record of the file (several lines if quoted), including its newline."""
     quote = _quote_byte(quote_char)
     parts: list[bytes] = []
-    inside = False
+    inside, step = False, _SEARCH_BYTES
     with fs.open(path, "rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
+        while chunk := f.read(min(step, _CHUNK_BYTES)):
+            step *= 2
             hit, inside = _find_boundary(chunk, 0, inside, quote)
             if hit >= 0:
                 parts.append(chunk[:hit])
@@ -161,16 +165,15 @@ def read_csv_range(
     # The quote scan must follow the parser's quoting: quote_char=False disables quoting.
     quote = parse_options.quote_char if parse_options.quote_char else None
     skip_header = header is not None and r.start == 0
-    parts, _ = _record_parts(fs, r, "csv", in_quotes, quote, skip_header)
-    if not any(parts):
+    # A header-only file may lack its final newline; the data must still start on a new line.
+    prefix = b"" if header is None else header if header.endswith(_NL) else header + _NL
+    data, _ = _read_records(fs, r, "csv", in_quotes, quote, skip_header, prefix)
+    # A range of only blank lines has no rows, and pyarrow cannot parse it without a header.
+    if data is None or _NON_BLANK.search(data, len(prefix)) is None:
         return
-    if header is not None:
-        # A header-only file may lack its final newline; the data must still start on a new line.
-        parts.insert(0, header if header.endswith(_NL) else header + _NL)
-    stream = io.BytesIO(b"".join(parts))
-    del parts  # the joined copy is all the parser needs; free the pieces early
+    # An Arrow buffer over the bytearray: the parser reads it in place, without a Python file.
     reader = pacsv.open_csv(
-        stream,
+        pa.BufferReader(pa.py_buffer(data)),
         read_options=read_options,
         parse_options=parse_options,
         convert_options=convert_options,
@@ -189,25 +192,25 @@ def read_lines_range(
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
-    data, _ = read_range_bytes(fs, r, kind="lines")
-    if not data:
+    data, _ = _read_records(fs, r, "lines", False, None, False)
+    if data is None:
         return
     # Split on "\n" only: str.splitlines also splits on \u2028, \x85... which JSON may hold raw.
     lines = data.decode(encoding).split("\n")
     if data.endswith(_NL):
         lines.pop()  # the empty piece after the final newline is not a line
     for i in range(0, len(lines), batch_rows):
-        yield [line for line in lines[i : i + batch_rows]]
+        yield [line[:-1] if line.endswith("\r") else line for line in lines[i : i + batch_rows]]
 
 
 def _quote_byte(quote_char: str) -> bytes:
     quote = quote_char.encode("utf-8")
     if len(quote) != 1 or quote == _NL:
-        raise ValueError(f"quote_char must be one single-byte character other than newline: {quote!r}")
+        raise ValueError(f"quote_char must be one byte, not a newline: {quote!r}")
     return quote
 
 
-def _find_boundary(buf: bytes, pos: int, inside: bool, quote: bytes | None) -> tuple[int, bool]:
+def _find_boundary(buf: bytes | bytearray, pos: int, inside: bool, quote: bytes | None) -> tuple[int, bool]:
     """Index just after the first newline at or after `pos` outside quotes, or -1 if none.
 
     Also returns the quote state at the end of the scan (where the boundary was found, or at the
@@ -236,15 +239,20 @@ def _find_boundary(buf: bytes, pos: int, inside: bool, quote: bytes | None) -> t
         inside, pos = True, q + 1
 
 
-def _record_parts(
+def _read_records(
     fs: fsspec.AbstractFileSystem,
     r: ByteRange,
     kind: Literal["csv", "lines"],
     in_quotes: bool,
     quote_char: str | None,
     skip_header: bool,
-) -> tuple[list[bytes], int]:
-    """The pieces of bytes of the records the range owns, and the offset where they start."""
+    prefix: bytes = b"",
+) -> tuple[bytearray | None, int]:
+    """`prefix` followed by the records the range owns, and the offset where they start.
+
+    None when the range owns no record. The body is read straight into one preallocated buffer,
+    chunk by chunk, so a range costs one copy from the file and the parser can use it in place.
+    """
     quote = _quote_byte(quote_char) if kind == "csv" and quote_char is not None else None
     inside = in_quotes and quote is not None
     with fs.open(r.path, "rb") as f:
@@ -254,7 +262,7 @@ def _record_parts(
                 # The header may be longer than the range: search to the end of the file.
                 data_start = _seek_boundary(f, 0, r.file_size, False, quote)
                 if data_start < 0:
-                    return [], r.file_size  # the file is all header
+                    return None, r.file_size  # the file is all header
         else:
             f.seek(r.start - 1)
             before = f.read(1)
@@ -265,36 +273,36 @@ def _record_parts(
                 # A boundary at r.end or later starts a record owned by the next range: stop there.
                 data_start = _seek_boundary(f, r.start, r.end - 1, inside, quote)
                 if data_start < 0:
-                    return [], r.end
+                    return None, r.end
         if data_start >= r.end:
-            return [], data_start
+            return None, data_start
 
         # Body: the owned records up to r.end, then finish the record holding byte r.end - 1.
-        parts: list[bytes] = []
+        buf = bytearray(len(prefix) + r.end - data_start)
+        buf[: len(prefix)] = prefix
+        filled = len(prefix)
         f.seek(data_start)
-        remaining = r.end - data_start
-        quotes = 0
-        while remaining > 0:
-            chunk = f.read(min(_CHUNK_BYTES, remaining))
-            if not chunk:
-                break
-            if quote is not None:
-                quotes += chunk.count(quote)
-            parts.append(chunk)
-            remaining -= len(chunk)
-        if not parts:
-            return [], data_start
-        last = parts[-1]
+        with memoryview(buf) as view:
+            while filled < len(buf):
+                n = f.readinto(view[filled : filled + _CHUNK_BYTES])
+                if not n:
+                    break
+                filled += n
+        del buf[filled:]  # only shrinks if the file shrank since it was planned
+        if filled == len(prefix):
+            return None, data_start
         # data_start is a boundary, so it is outside quotes; the count gives the state at r.end - 1.
-        inside = bool((quotes - (quote is not None and last.endswith(quote))) & 1)
-        hit, inside = _find_boundary(last, len(last) - 1, inside, quote)
+        inside = quote is not None and bool(buf.count(quote, len(prefix), len(buf) - 1) & 1)
+        hit, inside = _find_boundary(buf, len(buf) - 1, inside, quote)
+        step = _SEARCH_BYTES
         while hit < 0:
-            chunk = f.read(_CHUNK_BYTES)
+            chunk = f.read(min(step, _CHUNK_BYTES))
+            step *= 2
             if not chunk:
                 break  # the last record of the file has no final newline
             hit, inside = _find_boundary(chunk, 0, inside, quote)
-            parts.append(chunk if hit < 0 else chunk[:hit])
-    return parts, data_start
+            buf += chunk if hit < 0 else memoryview(chunk)[:hit]
+    return buf, data_start
 
 
 def _seek_boundary(f: Any, start: int, limit: int, inside: bool, quote: bytes | None) -> int:
@@ -303,9 +311,10 @@ def _seek_boundary(f: Any, start: int, limit: int, inside: bool, quote: bytes | 
     Reads from `start` in chunks; `inside` is the quote state at `start`.
     """
     f.seek(start)
-    pos = start
+    pos, step = start, _SEARCH_BYTES
     while pos < limit:
-        chunk = f.read(min(_CHUNK_BYTES, limit - pos))
+        chunk = f.read(min(step, _CHUNK_BYTES, limit - pos))
+        step *= 2
         if not chunk:
             break
         hit, inside = _find_boundary(chunk, 0, inside, quote)

@@ -4,9 +4,8 @@ finish a run's output with a manifest, so no reader ever sees half a file."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -15,9 +14,7 @@ import pyarrow.parquet as pq
 
 from connectors.files import filesystem
 from connectors.sinks import FileSink, WriteCsv, WriteParquet
-from engine.errors import DataError, RunError
-
-MANIFEST = "_manifest.json"
+from engine.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -29,6 +26,19 @@ class PartInfo:
     file: str | None
     rows: int
     bytes: int
+
+
+def part_name(split_index: int, ext: str) -> str:
+    """The deterministic name of the part of split ``split_index``."""
+    return f"part-{split_index:05d}{ext}"
+
+
+def part_index(name: str) -> int | None:
+    """The split index a part file name encodes, or None for other files."""
+    if not name.startswith("part-"):
+        return None
+    digits = name[5:].split(".", 1)[0]
+    return int(digits) if digits.isdigit() else None
 
 
 class PartWriter(Protocol):
@@ -53,7 +63,7 @@ class _Part:
     def __init__(self, spec: Any, folder: str, split_index: int, split_id: str) -> None:
         self.spec = spec
         self.fs, self.folder = filesystem(folder)
-        self.name = f"part-{split_index:05d}{self.ext}"
+        self.name = part_name(split_index, self.ext)
         self.final = f"{self.folder}/{self.name}"
         self.tmp = f"{self.folder}/.{self.name}.{uuid.uuid4().hex[:8]}.tmp"
         self.split_index, self.split_id = split_index, split_id
@@ -160,45 +170,3 @@ WRITERS: dict[str, type[_Part]] = {
 def open_part(spec: FileSink, folder: str, split_index: int, split_id: str) -> PartWriter:
     """A writer for the part of split ``split_index`` in ``folder``."""
     return WRITERS[spec.op](spec, folder, split_index, split_id)
-
-
-def prepare_output(spec: FileSink, folder: str, node: str) -> None:
-    """Make ``folder`` ready for a new run: refuse to clobber an earlier run unless `overwrite`."""
-    fs, path = filesystem(folder)
-    if fs.exists(path) and not fs.isdir(path):
-        raise RunError(f"node '{node}': output path {folder} is a file; sinks write a folder of parts")
-    if not fs.exists(path):
-        fs.makedirs(path, exist_ok=True)
-        return
-    ours = [p for p in fs.ls(path, detail=False) if _is_ours(p)]
-    if ours and not spec.overwrite:
-        raise RunError(
-            f"node '{node}': output folder {folder} already holds the output of an earlier run; "
-            "set `overwrite: true` on the node, or write somewhere else"
-        )
-    for p in ours:
-        fs.rm(p)
-
-
-def _is_ours(path: str) -> bool:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    return (
-        name == MANIFEST or name.startswith("part-") or (name.startswith(".part-") and name.endswith(".tmp"))
-    )
-
-
-def write_manifest(folder: str, run_id: str, pipeline: str, spec_hash: str, parts: list[PartInfo]) -> str:
-    """Write the manifest of a finished output (atomically); returns its URL."""
-    fs, path = filesystem(folder)
-    body = {
-        "run_id": run_id,
-        "pipeline": pipeline,
-        "spec_hash": spec_hash,
-        "rows": sum(p.rows for p in parts),
-        "parts": [asdict(p) for p in sorted(parts, key=lambda p: p.split_index)],
-    }
-    tmp = f"{path}/.{MANIFEST}.{os.getpid()}.tmp"
-    with fs.open(tmp, "w") as fh:
-        json.dump(body, fh, indent=2)
-    fs.mv(tmp, f"{path}/{MANIFEST}")
-    return f"{folder}/{MANIFEST}"

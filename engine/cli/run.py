@@ -19,9 +19,19 @@ from engine.cli.main import _friendly, _set_option
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run's summary.")
 @click.option("--run-id", help="Use this run id instead of a generated one.")
+@click.option(
+    "--resume",
+    metavar="RUN_ID",
+    help="Continue run RUN_ID of this pipeline (same file and --set values): committed splits are skipped.",
+)
 @_friendly
 def run(
-    path: str, overrides: tuple[str, ...], address: str | None, as_json: bool, run_id: str | None
+    path: str,
+    overrides: tuple[str, ...],
+    address: str | None,
+    as_json: bool,
+    run_id: str | None,
+    resume: str | None,
 ) -> None:
     """Validate, compile and run a pipeline (a local Ray is started when no --address is given)."""
     from engine.check import check_file
@@ -31,7 +41,7 @@ def run(
     checked = check_file(path, content=content, overrides=overrides)
     for warning in checked.warnings:
         click.echo(warning.format(), err=True)
-    summary = run_checked(checked, address=address, run_id=run_id, progress=not as_json)
+    summary = run_checked(checked, address=address, run_id=run_id, resume=resume, progress=not as_json)
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=None))
     else:

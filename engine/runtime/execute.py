@@ -18,8 +18,9 @@ from typing import Any
 import ray
 
 from connectors.files import resolve
+from connectors.outputs import claim_output, resume_output, write_manifest
 from connectors.readers import Split, reader_for
-from connectors.writers import PartInfo, prepare_output, write_manifest
+from connectors.writers import PartInfo
 from engine.check import CheckedPipeline, locate
 from engine.errors import ConfigError, DataError, HeadraceError
 from engine.optimizer import optimize
@@ -47,10 +48,15 @@ def run_checked(
     *,
     address: str | None = None,
     run_id: str | None = None,
+    resume: str | None = None,
     progress: bool = True,
 ) -> RunSummary:
-    """Run ``checked`` to completion on Ray and return its summary (failures are in the summary)."""
-    run_id = run_id or new_run_id()
+    """Run ``checked`` to completion on Ray and return its summary (failures are in the summary).
+
+    With ``resume=RUN_ID`` the run continues an earlier one of the same pipeline: splits whose parts
+    were committed are skipped, so the output ends up with exactly the rows of an uninterrupted run.
+    """
+    run_id = resume or run_id or new_run_id()
     plan = checked.plan
     stages, problems = optimize(plan)
     _raise_located(problems, checked)
@@ -62,7 +68,15 @@ def run_checked(
         _raise_located(check_capacity(stages, cluster.resources), checked)
         report = _Progress(summary, enabled=progress)
         try:
-            parts = _execute(physical, cluster.resources.get("CPU", 1.0), summary, report)
+            parts = _execute(
+                physical,
+                cluster.resources.get("CPU", 1.0),
+                summary,
+                report,
+                run_id=run_id,
+                spec_hash=plan.spec_hash,
+                resume=resume is not None,
+            )
             for stage in physical:
                 url = write_manifest(
                     stage.job.output, run_id, plan.name, plan.spec_hash, parts[stage.job.sink_id]
@@ -81,20 +95,35 @@ def run_checked(
 
 
 def _execute(
-    stages: list[PhysicalStage], cpus: float, summary: RunSummary, report: _Progress
+    stages: list[PhysicalStage],
+    cpus: float,
+    summary: RunSummary,
+    report: _Progress,
+    *,
+    run_id: str,
+    spec_hash: str,
+    resume: bool,
 ) -> dict[str, list[PartInfo]]:
     queue: list[_Pending] = []
+    parts: dict[str, list[PartInfo]] = {s.job.sink_id: [] for s in stages}
     for stage in stages:
-        prepare_output(stage.job.sink, stage.job.output, stage.job.sink_id)  # type: ignore[arg-type]
-        splits = reader_for(stage.job.source).splits(  # type: ignore[arg-type]
-            stage.job.source, stage.job.source_id, list(stage.inputs)
-        )
-        queue.extend(_Pending(stage, s) for s in splits)
+        job = stage.job
+        if resume:
+            complete, earlier = resume_output(job.output, job.sink_id, run_id, spec_hash)
+            parts[job.sink_id].extend(earlier)
+            if complete:
+                continue
+        else:
+            claim_output(job.sink, job.output, job.sink_id, run_id, spec_hash)  # type: ignore[arg-type]
+        committed = {p.split_index for p in parts[job.sink_id]}
+        reader = reader_for(job.source)  # type: ignore[arg-type]
+        splits = reader.splits(job.source, job.source_id, list(stage.inputs), _ray_map)
+        report.skipped_splits += sum(1 for s in splits if s.index in committed)
+        queue.extend(_Pending(stage, s) for s in splits if s.index not in committed)
     report.total_splits = len(queue)
     window = max(2, int(cpus * 2))
     remote = ray.remote(run_split)
     in_flight: dict[Any, _Pending] = {}
-    parts: dict[str, list[PartInfo]] = {s.job.sink_id: [] for s in stages}
     queue.reverse()
     try:
         while queue or in_flight:
@@ -107,9 +136,9 @@ def _execute(
                 ).remote(item.stage.job, item.split)
                 in_flight[ref] = item
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-            for ref in done:
-                item = in_flight.pop(ref)
-                result: SplitResult = _get(ref)
+            for finished in done:
+                item = in_flight.pop(finished)
+                result: SplitResult = _get(finished)
                 parts[item.stage.job.sink_id].append(result.part)
                 for node, count in result.rows.items():
                     summary.nodes[node].rows += count
@@ -121,6 +150,19 @@ def _execute(
             ray.cancel(ref, force=True)
         raise
     return parts
+
+
+def _ray_map(fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+    """Planning work (e.g. quote scans of byte ranges) as parallel Ray tasks, results in order."""
+    if len(args) <= 1:
+        return [fn(*a) for a in args]
+    remote = ray.remote(num_cpus=1)(fn)
+    try:
+        results: list[Any] = ray.get([remote.remote(*a) for a in args])
+        return results
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, Exception) else exc
+        raise DataError(f"planning splits failed: {cause}") from None
 
 
 def _get(ref: Any) -> SplitResult:
@@ -160,6 +202,7 @@ class _Progress:
         self.summary = summary
         self.enabled = enabled
         self.total_splits = 0
+        self.skipped_splits = 0
         self.done_splits = 0
         self.bytes = 0
         self.started = time.perf_counter()

@@ -558,7 +558,7 @@ class _JsonReader:
         return m.end() if m else pos
 
     def _value(self, pos: int, where: JsonPath, depth: int) -> tuple[Any, int]:
-        if depth > self.limits.max_depth:
+        if depth >= self.limits.max_depth:  # depth 0 is the root: the same count as YAML's
             self._error(pos, f"nesting deeper than {self.limits.max_depth} levels", code="too_deep")
         self.nodes += 1
         if self.nodes > self.limits.max_nodes:

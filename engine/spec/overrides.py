@@ -73,25 +73,26 @@ def apply_overrides(doc: Document, overrides: list[str] | tuple[str, ...]) -> Do
     return Document(doc.path, data, smap, doc.format)
 
 
-def _set(node: Any, where: JsonPath, value: Any, doc: Document, text: str) -> Any:
+def _set(node: Any, where: JsonPath, value: Any, doc: Document, text: str, done: JsonPath = ()) -> Any:
+    """``node`` with ``where`` set to ``value``; ``done`` is the path to ``node``, to locate errors."""
     if not where:
         return value
     head, rest = where[0], where[1:]
     if isinstance(node, list):
         if not isinstance(head, int) or head > len(node):
-            raise _bad(doc, where, text, f"'{head}' is not an index of the list (length {len(node)})")
+            raise _bad(doc, done, text, f"'{head}' is not an index of the list (length {len(node)})")
         copy = list(node)
         if head == len(node):
-            copy.append(_set(None, rest, value, doc, text))
+            copy.append(_set(None, rest, value, doc, text, (*done, head)))
         else:
-            copy[head] = _set(node[head], rest, value, doc, text)
+            copy[head] = _set(node[head], rest, value, doc, text, (*done, head))
         return copy
     if node is None:
         node = {}
     if not isinstance(node, dict):
-        raise _bad(doc, where, text, f"cannot set '{head}' inside a {type(node).__name__}")
+        raise _bad(doc, done, text, f"cannot set '{head}' inside a {type(node).__name__}")
     copy_map = dict(node)
-    copy_map[str(head)] = _set(node.get(str(head)), rest, value, doc, text)
+    copy_map[str(head)] = _set(node.get(str(head)), rest, value, doc, text, (*done, str(head)))
     return copy_map
 
 

@@ -50,5 +50,5 @@ def render_template(key: str, name: str) -> str:
         )
     data = load_commented(available[key].text)
     data["name"] = name
-    schema = files("configs").joinpath("schema", f"pipeline-v{FORMAT_VERSION}.json")
+    schema = files("configs").joinpath("schema").joinpath(f"pipeline-v{FORMAT_VERSION}.json")
     return f"# yaml-language-server: $schema={schema}\n" + dump_commented(data)

@@ -21,3 +21,11 @@ def explode_on_seven(table: pa.Table) -> pa.Table:
 def not_a_table(table: pa.Table) -> object:
     """Return something that is not a table."""
     return [1, 2, 3]
+
+
+def slow(table: pa.Table, seconds: float = 0.2) -> pa.Table:
+    """Pass rows through after a pause, so a run lasts long enough to be killed mid-way."""
+    import time
+
+    time.sleep(seconds)
+    return table
