@@ -129,3 +129,11 @@ def _read_json(folder: str, name: str) -> dict[str, Any] | None:
     with fs.open(target, "r") as fh:
         data = json.load(fh)
     return data if isinstance(data, dict) else None
+
+
+def clear_dead_letters(folder: str, sink_id: str) -> None:
+    """Remove dead-letter files an earlier run of this stage left in ``folder``."""
+    fs, path = filesystem(folder)
+    if fs.exists(path):
+        for entry in fs.glob(f"{path}/dead-{sink_id}-*.jsonl"):
+            fs.rm(entry)

@@ -49,6 +49,9 @@ class Split:
         return f"{self.url}@{where}"
 
 
+BadRowHandler = Callable[[str, dict[str, Any]], None]
+"""Told of each malformed input row (error text, what is known of the row) that a source skipped."""
+
 ParallelMap = Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]
 """Runs ``fn(*args)`` for each argument tuple, possibly in parallel, returning results in order."""
 
@@ -65,8 +68,11 @@ class Reader(Protocol):
         """Every split of the source, in order; ``pmap`` runs planning work (e.g. scans) in parallel."""
         ...
 
-    def read(self, spec: Any, split: Split, batch_rows: int) -> Iterator[pa.Table]:
-        """The split's rows, in tables of at most ``batch_rows`` rows."""
+    def read(
+        self, spec: Any, split: Split, batch_rows: int, bad_row: BadRowHandler | None = None
+    ) -> Iterator[pa.Table]:
+        """The split's rows, in tables of at most ``batch_rows`` rows. With ``bad_row``, malformed rows
+        are reported to it and skipped; without, they raise DataError."""
         ...
 
 
@@ -127,8 +133,17 @@ class _CsvReader:
         # Infer once, from the start of the first file, so every split and part shares one schema.
         fs, path = filesystem(first.url)
         with fs.open(path, "rb") as fh:
+            options = self._options(spec, None, 1 << 20)
+            parse = options["parse_options"]
+            # malformed rows are the read's business (fail or dead-letter), not the inference's
+            options["parse_options"] = pacsv.ParseOptions(
+                delimiter=parse.delimiter,
+                quote_char=parse.quote_char,
+                newlines_in_values=True,
+                invalid_row_handler=lambda row: "skip",
+            )
             try:
-                reader = pacsv.open_csv(fh, **self._options(spec, None, 1 << 20))
+                reader = pacsv.open_csv(fh, **options)
                 schema = reader.schema
             except pa.ArrowInvalid as exc:
                 raise DataError(f"node '{node}': {first.url}: {exc}") from None
@@ -151,10 +166,29 @@ class _CsvReader:
             ),
         }
 
-    def read(self, spec: ReadCsv, split: Split, batch_rows: int) -> Iterator[pa.Table]:
+    def read(
+        self, spec: ReadCsv, split: Split, batch_rows: int, bad_row: BadRowHandler | None = None
+    ) -> Iterator[pa.Table]:
         fs, path = filesystem(split.url)
         size = int(fs.size(path) or 0)
         byte_range = ByteRange(path, split.start, split.end, size, split.index)
+        options = self._options(spec, split.schema, 16 << 20)
+        if bad_row is not None:
+            handler = bad_row  # pyarrow calls it for each malformed row; "skip" drops the row
+
+            def on_invalid(row: Any) -> str:
+                handler(
+                    f"expected {row.expected_columns} columns, got {row.actual_columns}", {"text": row.text}
+                )
+                return "skip"
+
+            parse = options["parse_options"]
+            options["parse_options"] = pacsv.ParseOptions(
+                delimiter=parse.delimiter,
+                quote_char=parse.quote_char,
+                newlines_in_values=True,
+                invalid_row_handler=on_invalid,
+            )
         try:
             batches = read_csv_range(
                 fs,
@@ -162,7 +196,7 @@ class _CsvReader:
                 in_quotes=split.in_quotes,
                 header=split.header,
                 batch_rows=batch_rows,
-                **self._options(spec, split.schema, 16 << 20),
+                **options,
             )
             yield from _rechunk(batches, batch_rows)
         except pa.ArrowInvalid as exc:
@@ -197,7 +231,9 @@ class _JsonlReader:
         files = expand(urls, node=node, suffixes=(".jsonl", ".json", ".ndjson"))
         return _line_splits(node, files, spec.split_bytes)
 
-    def read(self, spec: ReadJsonl, split: Split, batch_rows: int) -> Iterator[pa.Table]:
+    def read(
+        self, spec: ReadJsonl, split: Split, batch_rows: int, bad_row: BadRowHandler | None = None
+    ) -> Iterator[pa.Table]:
         seen = 0
         for lines in _lines(split, batch_rows):
             rows: list[dict[str, Any]] = []
@@ -207,10 +243,14 @@ class _JsonlReader:
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(self._where(split, seen) + f"not a JSON object: {exc.msg}") from None
-                if not isinstance(row, dict):
-                    raise DataError(self._where(split, seen) + "each line must be a JSON object")
+                    if not isinstance(row, dict):
+                        raise ValueError("each line must be a JSON object")
+                except ValueError as exc:
+                    message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                    if bad_row is None:
+                        raise DataError(self._where(split, seen) + f"not a JSON object: {message}") from None
+                    bad_row(f"line {seen} of the split: {message}", {"text": line})
+                    continue
                 rows.append(row)
             if rows:
                 yield self._table(spec, rows)
@@ -244,7 +284,9 @@ class _TextReader:
             return _line_splits(node, files, spec.split_bytes)
         return [Split(node, i, f.url, 0, f.size) for i, f in enumerate(files)]
 
-    def read(self, spec: ReadText, split: Split, batch_rows: int) -> Iterator[pa.Table]:
+    def read(
+        self, spec: ReadText, split: Split, batch_rows: int, bad_row: BadRowHandler | None = None
+    ) -> Iterator[pa.Table]:
         if spec.mode == "line":
             for lines in _lines(split, batch_rows, spec.encoding):
                 yield pa.table({spec.column: pa.array(lines, pa.string())})
@@ -274,7 +316,9 @@ class _ParquetReader:
                 out.append(Split(node, len(out), f.url, 0, f.size, row_group=rg))
         return out
 
-    def read(self, spec: ReadParquet, split: Split, batch_rows: int) -> Iterator[pa.Table]:
+    def read(
+        self, spec: ReadParquet, split: Split, batch_rows: int, bad_row: BadRowHandler | None = None
+    ) -> Iterator[pa.Table]:
         fs, path = filesystem(split.url)
         with fs.open(path, "rb") as fh:
             pf = pq.ParquetFile(fh)

@@ -7,12 +7,12 @@ task that asks for more than any machine has would wait forever, so it is refuse
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.optimizer import Stage
 from engine.plan import Problem
-from engine.spec.models import NodeSpec, Resources
+from engine.spec.models import ErrorPolicy, NodeSpec, Resources
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class StageJob:
     output: str
     batch_rows: int
     max_attempts: int
+    on_error: Mapping[str, ErrorPolicy] = field(default_factory=dict)
+    """Error policy of each node whose failed rows are skipped or dead-lettered (absent: fail)."""
+    dead_letters: str | None = None
+    """Resolved folder for this stage's dead-letter files."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,19 @@ def build_physical(
             output=resolve(stage.sink.id, sink.path),  # type: ignore[attr-defined]
             batch_rows=getattr(src, "batch_rows", None) or batch_rows,
             max_attempts=max(n.retry.max_attempts for n in stage.nodes),
+            on_error={n.id: n.on_error for n in stage.nodes if n.on_error.mode != "fail"},
+            dead_letters=_dead_letter_folder(stage, resolve),
         )
         inputs = tuple(resolve(stage.source.id, p) for p in paths)
         out.append(PhysicalStage(job, inputs, ray_options(stage.resources)))
     return out
+
+
+def _dead_letter_folder(stage: Stage, resolve: Callable[[str, str], str]) -> str | None:
+    for node in stage.nodes:
+        if node.on_error.mode == "dead_letter" and node.on_error.dead_letter_path:
+            return resolve(node.id, node.on_error.dead_letter_path)
+    return None
 
 
 def check_capacity(stages: list[Stage], capacity: Mapping[str, float]) -> list[Problem]:

@@ -18,11 +18,11 @@ from typing import Any
 import ray
 
 from connectors.files import resolve
-from connectors.outputs import claim_output, resume_output, write_manifest
+from connectors.outputs import claim_output, clear_dead_letters, resume_output, write_manifest
 from connectors.readers import Split, reader_for
 from connectors.writers import PartInfo
 from engine.check import CheckedPipeline, locate
-from engine.errors import ConfigError, DataError, HeadraceError
+from engine.errors import ConfigError, DataError, HeadraceError, RunError
 from engine.optimizer import optimize
 from engine.physical import PhysicalStage, build_physical, check_capacity
 from engine.plan import Problem
@@ -78,6 +78,8 @@ def run_checked(
                 resume=resume is not None,
             )
             for stage in physical:
+                _check_error_budget(stage, summary, final=True)
+            for stage in physical:
                 url = write_manifest(
                     stage.job.output, run_id, plan.name, plan.spec_hash, parts[stage.job.sink_id]
                 )
@@ -115,6 +117,8 @@ def _execute(
                 continue
         else:
             claim_output(job.sink, job.output, job.sink_id, run_id, spec_hash)  # type: ignore[arg-type]
+            if job.dead_letters:
+                clear_dead_letters(job.dead_letters, job.sink_id)
         committed = {p.split_index for p in parts[job.sink_id]}
         reader = reader_for(job.source)  # type: ignore[arg-type]
         splits = reader.splits(job.source, job.source_id, list(stage.inputs), _ray_map)
@@ -141,8 +145,14 @@ def _execute(
                 result: SplitResult = _get(finished)
                 parts[item.stage.job.sink_id].append(result.part)
                 for node, count in result.rows.items():
-                    summary.nodes[node].rows += count
-                    summary.nodes[node].seconds += result.seconds.get(node, 0.0)
+                    stats = summary.nodes[node]
+                    stats.rows += count
+                    stats.seconds += result.seconds.get(node, 0.0)
+                    stats.rows_in += result.rows_in.get(node, 0)
+                    stats.failed += result.failed.get(node, 0)
+                if result.dead_letter_file:
+                    summary.dead_letters.append(result.dead_letter_file)
+                _check_error_budget(item.stage, summary, final=False)
                 report.split_done(result.bytes_read)
             report.tick()
     except BaseException:
@@ -150,6 +160,24 @@ def _execute(
             ray.cancel(ref, force=True)
         raise
     return parts
+
+
+def _check_error_budget(stage: PhysicalStage, summary: RunSummary, *, final: bool) -> None:
+    """Fail the run once a node's failed rows pass its error budget (the ratio is judged at the end)."""
+    for node, policy in stage.job.on_error.items():
+        stats = summary.nodes[node]
+        where = f"; failed rows are in {stage.job.dead_letters}" if stage.job.dead_letters else ""
+        if policy.max_failed_rows is not None and stats.failed > policy.max_failed_rows:
+            raise RunError(
+                f"node '{node}': {stats.failed} rows failed, more than max_failed_rows "
+                f"{policy.max_failed_rows}{where}"
+            )
+        ratio = stats.failed / stats.rows_in if stats.rows_in else 0.0
+        if final and policy.max_failed_ratio is not None and ratio > policy.max_failed_ratio:
+            raise RunError(
+                f"node '{node}': {ratio:.1%} of rows failed, more than max_failed_ratio "
+                f"{policy.max_failed_ratio:.1%}{where}"
+            )
 
 
 def _ray_map(fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:

@@ -17,6 +17,8 @@ class NodeStats:
     op: str
     rows: int = 0
     seconds: float = 0.0
+    rows_in: int = 0
+    failed: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
 
@@ -32,6 +34,7 @@ class RunSummary:
     nodes: dict[str, NodeStats] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    dead_letters: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -54,6 +57,7 @@ class RunSummary:
                 name: {
                     "op": s.op,
                     "rows": s.rows,
+                    "failed_rows": s.failed,
                     "seconds": round(s.seconds, 3),
                     "tokens": s.tokens,
                     "cost_usd": s.cost_usd,
@@ -62,6 +66,7 @@ class RunSummary:
             },
             "total_cost_usd": self.total_cost_usd,
             "outputs": self.outputs,
+            "dead_letters": sorted(self.dead_letters),
             "error": self.error,
         }
 
@@ -75,6 +80,11 @@ class RunSummary:
             lines.append(f"  {name:<{width}}  {s.op:<14} {s.rows:>12,} {s.seconds:>9.2f} {rate:>12}")
         for node, url in self.outputs.items():
             lines.append(f"  output {node}: {url}")
+        failed = {n: s.failed for n, s in self.nodes.items() if s.failed}
+        if failed:
+            lines.append("  failed rows: " + ", ".join(f"{n}={c:,}" for n, c in failed.items()))
+        for path in sorted(self.dead_letters):
+            lines.append(f"  dead letters: {path}")
         if self.error:
             lines.append(f"  error: {self.error}")
         return "\n".join(lines)

@@ -9,6 +9,9 @@ from typing import Any, Literal
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.nodes import ScalarNode
+from ruamel.yaml.representer import RoundTripRepresenter
+from ruamel.yaml.scalarfloat import ScalarFloat
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from engine.errors import ConfigError, Diagnostic
@@ -61,8 +64,26 @@ def dump_commented(data: Any) -> str:
     return out.getvalue()
 
 
+class _ExactFloats(RoundTripRepresenter):
+    """ruamel re-emits a float in its source's layout, truncating digits; keep the value exact."""
+
+    def represent_scalar_float(self, data: Any) -> ScalarNode:
+        node = super().represent_scalar_float(data)
+        try:
+            exact = float(node.value) == float(data)
+        except ValueError:  # .inf, .nan
+            exact = True
+        if not exact:
+            node.value = repr(float(data))
+        return node
+
+
+_ExactFloats.add_representer(ScalarFloat, _ExactFloats.represent_scalar_float)
+
+
 def _yaml() -> YAML:
     yaml = YAML(typ="rt")
+    yaml.Representer = _ExactFloats
     yaml.preserve_quotes = True
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)

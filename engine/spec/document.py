@@ -189,7 +189,8 @@ def _decode(path: str, raw: bytes) -> str:
             "save the file as UTF-8",
             code="encoding",
         ) from None
-    bad = re.search(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
+    # DEL and C1 controls are legal raw in JSON strings; the YAML reader refuses them (located)
+    bad = re.search(r"[\x01-\x08\x0b\x0c\x0e-\x1f]", text)
     if bad:
         line = text.count("\n", 0, bad.start()) + 1
         col = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
@@ -284,9 +285,28 @@ class _YamlBuilder:
             data = self._build(yaml.parse(self.text, Loader=_YamlLoader))
         except yaml.MarkedYAMLError as exc:
             raise self._syntax_error(exc) from None
+        except yaml.reader.ReaderError as exc:
+            raise self._reader_error(exc) from None
         except yaml.YAMLError as exc:
             raise _fail(self.path, 1, 1, f"not valid YAML: {exc}") from None
         return Document(self.path, data, self.smap, "yaml")
+
+    def _reader_error(self, exc: yaml.reader.ReaderError) -> ConfigError:
+        # the reported position may count bytes; the first occurrence of the character is exact
+        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+        index = self.text.find(char)
+        if index < 0:
+            index = min(exc.position, len(self.text))
+        line = self.text.count("\n", 0, index) + 1
+        col = index - (self.text.rfind("\n", 0, index) + 1) + 1
+        return _fail(
+            self.path,
+            line,
+            col,
+            f"character U+{ord(char[:1] or ' '):04X} is not allowed in YAML text",
+            "remove it, or write it as an escape (e.g. \\x7f) inside a double-quoted string",
+            code="binary",
+        )
 
     def _syntax_error(self, exc: yaml.MarkedYAMLError) -> ConfigError:
         mark = exc.problem_mark or exc.context_mark

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -129,10 +130,8 @@ def test_kill_9_mid_run_then_resume_gives_exactly_the_rows_of_a_clean_run(tmp_pa
     finally:
         # the driver's own local Ray outlives a SIGKILL; stop it so it does not linger
         for proc in ray_processes:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
     assert not (out / "_manifest.json").exists()
     committed_before = len(list(out.glob("part-*.parquet")))
     resumed = subprocess.run(
