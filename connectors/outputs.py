@@ -24,14 +24,17 @@ MANIFEST = "_manifest.json"
 RUN_FILE = "_run.json"
 
 
-def claim_output(spec: FileSink, folder: str, node: str, run_id: str, spec_hash: str) -> None:
-    """Make ``folder`` ready for a new run: refuse to clobber an earlier run unless `overwrite`."""
+def claim_output(
+    spec: FileSink, folder: str, node: str, run_id: str, spec_hash: str, *, replace: bool = False
+) -> None:
+    """Make ``folder`` ready for a new run: refuse to clobber an earlier run unless `overwrite`
+    (or ``replace``, when a resumed run starts a stage over)."""
     fs, path = filesystem(folder)
     if fs.exists(path) and not fs.isdir(path):
         raise RunError(f"node '{node}': output path {folder} is a file; sinks write a folder of parts")
     fs.makedirs(path, exist_ok=True)
     ours = [p for p in fs.ls(path, detail=False) if _is_ours(p)]
-    if ours and not spec.overwrite:
+    if ours and not (spec.overwrite or replace):
         raise RunError(
             f"node '{node}': output folder {folder} already holds the output of an earlier run; "
             "set `overwrite: true` on the node, write somewhere else, or resume that run with --resume"

@@ -2,6 +2,8 @@
 
 Fusion is the main lever measured on small clusters: one task that reads a split, transforms it and
 writes its own part, returning only metadata, beat every pattern that moved batches between stages.
+A barrier op (global limit, dedupe, aggregate) ends a fused segment: batches cross it through the
+object store, and the per-batch ops after it are fused into the tasks that follow it.
 """
 
 from __future__ import annotations
@@ -13,18 +15,28 @@ from engine.spec.models import Resources
 
 
 @dataclass(frozen=True)
+class Barrier:
+    """A barrier op and the per-batch transforms fused after it."""
+
+    node: PlanNode
+    transforms: tuple[PlanNode, ...]
+
+
+@dataclass(frozen=True)
 class Stage:
-    """A fused chain that runs as one task per source split."""
+    """A chain from one source to one sink: a fused head (one task per split), then any barriers."""
 
     source: PlanNode
     transforms: tuple[PlanNode, ...]
     sink: PlanNode
     resources: Resources
+    barriers: tuple[Barrier, ...] = ()
 
     @property
     def nodes(self) -> tuple[PlanNode, ...]:
         """Every node of the stage, source first."""
-        return (self.source, *self.transforms, self.sink)
+        tail = [n for b in self.barriers for n in (b.node, *b.transforms)]
+        return (self.source, *self.transforms, *tail, self.sink)
 
 
 def optimize(plan: Plan) -> tuple[list[Stage], list[Problem]]:
@@ -50,7 +62,7 @@ def optimize(plan: Plan) -> tuple[list[Stage], list[Problem]]:
                 break
             node = plan.nodes[node.inputs[0]]
             if node.kind == "transform":
-                if not node.spec.per_batch:
+                if not node.spec.per_batch and not node.spec.barrier:
                     problems.append(
                         Problem(
                             ("nodes", node.id, "op"),
@@ -63,8 +75,9 @@ def optimize(plan: Plan) -> tuple[list[Stage], list[Problem]]:
                     break
                 chain.append(node)
         if ok:
-            transforms = tuple(reversed(chain))
-            stages.append(Stage(node, transforms, sink, _combined((node, *transforms, sink))))
+            head, barriers = _segments(list(reversed(chain)))
+            nodes = (node, *head, *[n for b in barriers for n in (b.node, *b.transforms)], sink)
+            stages.append(Stage(node, head, sink, _combined(nodes), barriers))
     for node in plan.nodes.values():
         if node.kind == "state":
             problems.append(
@@ -85,6 +98,20 @@ def optimize(plan: Plan) -> tuple[list[Stage], list[Problem]]:
             )
         )
     return stages, problems
+
+
+def _segments(chain: list[PlanNode]) -> tuple[tuple[PlanNode, ...], tuple[Barrier, ...]]:
+    """Split a source-to-sink chain of transforms at its barriers."""
+    head: list[PlanNode] = []
+    barriers: list[tuple[PlanNode, list[PlanNode]]] = []
+    for node in chain:
+        if node.spec.barrier:
+            barriers.append((node, []))
+        elif barriers:
+            barriers[-1][1].append(node)
+        else:
+            head.append(node)
+    return tuple(head), tuple(Barrier(b, tuple(t)) for b, t in barriers)
 
 
 def _combined(nodes: tuple[PlanNode, ...]) -> Resources:

@@ -31,6 +31,22 @@ class StageJob:
     """Error policy of each node whose failed rows are skipped or dead-lettered (absent: fail)."""
     dead_letters: str | None = None
     """Resolved folder for this stage's dead-letter files."""
+    emit: bool = False
+    """True when a barrier follows: the head returns its batches instead of writing a part."""
+
+
+@dataclass(frozen=True)
+class TailJob:
+    """A barrier node and the per-batch ops fused after it; the last tail writes the sink's parts."""
+
+    barrier_id: str
+    barrier: NodeSpec
+    transforms: tuple[tuple[str, NodeSpec], ...]
+    sink_id: str
+    sink: NodeSpec | None
+    output: str | None
+    on_error: Mapping[str, ErrorPolicy] = field(default_factory=dict)
+    dead_letters: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,7 @@ class PhysicalStage:
     job: StageJob
     inputs: tuple[str, ...]
     ray_options: Mapping[str, Any]
+    tails: tuple[TailJob, ...] = ()
 
 
 def ray_options(resources: Resources) -> dict[str, Any]:
@@ -73,9 +90,23 @@ def build_physical(
             max_attempts=max(n.retry.max_attempts for n in stage.nodes),
             on_error={n.id: n.on_error for n in stage.nodes if n.on_error.mode != "fail"},
             dead_letters=_dead_letter_folder(stage, resolve),
+            emit=bool(stage.barriers),
+        )
+        tails = tuple(
+            TailJob(
+                barrier_id=b.node.id,
+                barrier=b.node.spec,
+                transforms=tuple((t.id, t.spec) for t in b.transforms),
+                sink_id=stage.sink.id,
+                sink=sink if i == len(stage.barriers) - 1 else None,
+                output=job.output if i == len(stage.barriers) - 1 else None,
+                on_error=job.on_error,
+                dead_letters=job.dead_letters,
+            )
+            for i, b in enumerate(stage.barriers)
         )
         inputs = tuple(resolve(stage.source.id, p) for p in paths)
-        out.append(PhysicalStage(job, inputs, ray_options(stage.resources)))
+        out.append(PhysicalStage(job, inputs, ray_options(stage.resources), tails))
     return out
 
 

@@ -4,12 +4,32 @@ from __future__ import annotations
 
 from operators.control import Call
 from operators.llm import LlmClassify, LlmExtract, LlmFilter, LlmMap, LlmSpec
-from operators.transforms import Cast, Filter, Limit, MapBatches, Rename, Select, Sql
+from operators.stateful import Aggregate, Aggregation, Dedupe
+from operators.text import chunk_spans
+from operators.transforms import (
+    Cast,
+    ChunkText,
+    Explode,
+    Filter,
+    FlatMap,
+    Limit,
+    MapBatches,
+    Rename,
+    Sample,
+    Select,
+    Sql,
+)
 
 __all__ = [
+    "Aggregate",
+    "Aggregation",
     "Call",
     "Cast",
+    "ChunkText",
+    "Dedupe",
+    "Explode",
     "Filter",
+    "FlatMap",
     "Limit",
     "LlmClassify",
     "LlmExtract",
@@ -18,6 +38,8 @@ __all__ = [
     "LlmSpec",
     "MapBatches",
     "Rename",
+    "Sample",
     "Select",
     "Sql",
+    "chunk_spans",
 ]

@@ -11,7 +11,6 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,7 +18,7 @@ import ray
 
 from connectors.files import resolve
 from connectors.outputs import claim_output, clear_dead_letters, resume_output, write_manifest
-from connectors.readers import Split, reader_for
+from connectors.readers import reader_for
 from connectors.writers import PartInfo
 from engine.check import CheckedPipeline, locate
 from engine.errors import ConfigError, DataError, HeadraceError, RunError
@@ -27,20 +26,14 @@ from engine.optimizer import optimize
 from engine.physical import PhysicalStage, build_physical, check_capacity
 from engine.plan import Problem
 from engine.runtime.cluster import ray_session
+from engine.runtime.scheduler import Scheduler, StageRun
 from engine.runtime.summary import NodeStats, RunSummary
-from engine.runtime.worker import SplitResult, run_split
+from engine.runtime.worker import SplitResult
 
 
 def new_run_id() -> str:
     """A sortable, unique run id: ``run-20261125-213045-1a2b3c``."""
     return f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-@dataclass
-class _Pending:
-    stage: PhysicalStage
-    split: Split
-    attempt: int = 1
 
 
 def run_checked(
@@ -106,60 +99,45 @@ def _execute(
     spec_hash: str,
     resume: bool,
 ) -> dict[str, list[PartInfo]]:
-    queue: list[_Pending] = []
-    parts: dict[str, list[PartInfo]] = {s.job.sink_id: [] for s in stages}
+    runs: list[StageRun] = []
     for stage in stages:
         job = stage.job
+        earlier: list[PartInfo] = []
         if resume:
             complete, earlier = resume_output(job.output, job.sink_id, run_id, spec_hash)
-            parts[job.sink_id].extend(earlier)
             if complete:
+                runs.append(StageRun(stage, [], earlier))
                 continue
+            if stage.tails:
+                # a barrier's state spans the whole stream: such a stage re-runs from the start
+                claim_output(job.sink, job.output, job.sink_id, run_id, spec_hash, replace=True)  # type: ignore[arg-type]
+                earlier = []
         else:
             claim_output(job.sink, job.output, job.sink_id, run_id, spec_hash)  # type: ignore[arg-type]
             if job.dead_letters:
                 clear_dead_letters(job.dead_letters, job.sink_id)
-        committed = {p.split_index for p in parts[job.sink_id]}
+        committed = {p.split_index for p in earlier}
         reader = reader_for(job.source)  # type: ignore[arg-type]
         splits = reader.splits(job.source, job.source_id, list(stage.inputs), _ray_map)
         report.skipped_splits += sum(1 for s in splits if s.index in committed)
-        queue.extend(_Pending(stage, s) for s in splits if s.index not in committed)
-    report.total_splits = len(queue)
-    window = max(2, int(cpus * 2))
-    remote = ray.remote(run_split)
-    in_flight: dict[Any, _Pending] = {}
-    queue.reverse()
-    try:
-        while queue or in_flight:
-            while queue and len(in_flight) < window:
-                item = queue.pop()
-                ref = remote.options(
-                    **item.stage.ray_options,
-                    max_retries=item.stage.job.max_attempts - 1,
-                    retry_exceptions=[OSError],
-                ).remote(item.stage.job, item.split)
-                in_flight[ref] = item
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-            for finished in done:
-                item = in_flight.pop(finished)
-                result: SplitResult = _get(finished)
-                parts[item.stage.job.sink_id].append(result.part)
-                for node, count in result.rows.items():
-                    stats = summary.nodes[node]
-                    stats.rows += count
-                    stats.seconds += result.seconds.get(node, 0.0)
-                    stats.rows_in += result.rows_in.get(node, 0)
-                    stats.failed += result.failed.get(node, 0)
-                if result.dead_letter_file:
-                    summary.dead_letters.append(result.dead_letter_file)
-                _check_error_budget(item.stage, summary, final=False)
-                report.split_done(result.bytes_read)
-            report.tick()
-    except BaseException:
-        for ref in in_flight:
-            ray.cancel(ref, force=True)
-        raise
-    return parts
+        runs.append(StageRun(stage, [s for s in splits if s.index not in committed], earlier))
+    report.total_splits = sum(len(r.splits) for r in runs)
+
+    def on_result(run: StageRun, result: SplitResult) -> None:
+        for node, count in result.rows.items():
+            stats = summary.nodes[node]
+            stats.rows += count
+            stats.seconds += result.seconds.get(node, 0.0)
+            stats.rows_in += result.rows_in.get(node, 0)
+            stats.failed += result.failed.get(node, 0)
+        if result.dead_letter_file:
+            summary.dead_letters.append(result.dead_letter_file)
+        _check_error_budget(run.stage, summary, final=False)
+        if result.bytes_read:
+            report.split_done(result.bytes_read)
+
+    Scheduler(summary, max(2, int(cpus * 2)), on_result).run(runs, report.tick)
+    return {r.stage.job.sink_id: r.parts for r in runs}
 
 
 def _check_error_budget(stage: PhysicalStage, summary: RunSummary, *, final: bool) -> None:
@@ -191,17 +169,6 @@ def _ray_map(fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, Exception) else exc
         raise DataError(f"planning splits failed: {cause}") from None
-
-
-def _get(ref: Any) -> SplitResult:
-    try:
-        result: SplitResult = ray.get(ref)
-        return result
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if isinstance(exc.cause, Exception) else None
-        if isinstance(cause, HeadraceError):
-            raise cause from None
-        raise DataError(str(cause or exc).strip().splitlines()[-1]) from None
 
 
 def _resolver(checked: CheckedPipeline) -> Callable[[str, str], str]:

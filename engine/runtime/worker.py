@@ -1,15 +1,19 @@
-"""The code that runs inside a Ray worker: read one split, transform it, write its part.
+"""The code that runs inside Ray workers: fused segments of per-batch ops, and barrier actors.
 
-A row that a node cannot process fails the split, unless the node's error policy says `skip` or
+A head segment reads one split, runs the fused transforms and either writes its own part (returning
+only counts) or, when a barrier follows, returns its batches to the object store. A tail segment takes
+batches released by a barrier, runs the transforms fused after it, and writes a part or passes on.
+
+A row that a node cannot process fails the segment, unless the node's error policy says `skip` or
 `dead_letter`: then the batch is bisected to find the failing rows, the others go on, and failed rows
-are written (with node, error, input file and split offset) to a dead-letter file of the split.
+are written (with node, error, input file and split offset) to a dead-letter file.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,15 +23,17 @@ from connectors.files import filesystem
 from connectors.readers import Split, reader_for
 from connectors.writers import PartInfo, open_part
 from engine.errors import DataError
-from engine.physical import StageJob
+from engine.physical import StageJob, TailJob
+from engine.spec.models import NodeSpec
 from operators.batch import batch_fn
+from operators.stateful import BARRIER_OPS, BarrierState
 
 
 @dataclass(frozen=True)
 class SplitResult:
-    """What one task reports back: its committed part and per-node counts (never the data)."""
+    """What one segment task reports back: its committed part (if it wrote one) and per-node counts."""
 
-    part: PartInfo
+    part: PartInfo | None
     rows: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     bytes_read: int = 0
@@ -43,28 +49,104 @@ class _Failure:
     row: dict[str, Any]
 
 
-def run_split(job: StageJob, split: Split) -> SplitResult:
-    """Stream ``split`` through the stage and commit its part; raise DataError naming where it failed."""
+@dataclass
+class _Where:
+    """Where the data of a segment comes from, for error messages and dead letters."""
+
+    url: str
+    index: int
+    start: int
+    end: int
+
+    def describe(self) -> str:
+        if self.start < 0:
+            return f"batches from barrier (part {self.index})"
+        return f"{self.url} (split {self.index}, bytes {self.start}-{self.end})"
+
+
+def run_split(job: StageJob, split: Split) -> Any:
+    """Run the head segment on ``split``: a SplitResult, or (SplitResult, tables) when ``job.emit``."""
     reader = reader_for(job.source)  # type: ignore[arg-type]
+    where = _Where(split.url, split.index, split.start, split.end)
     failures: list[_Failure] = []
-    fns = [
-        (node, _guarded(node, batch_fn(spec), node in job.on_error, failures))
-        for node, spec in job.transforms
-    ]
-    rows = {job.source_id: 0, **{node: 0 for node, _ in fns}, job.sink_id: 0}
-    rows_in = dict.fromkeys(rows, 0)
-    seconds = dict.fromkeys(rows, 0.0)
-    part = open_part(job.sink, job.output, split.index, split.id)  # type: ignore[arg-type]
-    current = job.source_id
     extra: dict[str, Any] = {}
     if job.source_id in job.on_error:
         extra["bad_row"] = lambda error, row: failures.append(_Failure(job.source_id, error, row))
+    tables = reader.read(job.source, split, job.batch_rows, **extra)
+    sink = None if job.emit else (job.sink_id, job.sink)
+    result, out = _run_segment(
+        tables,
+        job.source_id,
+        job.transforms,
+        sink,
+        job.output,
+        split.index,
+        split.id,
+        job.on_error,
+        job.dead_letters,
+        where,
+        failures,
+    )
+    result = SplitResult(
+        result.part,
+        result.rows,
+        result.seconds,
+        split.end - split.start,
+        result.failed,
+        result.rows_in,
+        result.dead_letter_file,
+    )
+    return (result, out) if job.emit else result
+
+
+def run_tail(job: TailJob, tables: list[pa.Table], index: int) -> Any:
+    """Run a tail segment on batches a barrier released: a SplitResult, or (SplitResult, tables)."""
+    sink = (job.sink_id, job.sink) if job.sink is not None else None
+    where = _Where(job.barrier_id, index, -1, -1)
+    result, out = _run_segment(
+        iter(tables),
+        None,
+        job.transforms,
+        sink,
+        job.output,
+        index,
+        f"{job.barrier_id}#{index}",
+        job.on_error,
+        job.dead_letters,
+        where,
+        [],
+    )
+    return result if sink is not None else (result, out)
+
+
+def _run_segment(
+    tables: Iterable[pa.Table],
+    source_id: str | None,
+    transforms: tuple[tuple[str, NodeSpec], ...],
+    sink: tuple[str, NodeSpec] | None,
+    output: str | None,
+    index: int,
+    part_id: str,
+    on_error: Any,
+    dead_letters: str | None,
+    where: _Where,
+    failures: list[_Failure],
+) -> tuple[SplitResult, list[pa.Table]]:
+    fns = [(node, _guarded(node, batch_fn(spec), node in on_error, failures)) for node, spec in transforms]
+    names = [n for n in (source_id, *[n for n, _ in fns], sink[0] if sink else None) if n]
+    rows = dict.fromkeys(names, 0)
+    rows_in = dict.fromkeys(names, 0)
+    seconds = dict.fromkeys(names, 0.0)
+    part = open_part(sink[1], output or "", index, part_id) if sink else None  # type: ignore[arg-type]
+    out: list[pa.Table] = []
+    current = source_id or (fns[0][0] if fns else sink[0] if sink else "")
     try:
         clock = time.perf_counter()
-        for table in reader.read(job.source, split, job.batch_rows, **extra):
+        for table in tables:
             now = time.perf_counter()
-            seconds[job.source_id] += now - clock
-            rows[job.source_id] += table.num_rows
+            if source_id:
+                seconds[source_id] += now - clock
+                rows[source_id] += table.num_rows
             for node, fn in fns:
                 current = node
                 rows_in[node] += table.num_rows
@@ -72,27 +154,30 @@ def run_split(job: StageJob, split: Split) -> SplitResult:
                 rows[node] += table.num_rows
                 seconds[node] += time.perf_counter() - now
                 now = time.perf_counter()
-            current = job.sink_id
-            part.write(table)
-            rows[job.sink_id] += table.num_rows
+            if part is not None and sink is not None:
+                current = sink[0]
+                part.write(table)
+                rows[sink[0]] += table.num_rows
+            elif table.num_rows:
+                out.append(table)
             clock = time.perf_counter()
-            seconds[job.sink_id] += clock - now
-            current = job.source_id
-        dead = _write_dead_letters(job, split, failures)
-        info = part.commit()
+            if sink is not None:
+                seconds[sink[0]] += clock - now
+            current = source_id or current
+        dead = _write_dead_letters(dead_letters, sink[0] if sink else "segment", where, failures)
+        info = part.commit() if part is not None else None
     except DataError:
-        part.abort()
+        if part is not None:
+            part.abort()
         raise
     except Exception as exc:
-        part.abort()
-        raise DataError(
-            f"node '{current}': {split.url} (split {split.index}, bytes {split.start}-"
-            f"{split.end}): {type(exc).__name__}: {exc}"
-        ) from None
+        if part is not None:
+            part.abort()
+        raise DataError(f"node '{current}': {where.describe()}: {type(exc).__name__}: {exc}") from None
     failed: dict[str, int] = {}
     for f in failures:
         failed[f.node] = failed.get(f.node, 0) + 1
-    return SplitResult(info, rows, seconds, split.end - split.start, failed, rows_in, dead)
+    return SplitResult(info, rows, seconds, 0, failed, rows_in, dead), out
 
 
 def _guarded(
@@ -112,28 +197,58 @@ def _guarded(
         middle = table.num_rows // 2
         halves = [run(table.slice(0, middle)), run(table.slice(middle))]
         kept = [h for h in halves if h.num_rows]
-        return pa.concat_tables(kept) if kept else halves[0]
+        return pa.concat_tables(kept, promote_options="default") if kept else halves[0]
 
     return run
 
 
-def _write_dead_letters(job: StageJob, split: Split, failures: list[_Failure]) -> str | None:
-    if not failures or not job.dead_letters:
+def _write_dead_letters(
+    folder_url: str | None, sink_id: str, where: _Where, failures: list[_Failure]
+) -> str | None:
+    if not failures or not folder_url:
         return None
-    fs, folder = filesystem(job.dead_letters)
+    fs, folder = filesystem(folder_url)
     fs.makedirs(folder, exist_ok=True)
-    name = f"dead-{job.sink_id}-{split.index:05d}.jsonl"
+    name = f"dead-{sink_id}-{where.index:05d}.jsonl"
     tmp = f"{folder}/.{name}.tmp"
     with fs.open(tmp, "w") as fh:
         for f in failures:
             record = {
                 "node": f.node,
                 "error": f.error,
-                "input": split.url,
-                "split": split.index,
-                "split_bytes": [split.start, split.end],
+                "input": where.url,
+                "split": where.index,
+                "split_bytes": [where.start, where.end],
                 "row": f.row,
             }
             fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
     fs.mv(tmp, f"{folder}/{name}")
-    return f"{job.dead_letters}/{name}"
+    return f"{folder_url}/{name}"
+
+
+class BarrierActor:
+    """Holds the state of one barrier node for a whole run (one actor per node per run)."""
+
+    def __init__(self, spec: NodeSpec) -> None:
+        self.state: BarrierState = BARRIER_OPS[spec.op](spec)
+        self.rows_in = 0
+        self.rows_out = 0
+
+    def push(self, tables: list[pa.Table]) -> list[pa.Table]:
+        """Feed batches; return what they release."""
+        out: list[pa.Table] = []
+        for table in tables:
+            self.rows_in += table.num_rows
+            out.extend(self.state.push(table))
+        self.rows_out += sum(t.num_rows for t in out)
+        return out
+
+    def finish(self) -> list[pa.Table]:
+        """End of input: the rest of the output."""
+        out = self.state.finish()
+        self.rows_out += sum(t.num_rows for t in out)
+        return out
+
+    def counts(self) -> tuple[int, int, bool]:
+        """Rows in, rows out, and whether more input can still change the output."""
+        return self.rows_in, self.rows_out, not self.state.satisfied

@@ -68,14 +68,25 @@ class _ExactFloats(RoundTripRepresenter):
     """ruamel re-emits a float in its source's layout, truncating digits; keep the value exact."""
 
     def represent_scalar_float(self, data: Any) -> ScalarNode:
-        node = super().represent_scalar_float(data)
+        try:
+            node = super().represent_scalar_float(data)
+        except ValueError:  # ruamel's layout code fails on some values, e.g. 1e400 read as inf
+            return self.represent_scalar("tag:yaml.org,2002:float", _float_text(float(data)))
         try:
             exact = float(node.value) == float(data)
         except ValueError:  # .inf, .nan
             exact = True
         if not exact:
-            node.value = repr(float(data))
+            node.value = _float_text(float(data))
         return node
+
+
+def _float_text(value: float) -> str:
+    if math.isnan(value):
+        return ".nan"
+    if math.isinf(value):
+        return ".inf" if value > 0 else "-.inf"
+    return repr(value)
 
 
 _ExactFloats.add_representer(ScalarFloat, _ExactFloats.represent_scalar_float)

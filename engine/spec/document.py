@@ -311,6 +311,9 @@ class _YamlBuilder:
     def _syntax_error(self, exc: yaml.MarkedYAMLError) -> ConfigError:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        lines = re.split("\r\n|[\r\n\x85\u2028\u2029]", self.text)
+        if line > len(lines):  # libyaml may place the end of a file without a final newline past it
+            line, col = len(lines), len(lines[-1]) + 1
         problem = exc.problem or "not valid YAML"
         if "nesting depth" in problem:
             if mark is not None:  # libyaml scans ahead and stops at 1000 levels: find ours

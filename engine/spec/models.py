@@ -230,6 +230,10 @@ class NodeSpec(Model):
     per_batch: ClassVar[bool] = False
     """True when each output batch depends on one input batch only, so the optimizer may fuse it."""
 
+    barrier: ClassVar[bool] = False
+    """True when the op needs the whole stream (a global limit, dedupe or aggregate): it ends a fused
+    segment, and batches cross it as object-store references."""
+
     op: str = Field(description="What the node does.")
     description: str | None = Field(None, description="What the node is for, in a sentence.")
     resources: Resources | None = Field(None, description="Resources per task or actor of this node.")

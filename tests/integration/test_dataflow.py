@@ -262,7 +262,7 @@ def test_ops_without_a_runtime_are_refused_at_their_line(tmp_path: Path) -> None
 name: later
 nodes:
   input: {op: read_csv, path: x.csv}
-  first: {op: limit, input: input, n: 3}
+  first: {op: llm_map, input: input, prompt: "Summarise {{ text }}"}
   output: {op: write_parquet, input: first, path: out}
 """,
     )
@@ -270,7 +270,7 @@ nodes:
         run_file(path)
     (diag,) = err.value.diagnostics
     assert (diag.line, diag.col) == (5, 15)
-    assert "op 'limit'" in diag.message
+    assert "op 'llm_map'" in diag.message
 
 
 def test_cli_run_json_starts_its_own_ray(tmp_path: Path) -> None:

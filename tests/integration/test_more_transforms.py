@@ -28,7 +28,9 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def test_flat_map_turns_each_row_into_the_rows_its_function_returns(tmp_path: Path) -> None:
-    rows = [{"id": i, "text": " ".join(f"w{j}" * (j % 3 + 1) for j in range(i % 5))} for i in range(40)]
+    rows: list[dict[str, Any]] = [
+        {"id": i, "text": " ".join(f"w{j}" * (j % 3 + 1) for j in range(i % 5))} for i in range(40)
+    ]
     rows[3]["text"] = None
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     summary = run_pipeline(

@@ -1,0 +1,271 @@
+"""The run loop: the one module that calls ``ray.wait``.
+
+Each stage is driven by a small state machine that submits Ray work and says what to do when each
+reference is ready. The loop keeps at most ``window`` head tasks (split readers) in flight across all
+stages, and holds back new ones while too many batches wait in the object store for a barrier, so
+memory depends on the window and the split size, never on the input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import ray
+
+from connectors.readers import Split
+from connectors.writers import PartInfo
+from engine.errors import DataError, HeadraceError
+from engine.physical import PhysicalStage
+from engine.runtime.summary import RunSummary
+from engine.runtime.worker import BarrierActor, SplitResult, run_split, run_tail
+
+Handler = Callable[[Any], None]
+
+
+@dataclass
+class StageRun:
+    """One stage's progress: splits still to read, parts committed, references it waits on."""
+
+    stage: PhysicalStage
+    splits: list[Split]
+    parts: list[PartInfo] = field(default_factory=list)
+    heads_in_flight: int = 0
+    open: bool = True  # False once a barrier (a satisfied limit) needs no more input
+
+
+class Scheduler:
+    """Submits stage work with a bounded window and dispatches finished references to handlers."""
+
+    def __init__(
+        self, summary: RunSummary, window: int, on_result: Callable[[StageRun, SplitResult], None]
+    ) -> None:
+        self.summary = summary
+        self.window = window
+        self.on_result = on_result
+        self.in_flight: dict[Any, Handler] = {}
+        self.heads = 0
+        self.backlog = 0  # batches handed to a barrier whose output is not yet through its tail task
+        self._head = ray.remote(run_split)
+        self._tail = ray.remote(run_tail)
+        self._actor = ray.remote(BarrierActor)
+
+    def run(self, runs: list[StageRun], tick: Callable[[], None]) -> None:
+        """Drive every stage to completion."""
+        drivers: list[_Driver] = [
+            _BarrierDriver(self, r) if r.stage.tails else _FusedDriver(self, r) for r in runs
+        ]
+        try:
+            while True:
+                self._fill(drivers)
+                if not self.in_flight:
+                    if all(d.finished() for d in drivers):
+                        return
+                    raise RuntimeError("the run loop has nothing in flight but unfinished stages")
+                done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=1.0)
+                for ref in done:
+                    self.in_flight.pop(ref)(ref)
+                tick()
+        except BaseException:
+            for ref in self.in_flight:
+                ray.cancel(ref, force=True)
+            raise
+
+    def _fill(self, drivers: list[_Driver]) -> None:
+        progressed = True
+        while progressed and self.heads < self.window and self.backlog < 2 * self.window:
+            progressed = False
+            for driver in drivers:
+                if self.heads < self.window and driver.submit_head():
+                    progressed = True
+            for driver in drivers:
+                driver.maybe_finish()
+
+    def watch(self, ref: Any, handler: Handler) -> None:
+        """Call ``handler(ref)`` once ``ref`` is ready."""
+        self.in_flight[ref] = handler
+
+    def head(self, run: StageRun, split: Split, emit: bool) -> Any:
+        """Submit the head task of ``split``."""
+        options = {
+            **run.stage.ray_options,
+            "max_retries": run.stage.job.max_attempts - 1,
+            "retry_exceptions": [OSError],
+        }
+        if emit:
+            options["num_returns"] = 2
+        return self._head.options(**options).remote(run.stage.job, split)
+
+    def tail(self, run: StageRun, level: int, tables_ref: Any, index: int) -> Any:
+        """Submit a tail task over the batches ``tables_ref`` released by barrier ``level``."""
+        options: dict[str, Any] = dict(run.stage.ray_options)
+        if run.stage.tails[level].sink is None:
+            options["num_returns"] = 2
+        return self._tail.options(**options).remote(run.stage.tails[level], tables_ref, index)
+
+    def barrier(self, run: StageRun, level: int) -> Any:
+        """Start the actor holding barrier ``level``'s state for this run."""
+        return self._actor.options(num_cpus=0).remote(run.stage.tails[level].barrier)
+
+
+def get_result(ref: Any) -> Any:
+    """``ray.get`` that turns a task's failure into the headrace error it raised."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, Exception) else None
+        if isinstance(cause, HeadraceError):
+            raise cause from None
+        raise DataError(str(cause or exc).strip().splitlines()[-1]) from None
+
+
+class _Driver:
+    def __init__(self, scheduler: Scheduler, run: StageRun) -> None:
+        self.s = scheduler
+        self.run = run
+        self.splits = list(reversed(run.splits))
+
+    def submit_head(self) -> bool:
+        raise NotImplementedError
+
+    def maybe_finish(self) -> None:
+        return None
+
+    def finished(self) -> bool:
+        raise NotImplementedError
+
+
+class _FusedDriver(_Driver):
+    """Heads read, transform and write their own parts."""
+
+    def submit_head(self) -> bool:
+        if not self.splits:
+            return False
+        ref = self.s.head(self.run, self.splits.pop(), emit=False)
+        self.s.heads += 1
+        self.s.watch(ref, self._done)
+        return True
+
+    def _done(self, ref: Any) -> None:
+        self.s.heads -= 1
+        result: SplitResult = get_result(ref)
+        if result.part is not None:
+            self.run.parts.append(result.part)
+        self.s.on_result(self.run, result)
+
+    def finished(self) -> bool:
+        return not self.splits
+
+
+class _BarrierDriver(_Driver):
+    """Heads return batches; each barrier's actor takes them (in stream order when it must) and
+    releases output to the tail tasks fused after it; the last tail writes the parts."""
+
+    def __init__(self, scheduler: Scheduler, run: StageRun) -> None:
+        super().__init__(scheduler, run)
+        levels = len(run.stage.tails)
+        self.actors = [scheduler.barrier(run, level) for level in range(levels)]
+        self.ordered = [run.stage.tails[level].barrier.op == "limit" for level in range(levels)]
+        self.producing = [0] * levels  # upstream tasks still to deliver into each barrier
+        self.received: list[dict[int, Any]] = [{} for _ in range(levels)]  # seq -> tables ref
+        self.next_seq = [0] * levels  # next seq to push, for ordered barriers
+        self.tail_seq = [0] * levels  # seq of the next tail task at each level
+        self.finishing = [False] * levels
+        self.tails_in_flight = 0
+        self.done = False
+
+    def submit_head(self) -> bool:
+        if not self.splits or not self.run.open:
+            return False
+        split = self.splits.pop()
+        meta, tables = self.s.head(self.run, split, emit=True)
+        self.s.heads += 1
+        self.producing[0] += 1
+        self.s.watch(meta, lambda ref: self._head_done(ref, split.index, tables))
+        return True
+
+    def _head_done(self, ref: Any, seq: int, tables: Any) -> None:
+        self.s.heads -= 1
+        self.producing[0] -= 1
+        self.s.on_result(self.run, get_result(ref))
+        self._deliver(0, seq, tables)
+
+    def _deliver(self, level: int, seq: int, tables: Any) -> None:
+        if level == 0 and not self.run.open:
+            return  # a satisfied limit needs nothing more
+        self.s.backlog += 1
+        self.received[level][seq] = tables
+        if not self.ordered[level]:
+            self._push(level, self.received[level].pop(seq))
+            return
+        while self.next_seq[level] in self.received[level]:
+            self._push(level, self.received[level].pop(self.next_seq[level]))
+            self.next_seq[level] += 1
+
+    def _push(self, level: int, tables: Any) -> None:
+        released = self.actors[level].push.remote(tables)
+        self._to_tail(level, released, pushed=True)
+        if self.ordered[level]:
+            self.s.watch(self.actors[level].counts.remote(), lambda ref: self._check_open(ref, level))
+
+    def _check_open(self, ref: Any, level: int) -> None:
+        _, _, still_open = ray.get(ref)
+        if not still_open and level == 0 and self.run.open:
+            self.run.open = False
+            self.splits.clear()
+            self.s.backlog -= len(self.received[0])
+            self.received[0].clear()
+
+    def _to_tail(self, level: int, released: Any, *, pushed: bool) -> None:
+        seq = self.tail_seq[level]
+        self.tail_seq[level] += 1
+        self.tails_in_flight += 1
+        last = level == len(self.actors) - 1
+        if last:
+            self.s.watch(self.s.tail(self.run, level, released, seq), partial(self._tail_done, pushed=pushed))
+        else:
+            meta, tables = self.s.tail(self.run, level, released, seq)
+            self.producing[level + 1] += 1
+            self.s.watch(meta, lambda ref: self._middle_done(ref, level + 1, seq, tables, pushed))
+
+    def _tail_done(self, ref: Any, *, pushed: bool) -> None:
+        self.tails_in_flight -= 1
+        self.s.backlog -= pushed
+        result: SplitResult = get_result(ref)
+        if result.part is not None:
+            self.run.parts.append(result.part)
+        self.s.on_result(self.run, result)
+
+    def _middle_done(self, ref: Any, level: int, seq: int, tables: Any, pushed: bool) -> None:
+        self.tails_in_flight -= 1
+        self.s.backlog -= pushed
+        self.producing[level] -= 1
+        self.s.on_result(self.run, get_result(ref))
+        self._deliver(level, seq, tables)
+
+    def maybe_finish(self) -> None:
+        for level in range(len(self.actors)):
+            if self.finishing[level]:
+                continue
+            if level == 0:
+                upstream_done = not self.splits and self.producing[0] == 0
+            else:  # the finish of the level before has been handed on, and every tail of it is done
+                upstream_done = self.finishing[level - 1] and self.producing[level] == 0
+            if upstream_done and not self.received[level]:
+                self.finishing[level] = True
+                self._to_tail(level, self.actors[level].finish.remote(), pushed=False)
+                self.s.watch(self.actors[level].counts.remote(), partial(self._count, level=level))
+            else:
+                return
+
+    def _count(self, ref: Any, *, level: int) -> None:
+        rows_in, rows_out, _ = ray.get(ref)
+        stats = self.s.summary.nodes[self.run.stage.tails[level].barrier_id]
+        stats.rows_in, stats.rows = rows_in, rows_out
+        if level == len(self.actors) - 1:
+            self.done = True
+
+    def finished(self) -> bool:
+        return self.done and self.tails_in_flight == 0
