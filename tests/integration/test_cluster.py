@@ -1,0 +1,81 @@
+"""Running against an existing multi-node Ray cluster with ``--address``: headrace ships its own code
+to the cluster and nodes land on the machines that offer the resources they ask for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from ray.cluster_utils import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster() -> Iterator[Cluster]:
+    # the cluster's workers import the tests' user functions from the repository
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(ROOT)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": 128 * 1024 * 1024, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=1, resources={"llm_gateway": 1}, object_store_memory=128 * 1024 * 1024)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+    if previous is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = previous
+
+
+def test_run_on_an_existing_cluster_places_nodes_by_custom_resource(
+    two_node_cluster: Cluster, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("n\n" + "".join(f"{i}\n" for i in range(500)), encoding="utf-8")
+    path = tmp_path / "pipe.yaml"
+    path.write_text(
+        f"""version: 1
+name: placed
+nodes:
+  input: {{op: read_csv, path: {src}, split_bytes: 512}}
+  where:
+    op: map_batches
+    input: input
+    fn: tests.integration.udfs_cluster:tag_node
+    resources: {{custom: {{llm_gateway: 0.5}}}}
+  output: {{op: write_parquet, input: where, path: {tmp_path / "out"}}}
+""",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from engine.cli import main; main()",
+            "run",
+            str(path),
+            "--json",
+            "--address",
+            two_node_cluster.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["status"] == "succeeded"
+    table = pq.read_table(tmp_path / "out")
+    assert sorted(table["n"].to_pylist()) == list(range(500))
+    (gateway,) = [node.node_id for node in two_node_cluster.worker_nodes]
+    assert set(table["node_id"].to_pylist()) == {gateway}  # only the machine with the resource ran them
