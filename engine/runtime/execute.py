@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from engine.optimizer import optimize
 from engine.physical import PhysicalStage, build_physical, check_capacity
 from engine.plan import Problem
 from engine.runtime.cluster import ray_session
+from engine.runtime.progress import Progress
 from engine.runtime.scheduler import Scheduler, StageRun
 from engine.runtime.summary import NodeStats, RunSummary
 from engine.runtime.worker import SplitResult
@@ -59,7 +59,7 @@ def run_checked(
     summary = RunSummary(run_id, plan.name, "succeeded", 0.0, nodes)
     with ray_session(address) as cluster:
         _raise_located(check_capacity(stages, cluster.resources), checked)
-        report = _Progress(summary, enabled=progress)
+        report = Progress(summary, enabled=progress)
         try:
             parts = _execute(
                 physical,
@@ -93,7 +93,7 @@ def _execute(
     stages: list[PhysicalStage],
     cpus: float,
     summary: RunSummary,
-    report: _Progress,
+    report: Progress,
     *,
     run_id: str,
     spec_hash: str,
@@ -122,6 +122,7 @@ def _execute(
         report.skipped_splits += sum(1 for s in splits if s.index in committed)
         runs.append(StageRun(stage, [s for s in splits if s.index not in committed], earlier))
     report.total_splits = sum(len(r.splits) for r in runs)
+    report.total_bytes = sum(s.end - s.start for r in runs for s in r.splits)
 
     def on_result(run: StageRun, result: SplitResult) -> None:
         for node, count in result.rows.items():
@@ -188,51 +189,3 @@ def _raise_located(problems: list[Problem], checked: CheckedPipeline) -> None:
     errors = [locate(p, checked.loaded.document) for p in problems if p.severity == "error"]
     if errors:
         raise ConfigError(errors)
-
-
-class _Progress:
-    """Live progress on a terminal, a plain line every few seconds otherwise (to stderr)."""
-
-    def __init__(self, summary: RunSummary, *, enabled: bool) -> None:
-        self.summary = summary
-        self.enabled = enabled
-        self.total_splits = 0
-        self.skipped_splits = 0
-        self.done_splits = 0
-        self.bytes = 0
-        self.started = time.perf_counter()
-        self.last_line = 0.0
-        self.live: Any = None
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.live import Live
-
-            self.live = Live(console=Console(stderr=True), refresh_per_second=4, transient=True)
-            self.live.start()
-
-    def split_done(self, nbytes: int) -> None:
-        self.done_splits += 1
-        self.bytes += nbytes
-
-    def _line(self) -> str:
-        elapsed = time.perf_counter() - self.started
-        rows = " ".join(f"{n}={s.rows:,}" for n, s in self.summary.nodes.items())
-        rate = self.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
-        return (
-            f"[{elapsed:6.1f}s] splits {self.done_splits}/{self.total_splits} {rate:.1f} MB/s  rows: {rows}"
-        )
-
-    def tick(self) -> None:
-        if not self.enabled:
-            return
-        if self.live is not None:
-            self.live.update(self._line())
-            return
-        now = time.perf_counter()
-        if now - self.last_line >= 5.0:
-            self.last_line = now
-            print(self._line(), file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
