@@ -1,0 +1,54 @@
+"""headrace's engine: pipeline format, plan, optimizer, physical planning, runtime and CLI.
+
+The public API is listed in ``__all__``; names that pull in Ray are imported on first use, so that
+``headrace validate`` and friends start fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import ConfigError, DataError, Diagnostic, HeadraceError, PlanError, RunError
+from engine.spec.models import END, FORMAT_VERSION, START, NodeSpec, Pipeline
+from engine.spec.registry import register_op
+
+if TYPE_CHECKING:
+    from engine.check import CheckedPipeline, check_file
+    from engine.runtime import RunSummary, run_checked
+    from engine.spec.loader import load_pipeline
+
+_LAZY = {
+    "CheckedPipeline": "engine.check",
+    "check_file": "engine.check",
+    "load_pipeline": "engine.spec.loader",
+    "RunSummary": "engine.runtime",
+    "run_checked": "engine.runtime",
+}
+
+__all__ = [
+    "END",
+    "FORMAT_VERSION",
+    "START",
+    "CheckedPipeline",
+    "ConfigError",
+    "DataError",
+    "Diagnostic",
+    "HeadraceError",
+    "NodeSpec",
+    "Pipeline",
+    "PlanError",
+    "RunError",
+    "RunSummary",
+    "check_file",
+    "load_pipeline",
+    "register_op",
+    "run_checked",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
