@@ -6,9 +6,8 @@ from typing import Literal
 
 from pydantic import Field, JsonValue
 
-from engine.spec.models import StateNodeSpec
+from engine.spec.models import ImportPath, StateNodeSpec
 from engine.spec.registry import register_op
-from operators.transforms import _IMPORT_PATH
 
 
 @register_op
@@ -16,8 +15,7 @@ class Call(StateNodeSpec):
     """Call `fn(state, **kwargs)`; it returns a partial update of the state."""
 
     op: Literal["call"] = Field(description="Call a Python function on the state.")
-    fn: str = Field(
-        pattern=_IMPORT_PATH,
+    fn: ImportPath = Field(
         description="The function as an import path, `package.module:function`.",
     )
     kwargs: dict[str, JsonValue] = Field(

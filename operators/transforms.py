@@ -8,11 +8,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, JsonValue, ValidationInfo, field_validator, model_validator
 
-from engine.spec.models import Columns, TransformSpec
+from engine.spec.models import Columns, ImportPath, TransformSpec
 from engine.spec.registry import register_op
-
-ImportPath = str
-_IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
 @register_op
@@ -88,7 +85,6 @@ class MapBatches(TransformSpec):
 
     op: Literal["map_batches"] = Field(description="Apply a Python function to each batch.")
     fn: ImportPath = Field(
-        pattern=_IMPORT_PATH,
         description="The function as an import path, `package.module:function`.",
     )
     kwargs: dict[str, JsonValue] = Field(
@@ -107,7 +103,6 @@ class FlatMap(TransformSpec):
         description="Turn each row into zero, one or many rows with a Python function."
     )
     fn: ImportPath = Field(
-        pattern=_IMPORT_PATH,
         description="The function as an import path, `package.module:function`. It is called as "
         "`fn(row, **kwargs)` with one row as a dict (column -> value) and returns a list of dicts, each "
         "an output row. A batch's columns are every key its rows hold, in order of first appearance, "

@@ -37,6 +37,8 @@ NodeName = Annotated[
     StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$", max_length=128),
 ]
 NodeRef = Annotated[str, Field(description="The name of another node in `nodes`.")]
+ImportPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
+"""A Python function named as `package.module:function`; specs hold names, never callables."""
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {
