@@ -110,6 +110,41 @@ def build_physical(
     return out
 
 
+def check_outputs(stages: list[PhysicalStage]) -> list[Problem]:
+    """Problems for sinks that would write into one folder, or over or inside an input."""
+    problems = []
+    seen: dict[str, str] = {}
+    inputs = [(s.job.source_id, _norm(i)) for s in stages for i in s.inputs]
+    for stage in stages:
+        sink, folder = stage.job.sink_id, _norm(stage.job.output)
+        where = ("nodes", sink, "path")
+        if folder in seen:
+            problems.append(
+                Problem(
+                    where,
+                    f"sinks '{seen[folder]}' and '{sink}' write to the same folder {stage.job.output}",
+                    "give each sink its own path",
+                    code="output",
+                )
+            )
+        seen[folder] = sink
+        for source, path in inputs:
+            if path == folder or path.startswith(folder + "/") or folder.startswith(path + "/"):
+                problems.append(
+                    Problem(
+                        where,
+                        f"sink '{sink}' would write into the input of '{source}' ({path})",
+                        "outputs never overwrite inputs; choose another path",
+                        code="output",
+                    )
+                )
+    return problems
+
+
+def _norm(url: str) -> str:
+    return url.rstrip("/")
+
+
 def _dead_letter_folder(stage: Stage, resolve: Callable[[str, str], str]) -> str | None:
     for node in stage.nodes:
         if node.on_error.mode == "dead_letter" and node.on_error.dead_letter_path:

@@ -1,8 +1,5 @@
-"""Run a checked pipeline: compile it to stages, submit a bounded window of split tasks, commit.
-
-This is the one module that calls ``ray.wait``. Memory stays flat whatever the input size: at most
-``window`` splits are in flight, each streams its split in batches, and only metadata comes back.
-"""
+"""Run a checked pipeline: compile it to stages, claim the outputs, plan the splits, hand them to the
+scheduler, then seal each output with its manifest and return the run's summary."""
 
 from __future__ import annotations
 
@@ -22,7 +19,7 @@ from connectors.writers import PartInfo
 from engine.check import CheckedPipeline, locate
 from engine.errors import ConfigError, DataError, HeadraceError, RunError
 from engine.optimizer import optimize
-from engine.physical import PhysicalStage, build_physical, check_capacity
+from engine.physical import PhysicalStage, build_physical, check_capacity, check_outputs
 from engine.plan import Problem
 from engine.runtime.cluster import ray_session
 from engine.runtime.progress import Progress
@@ -54,6 +51,7 @@ def run_checked(
     stages, problems = optimize(plan)
     _raise_located(problems, checked)
     physical = build_physical(stages, checked.loaded.spec.defaults.batch_rows, _resolver(checked))
+    _raise_located(check_outputs(physical), checked)
     started = time.perf_counter()
     nodes: dict[str, NodeStats] = {n.id: NodeStats(n.op) for s in stages for n in s.nodes}
     summary = RunSummary(run_id, plan.name, "succeeded", 0.0, nodes)

@@ -302,3 +302,25 @@ def test_cli_run_json_starts_its_own_ray(tmp_path: Path) -> None:
     assert result["outputs"]["output"].endswith("_manifest.json")
     assert set(result) >= {"run_id", "status", "nodes", "total_cost_usd", "outputs"}
     assert pq.read_table(out).num_rows == 2
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.csv").write_text("n\n1\n", encoding="utf-8")
+    path = write_pipeline(
+        tmp_path,
+        f"""version: 1
+name: clobber
+nodes:
+  input: {{op: read_csv, path: {folder}}}
+  inside: {{op: write_parquet, input: input, path: {folder}/out}}
+  twin: {{op: write_csv, input: input, path: {folder}/out}}
+""",
+    )
+    with pytest.raises(ConfigError) as err:
+        run_file(path)
+    messages = [(d.line, d.message) for d in err.value.diagnostics]
+    assert any(line == 5 and "would write into the input of 'input'" in m for line, m in messages)
+    assert any(line == 6 and "write to the same folder" in m for line, m in messages)
+    assert (folder / "a.csv").read_text() == "n\n1\n" and not (folder / "out").exists()
