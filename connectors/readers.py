@@ -312,8 +312,15 @@ class _ParquetReader:
             fs, path = filesystem(f.url)
             with fs.open(path, "rb") as fh:
                 meta = pq.ParquetFile(fh).metadata
-            for rg in range(max(meta.num_row_groups, 1)):
-                out.append(Split(node, len(out), f.url, 0, f.size, row_group=rg))
+            if meta.num_row_groups == 0:
+                out.append(Split(node, len(out), f.url, 0, 0, row_group=0))
+            for rg in range(meta.num_row_groups):
+                group = meta.row_group(rg)
+                columns = [group.column(i) for i in range(group.num_columns)]
+                start = min((c.data_page_offset for c in columns), default=0)
+                size = sum(c.total_compressed_size for c in columns)
+                # the row group's own bytes, so progress and MB/s count each byte once
+                out.append(Split(node, len(out), f.url, start, start + size, row_group=rg))
         return out
 
     def read(

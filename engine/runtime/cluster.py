@@ -51,6 +51,9 @@ def ray_session(address: str | None = None) -> Iterator[ClusterInfo]:
     else:
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         ray.init(
+            # "local" always starts a new instance; with no address Ray would join any cluster that
+            # `ray start` left running on the machine
+            address="local",
             num_cpus=os.cpu_count() or 1,
             object_store_memory=object_store_bytes(),
             include_dashboard=False,
