@@ -4,6 +4,7 @@
     ├── ConfigError               a pipeline file is unusable; holds one Diagnostic per problem
     ├── PlanError                 a valid file whose graph cannot be compiled (capacity, resources)
     ├── DataError                 a row or batch of input data is unusable (node, file, offset)
+    │   └── TransientError        an I/O failure that may pass: the driver retries it with backoff
     └── RunError                  a run failed while executing (node, cause)
 
 A user-facing error always says *where* (file:line:col, node, row, input offset) and *what to do*.
@@ -97,6 +98,12 @@ class DataError(HeadraceError):
 
     code = "data_invalid"
     exit_code = 3
+
+
+class TransientError(DataError):
+    """A task failed on I/O (a filesystem or network error); retrying it may succeed."""
+
+    code = "transient"
 
 
 class RunError(HeadraceError):

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.optimizer import Stage
 from engine.plan import Problem
-from engine.spec.models import ErrorPolicy, NodeSpec, Resources
+from engine.spec.models import ErrorPolicy, NodeSpec, Resources, RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class StageJob:
     sink: NodeSpec
     output: str
     batch_rows: int
-    max_attempts: int
+    retry: RetryPolicy
     on_error: Mapping[str, ErrorPolicy] = field(default_factory=dict)
     """Error policy of each node whose failed rows are skipped or dead-lettered (absent: fail)."""
     dead_letters: str | None = None
@@ -87,7 +87,7 @@ def build_physical(
             sink=sink,
             output=resolve(stage.sink.id, sink.path),  # type: ignore[attr-defined]
             batch_rows=getattr(src, "batch_rows", None) or batch_rows,
-            max_attempts=max(n.retry.max_attempts for n in stage.nodes),
+            retry=max((n.retry for n in stage.nodes), key=lambda r: r.max_attempts),
             on_error={n.id: n.on_error for n in stage.nodes if n.on_error.mode != "fail"},
             dead_letters=_dead_letter_folder(stage, resolve),
             emit=bool(stage.barriers),
@@ -111,8 +111,22 @@ def build_physical(
 
 
 def check_outputs(stages: list[PhysicalStage]) -> list[Problem]:
-    """Problems for sinks that would write into one folder, or over or inside an input."""
+    """Problems for sinks that would write into one folder, or over or inside an input, and for
+    paths that workers on other processes cannot see."""
     problems = []
+    for stage in stages:
+        named = [(stage.job.source_id, u) for u in stage.inputs] + [(stage.job.sink_id, stage.job.output)]
+        for node, url in named:
+            if url.startswith("memory://"):
+                problems.append(
+                    Problem(
+                        ("nodes", node, "path"),
+                        f"{url}: a memory:// filesystem lives in one "
+                        "process, and Ray workers are other processes",
+                        "use a local path, file://, or a shared filesystem such as s3:// or gs://",
+                        code="path",
+                    )
+                )
     seen: dict[str, str] = {}
     inputs = [(s.job.source_id, _norm(i)) for s in stages for i in s.inputs]
     for stage in stages:

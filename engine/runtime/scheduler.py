@@ -8,6 +8,9 @@ memory depends on the window and the split size, never on the input size.
 
 from __future__ import annotations
 
+import math
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,10 +20,11 @@ import ray
 
 from connectors.readers import Split
 from connectors.writers import PartInfo
-from engine.errors import DataError, HeadraceError
+from engine.errors import DataError, HeadraceError, TransientError
 from engine.physical import PhysicalStage
 from engine.runtime.summary import RunSummary
 from engine.runtime.worker import BarrierActor, SplitResult, run_split, run_tail
+from engine.spec.models import RetryPolicy
 
 Handler = Callable[[Any], None]
 
@@ -60,11 +64,16 @@ class Scheduler:
         try:
             while True:
                 self._fill(drivers)
+                due = min((d.next_retry_at() for d in drivers), default=math.inf)
                 if not self.in_flight:
                     if all(d.finished() for d in drivers):
                         return
-                    raise RuntimeError("the run loop has nothing in flight but unfinished stages")
-                done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=1.0)
+                    if due == math.inf:
+                        raise RuntimeError("the run loop has nothing in flight but unfinished stages")
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    continue
+                timeout = min(1.0, max(0.0, due - time.monotonic()))
+                done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
                 for ref in done:
                     self.in_flight.pop(ref)(ref)
                 tick()
@@ -89,11 +98,9 @@ class Scheduler:
 
     def head(self, run: StageRun, split: Split, emit: bool) -> Any:
         """Submit the head task of ``split``."""
-        options = {
-            **run.stage.ray_options,
-            "max_retries": run.stage.job.max_attempts - 1,
-            "retry_exceptions": [OSError],
-        }
+        # Ray retries a task whose worker or machine died; errors the task raises are retried by
+        # the driver with the stage's backoff (see _Driver.failed)
+        options = {**run.stage.ray_options, "max_retries": run.stage.job.retry.max_attempts - 1}
         if emit:
             options["num_returns"] = 2
         return self._head.options(**options).remote(run.stage.job, split)
@@ -110,15 +117,29 @@ class Scheduler:
         return self._actor.options(num_cpus=0).remote(run.stage.tails[level].barrier)
 
 
+class _Transient(Exception):
+    """A task failed in a way that may pass: an OS or network error, not a problem with the data."""
+
+
 def get_result(ref: Any) -> Any:
-    """``ray.get`` that turns a task's failure into the headrace error it raised."""
+    """``ray.get`` that turns a task's failure into the headrace error it raised (or _Transient)."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, Exception) else None
+        if isinstance(cause, TransientError):
+            raise _Transient(str(cause)) from None
         if isinstance(cause, HeadraceError):
             raise cause from None
+        if isinstance(cause, OSError):
+            raise _Transient(str(cause)) from None
         raise DataError(str(cause or exc).strip().splitlines()[-1]) from None
+
+
+def backoff_s(policy: RetryPolicy, attempt: int) -> float:
+    """The wait before attempt ``attempt + 1``: exponential, capped, with ±50% jitter if asked."""
+    wait = min(policy.max_backoff_s, policy.initial_backoff_s * policy.multiplier ** (attempt - 1))
+    return wait * random.uniform(0.5, 1.5) if policy.jitter else wait
 
 
 class _Driver:
@@ -126,6 +147,35 @@ class _Driver:
         self.s = scheduler
         self.run = run
         self.splits = list(reversed(run.splits))
+        self.attempts: dict[int, int] = {}
+        self.retry_at: list[tuple[float, Split]] = []
+
+    def next_split(self) -> Split | None:
+        """A split whose retry is due, else the next new one."""
+        now = time.monotonic()
+        for i, (at, split) in enumerate(self.retry_at):
+            if at <= now:
+                del self.retry_at[i]
+                return split
+        return self.splits.pop() if self.splits else None
+
+    def next_retry_at(self) -> float:
+        """When the earliest pending retry is due (inf when none)."""
+        return min((at for at, _ in self.retry_at), default=math.inf)
+
+    def failed(self, split: Split, ref: Any) -> Any:
+        """``get_result(ref)``, or None after scheduling a retry of ``split`` for a transient error."""
+        try:
+            return get_result(ref)
+        except _Transient as exc:
+            policy = self.run.stage.job.retry
+            attempt = self.attempts.get(split.index, 1)
+            if attempt >= policy.max_attempts:
+                raise DataError(f"{exc} (after {attempt} attempts)") from None
+            self.attempts[split.index] = attempt + 1
+            self.retry_at.append((time.monotonic() + backoff_s(policy, attempt), split))
+            self.s.summary.retries += 1
+            return None
 
     def submit_head(self) -> bool:
         raise NotImplementedError
@@ -141,22 +191,25 @@ class _FusedDriver(_Driver):
     """Heads read, transform and write their own parts."""
 
     def submit_head(self) -> bool:
-        if not self.splits:
+        split = self.next_split()
+        if split is None:
             return False
-        ref = self.s.head(self.run, self.splits.pop(), emit=False)
+        ref = self.s.head(self.run, split, emit=False)
         self.s.heads += 1
-        self.s.watch(ref, self._done)
+        self.s.watch(ref, partial(self._done, split=split))
         return True
 
-    def _done(self, ref: Any) -> None:
+    def _done(self, ref: Any, *, split: Split) -> None:
         self.s.heads -= 1
-        result: SplitResult = get_result(ref)
+        result: SplitResult | None = self.failed(split, ref)
+        if result is None:
+            return
         if result.part is not None:
             self.run.parts.append(result.part)
         self.s.on_result(self.run, result)
 
     def finished(self) -> bool:
-        return not self.splits
+        return not self.splits and not self.retry_at
 
 
 class _BarrierDriver(_Driver):
@@ -177,20 +230,25 @@ class _BarrierDriver(_Driver):
         self.done = False
 
     def submit_head(self) -> bool:
-        if not self.splits or not self.run.open:
+        if not self.run.open:
             return False
-        split = self.splits.pop()
+        split = self.next_split()
+        if split is None:
+            return False
         meta, tables = self.s.head(self.run, split, emit=True)
         self.s.heads += 1
         self.producing[0] += 1
-        self.s.watch(meta, lambda ref: self._head_done(ref, split.index, tables))
+        self.s.watch(meta, lambda ref: self._head_done(ref, split, tables))
         return True
 
-    def _head_done(self, ref: Any, seq: int, tables: Any) -> None:
+    def _head_done(self, ref: Any, split: Split, tables: Any) -> None:
         self.s.heads -= 1
         self.producing[0] -= 1
-        self.s.on_result(self.run, get_result(ref))
-        self._deliver(0, seq, tables)
+        result = self.failed(split, ref)
+        if result is None:
+            return
+        self.s.on_result(self.run, result)
+        self._deliver(0, split.index, tables)
 
     def _deliver(self, level: int, seq: int, tables: Any) -> None:
         if level == 0 and not self.run.open:
@@ -250,7 +308,7 @@ class _BarrierDriver(_Driver):
             if self.finishing[level]:
                 continue
             if level == 0:
-                upstream_done = not self.splits and self.producing[0] == 0
+                upstream_done = not self.splits and not self.retry_at and self.producing[0] == 0
             else:  # the finish of the level before has been handed on, and every tail of it is done
                 upstream_done = self.finishing[level - 1] and self.producing[level] == 0
             if upstream_done and not self.received[level]:

@@ -35,6 +35,7 @@ class RunSummary:
     outputs: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     dead_letters: list[str] = field(default_factory=list)
+    retries: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -67,6 +68,7 @@ class RunSummary:
             "total_cost_usd": self.total_cost_usd,
             "outputs": self.outputs,
             "dead_letters": sorted(self.dead_letters),
+            "retries": self.retries,
             "error": self.error,
         }
 
@@ -83,6 +85,8 @@ class RunSummary:
         failed = {n: s.failed for n, s in self.nodes.items() if s.failed}
         if failed:
             lines.append("  failed rows: " + ", ".join(f"{n}={c:,}" for n, c in failed.items()))
+        if self.retries:
+            lines.append(f"  retried splits: {self.retries}")
         for path in sorted(self.dead_letters):
             lines.append(f"  dead letters: {path}")
         if self.error:

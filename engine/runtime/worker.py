@@ -22,7 +22,7 @@ import pyarrow as pa
 from connectors.files import filesystem
 from connectors.readers import Split, reader_for
 from connectors.writers import PartInfo, open_part
-from engine.errors import DataError
+from engine.errors import DataError, TransientError
 from engine.physical import StageJob, TailJob
 from engine.spec.models import NodeSpec
 from operators.batch import batch_fn
@@ -173,7 +173,8 @@ def _run_segment(
     except Exception as exc:
         if part is not None:
             part.abort()
-        raise DataError(f"node '{current}': {where.describe()}: {type(exc).__name__}: {exc}") from None
+        kind = TransientError if isinstance(exc, OSError) else DataError
+        raise kind(f"node '{current}': {where.describe()}: {type(exc).__name__}: {exc}") from None
     failed: dict[str, int] = {}
     for f in failures:
         failed[f.node] = failed.get(f.node, 0) + 1

@@ -324,3 +324,57 @@ nodes:
     assert any(line == 5 and "would write into the input of 'input'" in m for line, m in messages)
     assert any(line == 6 and "write to the same folder" in m for line, m in messages)
     assert (folder / "a.csv").read_text() == "n\n1\n" and not (folder / "out").exists()
+
+
+def _flaky(tmp_path: Path, always: bool) -> tuple[object, Path]:
+    src = tmp_path / "in.csv"
+    src.write_text("n\n" + "".join(f"{i}\n" for i in range(300)), encoding="utf-8")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "out"
+    path = write_pipeline(
+        tmp_path,
+        f"""version: 1
+name: flaky
+defaults:
+  retry: {{max_attempts: 3, initial_backoff_s: 0.05, max_backoff_s: 0.2}}
+nodes:
+  input: {{op: read_csv, path: "file://{src}", split_bytes: 256}}
+  io:
+    op: map_batches
+    input: input
+    fn: tests.integration.udfs:flaky_io
+    kwargs: {{marker_dir: "{markers}", always: {str(always).lower()}}}
+  output: {{op: write_parquet, input: io, path: "file://{out}"}}
+""",
+    )
+    return run_file(path), out
+
+
+def test_transient_io_errors_are_retried_with_backoff(tmp_path: Path) -> None:
+    summary, out = _flaky(tmp_path, always=False)
+    assert summary.status == "succeeded", summary.error
+    assert summary.retries == len(list(out.glob("part-*.parquet"))) > 1
+    assert sorted(pq.read_table(out)["n"].to_pylist()) == list(range(300))
+
+
+def test_persistent_io_errors_fail_after_the_configured_attempts(tmp_path: Path) -> None:
+    summary, _ = _flaky(tmp_path, always=True)
+    assert summary.status == "failed"
+    assert "simulated I/O hiccup" in (summary.error or "") and "after 3 attempts" in (summary.error or "")
+
+
+def test_memory_urls_are_refused_because_workers_cannot_see_them(tmp_path: Path) -> None:
+    path = write_pipeline(
+        tmp_path,
+        """version: 1
+name: memory
+nodes:
+  input: {op: read_csv, path: "memory://bucket/in.csv"}
+  output: {op: write_parquet, input: input, path: out}
+""",
+    )
+    with pytest.raises(ConfigError) as err:
+        run_file(path)
+    (diag,) = err.value.diagnostics
+    assert diag.line == 4 and "memory:// filesystem lives in one process" in diag.message

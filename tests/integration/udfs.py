@@ -29,3 +29,14 @@ def slow(table: pa.Table, seconds: float = 0.2) -> pa.Table:
 
     time.sleep(seconds)
     return table
+
+
+def flaky_io(table: pa.Table, marker_dir: str, always: bool = False) -> pa.Table:
+    """Fail with an OSError the first time each batch is seen (or every time), like a flaky disk."""
+    import os
+
+    marker = os.path.join(marker_dir, f"seen-{table['n'][0].as_py()}")
+    if always or not os.path.exists(marker):
+        open(marker, "w").close()
+        raise OSError("simulated I/O hiccup")
+    return table
