@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-data", action="store_true", help="keep generated datasets of 1 GB and more")
     run.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where to generate input data")
     run.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where results go")
+    commands.add_parser("scaling", help="headrace's peak memory at 1 GB and 10 GB of input")
     one = commands.add_parser("measure-one", help=argparse.SUPPRESS)
     one.add_argument("spec")
     return parser
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.streaming import measure_from_spec
 
         measure_from_spec(args.spec)
+        return 0
+    if args.command == "scaling":
+        from benchmarks.scaling import run_scaling
+
+        run_scaling()
         return 0
     run(args.quick, args.only, args.data_dir, args.results_dir, args.keep_data)
     return 0

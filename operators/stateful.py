@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from engine.spec.models import Columns, Model, TransformSpec
+from engine.spec.models import ColumnKind, Columns, Model, TransformSpec
 from engine.spec.registry import register_op
 from operators.transforms import Limit
 
@@ -70,6 +70,12 @@ class Aggregate(TransformSpec):
             (a.column, ("aggregations", name, "column")) for name, a in self.aggregations.items() if a.column
         ]
         return refs
+
+    def column_kinds(self) -> dict[tuple[str | int, ...], ColumnKind]:
+        numeric = ("sum", "mean")
+        return {
+            ("aggregations", n, "column"): "number" for n, a in self.aggregations.items() if a.fn in numeric
+        }
 
     def output_columns(self, inputs: object) -> Columns | None:
         if not (isinstance(inputs, (list, tuple)) and inputs and inputs[0] is not None):

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, JsonValue, ValidationInfo, field_validator, model_validator
 
-from engine.spec.models import Columns, ImportPath, TransformSpec
+from engine.spec.models import ColumnKind, Columns, ImportPath, TransformSpec
 from engine.spec.registry import register_op
 
 
@@ -137,6 +137,9 @@ class Explode(TransformSpec):
     def column_refs(self) -> list[tuple[str, tuple[str | int, ...]]]:
         return [(self.column, ("column",))]
 
+    def column_kinds(self) -> dict[tuple[str | int, ...], ColumnKind]:
+        return {("column",): "list"}
+
 
 @register_op
 class Sample(TransformSpec):
@@ -220,6 +223,9 @@ class ChunkText(TransformSpec):
 
     def column_refs(self) -> list[tuple[str, tuple[str | int, ...]]]:
         return [(self.column, ("column",))]
+
+    def column_kinds(self) -> dict[tuple[str | int, ...], ColumnKind]:
+        return {("column",): "string"}
 
 
 @register_op

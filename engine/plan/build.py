@@ -334,6 +334,18 @@ def _check_reachability(pipeline: Pipeline, problems: list[Problem]) -> None:
             )
 
 
+_KIND_PREFIXES = {
+    "string": ("string", "large_string", "utf8", "large_utf8", "str"),
+    "number": ("int", "uint", "float", "double", "decimal", "halffloat"),
+    "list": ("list", "large_list", "fixed_size_list"),
+}
+
+
+def _is_kind(arrow_type: str, kind: str) -> bool:
+    """Whether an Arrow type name is of ``kind``; an unknown type ("any") is given the benefit."""
+    return arrow_type == "any" or arrow_type.startswith(_KIND_PREFIXES[kind])
+
+
 def _check_columns(pipeline: Pipeline, problems: list[Problem]) -> dict[str, Columns | None]:
     known: dict[str, Columns | None] = {}
     pending = dict(pipeline.nodes)
@@ -346,6 +358,7 @@ def _check_columns(pipeline: Pipeline, problems: list[Problem]) -> dict[str, Col
             inputs = [known[i] for i in spec.inputs()]
             first = inputs[0] if inputs else None
             if first is not None:
+                kinds = spec.column_kinds()
                 for column, rel in spec.column_refs():
                     if column not in first:
                         hint = _did_you_mean(column, set(first)) or f"columns: {', '.join(first)}"
@@ -355,6 +368,16 @@ def _check_columns(pipeline: Pipeline, problems: list[Problem]) -> dict[str, Col
                                 f"column '{column}' is not in the input of '{name}'",
                                 hint,
                                 code="unknown_column",
+                            )
+                        )
+                    elif rel in kinds and not _is_kind(first[column], kinds[rel]):
+                        problems.append(
+                            Problem(
+                                ("nodes", name, *rel),
+                                f"column '{column}' is {first[column]}; op '{spec.op}' needs a "
+                                f"{kinds[rel]} column here",
+                                "cast it first (op: cast) or pick another column",
+                                code="wrong_column_type",
                             )
                         )
             known[name] = spec.output_columns(inputs)

@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 """The newest pipeline format this headrace reads and writes."""
 
 OpKind = Literal["source", "transform", "sink", "state"]
+ColumnKind = Literal["string", "number", "list"]
 Columns = Mapping[str, str]
 """Known output columns of a node: column name -> Arrow type name (``"any"`` when not known)."""
 
@@ -255,6 +256,11 @@ class NodeSpec(Model):
     def column_refs(self) -> list[tuple[str, tuple[str | int, ...]]]:
         """Columns this node reads, each with the field path (relative to the node) that names it."""
         return []
+
+    def column_kinds(self) -> dict[tuple[str | int, ...], ColumnKind]:
+        """The kind of type a column must have, by the field path of the reference that names it (as in
+        :meth:`column_refs`), where the op needs one; checked when the column's type is known."""
+        return {}
 
 
 class SourceSpec(NodeSpec):

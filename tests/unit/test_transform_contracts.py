@@ -186,3 +186,38 @@ def test_chunk_spans_refuses_bad_sizes() -> None:
         chunk_spans("abc", 3, 3)
     with pytest.raises(ValueError, match="chunk_chars"):
         chunk_spans("abc", 0, 0)
+
+
+def test_a_column_of_the_wrong_type_is_refused_where_the_op_names_it() -> None:
+    errors = _errors(
+        """version: 1
+name: types
+nodes:
+  input: {op: read_csv, path: x.csv, columns: [id, body], column_types: {id: int64, body: string}}
+  chunks: {op: chunk_text, input: input, column: id}
+  flat: {op: explode, input: chunks, column: body}
+  agg: {op: aggregate, input: flat, aggregations: {t: {fn: sum, column: chunk}, ok: {fn: max, column: chunk}}}
+  out: {op: write_parquet, input: agg, path: o}
+"""
+    )
+    found = [(d.line, d.col, d.message) for d in errors]
+    assert found == [
+        (5, 50, "column 'id' is int64; op 'chunk_text' needs a string column here"),
+        (6, 46, "column 'body' is string; op 'explode' needs a list column here"),
+        (7, 73, "column 'chunk' is string; op 'aggregate' needs a number column here"),
+    ]
+
+
+def test_an_unknown_type_gets_the_benefit_of_the_doubt() -> None:
+    checked = check_file(
+        "pipeline.yaml",
+        content="""version: 1
+name: types
+nodes:
+  input: {op: read_csv, path: x.csv, columns: [id, body], column_types: {id: int64, body: string}}
+  shaped: {op: select, input: input, columns: [id, body]}
+  chunks: {op: chunk_text, input: shaped, column: body}
+  out: {op: write_parquet, input: chunks, path: o}
+""",
+    )
+    assert checked.plan.nodes["chunks"].columns is not None  # type: ignore[index]
