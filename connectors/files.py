@@ -57,6 +57,11 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local disk (so Arrow's native files can be used on its paths)."""
+    return _protocol(fs) in ("file", "local")
+
+
 def _protocol(fs: fsspec.AbstractFileSystem) -> str:
     proto = fs.protocol
     return proto[0] if isinstance(proto, (tuple, list)) else proto

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from connectors.files import FileRef, expand, filesystem
+from connectors.files import FileRef, expand, filesystem, is_local
 from connectors.sources import FileSource, ReadCsv, ReadJsonl, ReadParquet, ReadText
 from connectors.splits import (
     ByteRange,
@@ -327,7 +327,8 @@ class _ParquetReader:
         self, spec: ReadParquet, split: Split, batch_rows: int, bad_row: BadRowHandler | None = None
     ) -> Iterator[pa.Table]:
         fs, path = filesystem(split.url)
-        with fs.open(path, "rb") as fh:
+        # a local path opens as a native Arrow file, read without calling back into Python
+        with pa.OSFile(path, "rb") if is_local(fs) else fs.open(path, "rb") as fh:
             pf = pq.ParquetFile(fh)
             if pf.metadata.num_row_groups == 0:
                 return

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from connectors.files import filesystem
+from connectors.files import filesystem, is_local
 from connectors.sinks import FileSink, WriteCsv, WriteParquet
 from engine.errors import DataError
 
@@ -76,7 +76,8 @@ class _Part:
             return
         if self.schema is None:
             self.schema = table.schema
-            self.handle = self.fs.open(self.tmp, "wb")
+            # a native Arrow file for local disks: writers then never call back into Python per chunk
+            self.handle = pa.OSFile(self.tmp, "wb") if is_local(self.fs) else self.fs.open(self.tmp, "wb")
             self._open(table.schema)
         elif table.schema != self.schema:
             try:
