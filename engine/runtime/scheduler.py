@@ -8,6 +8,7 @@ memory depends on the window and the split size, never on the input size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -79,7 +80,9 @@ class Scheduler:
                 tick()
         except BaseException:
             for ref in self.in_flight:
-                ray.cancel(ref, force=True)
+                # actor calls cannot be force-cancelled; the actors go when the run's handles do
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
             raise
 
     def _fill(self, drivers: list[_Driver]) -> None:

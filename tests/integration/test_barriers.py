@@ -123,3 +123,15 @@ def test_resume_reruns_a_barrier_stage_from_the_start(tmp_path: Path) -> None:
     assert again.status == "succeeded", again.error
     assert sorted(pq.read_table(tmp_path / "out")["key"].to_pylist()) == [f"k{i}" for i in range(7)]
     assert again.nodes["input"].rows == 5_000
+
+
+def test_a_failure_before_a_barrier_fails_the_run_cleanly(tmp_path: Path) -> None:
+    summary = _run(
+        tmp_path,
+        """  boom: {op: map_batches, input: input, fn: "tests.integration.udfs:fail_on_id_seven"}
+  last: {op: dedupe, input: boom, keys: [key]}""",
+        200,
+    )
+    assert summary.status == "failed"
+    assert "node 'boom'" in (summary.error or "") and "id 7" in (summary.error or "")
+    assert not (tmp_path / "out" / "_manifest.json").exists()

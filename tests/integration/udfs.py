@@ -40,3 +40,10 @@ def flaky_io(table: pa.Table, marker_dir: str, always: bool = False) -> pa.Table
         open(marker, "w").close()
         raise OSError("simulated I/O hiccup")
     return table
+
+
+def fail_on_id_seven(table: pa.Table) -> pa.Table:
+    """Fail on the batch holding id 7, to test failures upstream of a barrier."""
+    if 7 in table.column("id").to_pylist():
+        raise ValueError("id 7 is not allowed")
+    return table

@@ -1,0 +1,40 @@
+"""LLM providers: one async ``call`` per request, behind a registry (``get_provider``).
+
+Built-ins: ``anthropic`` (Claude, ``anthropic`` SDK), ``gemini`` (``google-genai``), ``offline``
+(deterministic, no network) and ``replay`` (answers recorded to a JSONL file). Third parties add providers
+through the ``headrace.providers`` entry point group. The SDK providers are imported on first use.
+"""
+
+from __future__ import annotations
+
+from operators.providers.base import LlmRequest, LlmResponse, Provider
+from operators.providers.errors import (
+    BadResponse,
+    ConnectionFailed,
+    ProviderConfigError,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    RecordingMissing,
+    RequestRejected,
+    ServerError,
+)
+from operators.providers.registry import available_providers, get_provider, register_provider
+
+__all__ = [
+    "BadResponse",
+    "ConnectionFailed",
+    "LlmRequest",
+    "LlmResponse",
+    "Provider",
+    "ProviderConfigError",
+    "ProviderError",
+    "ProviderTimeout",
+    "RateLimited",
+    "RecordingMissing",
+    "RequestRejected",
+    "ServerError",
+    "available_providers",
+    "get_provider",
+    "register_provider",
+]
