@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from ray.cluster_utils import Cluster
+
+from tests.cli import run_headrace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,22 +56,8 @@ nodes:
 """,
         encoding="utf-8",
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from engine.cli import main; main()",
-            "run",
-            str(path),
-            "--json",
-            "--address",
-            two_node_cluster.address,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    proc = run_headrace(
+        "run", path, "--json", "--address", two_node_cluster.address, env={"PYTHONPATH": str(ROOT)}
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["status"] == "succeeded"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -17,6 +15,7 @@ import pytest
 from engine.check import check_file
 from engine.errors import ConfigError
 from engine.runtime import run_checked
+from tests.cli import run_headrace
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "configs" / "examples"
@@ -277,23 +276,16 @@ def test_cli_run_json_starts_its_own_ray(tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
     src.write_text("a,b\n1,x\n2,y\n", encoding="utf-8")
     out = tmp_path / "o"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from engine.cli import main; main()",
-            "run",
-            str(EXAMPLES / "csv_to_parquet.yaml"),
-            "--set",
-            f"nodes.input.path={src}",
-            "--set",
-            f"nodes.output.path={out}",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
+    proc = run_headrace(
+        "run",
+        EXAMPLES / "csv_to_parquet.yaml",
+        "--set",
+        f"nodes.input.path={src}",
+        "--set",
+        f"nodes.output.path={out}",
+        "--json",
         cwd=tmp_path,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

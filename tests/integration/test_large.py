@@ -4,9 +4,6 @@ tenth of the input's size; and two pipelines share one cluster without interferi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import pytest
 
 from engine.check import check_file
 from engine.runtime import RunSummary, run_checked
+from tests.cli import run_headrace
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "configs" / "examples"
@@ -60,26 +58,18 @@ def test_one_gigabyte_csv_to_parquet_is_row_exact_with_a_small_object_store(tmp_
     store = 96 * 1024 * 1024
     assert size >= 10 * store
     out = tmp_path / "parquet"
-    env = {**os.environ, "HEADRACE_OBJECT_STORE_BYTES": str(store)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from engine.cli import main; main()",
-            "run",
-            str(EXAMPLES / "csv_to_parquet.yaml"),
-            "--set",
-            f"nodes.input.path={src}",
-            "--set",
-            f"nodes.output.path={out}",
-            "--set",
-            "nodes.input.column_types={id: int64, text: string, n: double}",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_headrace(
+        "run",
+        EXAMPLES / "csv_to_parquet.yaml",
+        "--set",
+        f"nodes.input.path={src}",
+        "--set",
+        f"nodes.output.path={out}",
+        "--set",
+        "nodes.input.column_types={id: int64, text: string, n: double}",
+        "--json",
+        env={"HEADRACE_OBJECT_STORE_BYTES": str(store)},
         timeout=800,
-        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from engine.check import check_file
 from engine.runtime import run_checked
+from tests.cli import HEADRACE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,7 +107,7 @@ def test_kill_9_mid_run_then_resume_gives_exactly_the_rows_of_a_clean_run(tmp_pa
     data = _source(src, 3_000)
     path = _pipeline(tmp_path, src, 0.3)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "from engine.cli import main; main()", "run", str(path), "--json"]
+    cmd = [*HEADRACE, "run", str(path), "--json"]
     env = {**os.environ, "HEADRACE_OBJECT_STORE_BYTES": str(256 * 1024 * 1024), "PYTHONPATH": str(ROOT)}
     driver = subprocess.Popen(
         [*cmd, "--run-id", "run-killed"],

@@ -153,3 +153,32 @@ def _number(schema: dict[str, Any], *, integer: bool) -> int | float:
     else:
         value = upper - 1 if upper is not None else 0
     return int(value) if integer else value
+
+
+# A schema that exercises most of what the fakes and providers support; shared by the tests.
+TICKET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "enum": ["bug", "billing", "other"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1, "exclusiveMinimum": 0},
+        "priority": {"type": "integer", "minimum": 1, "maximum": 5},
+        "urgent": {"type": "boolean"},
+        "tags": {"type": "array", "items": {"type": "string", "minLength": 3}, "minItems": 2, "maxItems": 4},
+        "customer": {"$ref": "#/$defs/customer"},
+        "notes": {"type": ["string", "null"], "maxLength": 8},
+    },
+    "required": ["label", "confidence", "priority", "tags", "customer"],
+    "additionalProperties": False,
+    "$defs": {
+        "customer": {
+            "type": "object",
+            "properties": {
+                "email": {"type": "string", "format": "email"},
+                "id": {"type": "string", "format": "uuid"},
+                "since": {"type": "string", "format": "date"},
+                "referrer": {"$ref": "#/$defs/customer"},
+            },
+            "required": ["email", "id"],
+        }
+    },
+}

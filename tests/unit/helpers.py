@@ -11,6 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from engine.cli import cli
+from tests.cli import run_headrace
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -48,12 +49,11 @@ def run_process(
     *args: str, input: bytes | None = None, script: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """Run ``headrace ARGS`` as a real process: the console script, or ``python -c`` importing it."""
-    if script:
-        exe = Path(sys.executable).with_name("headrace")
-        assert exe.exists(), f"no headrace console script next to {sys.executable}"
-        argv = [str(exe), *map(str, args)]
-    else:
-        argv = [sys.executable, "-c", "from engine.cli import main; main()", *map(str, args)]
+    if not script:
+        return run_headrace(*args, stdin=input, timeout=120)
+    exe = Path(sys.executable).with_name("headrace")
+    assert exe.exists(), f"no headrace console script next to {sys.executable}"
+    argv = [str(exe), *map(str, args)]
     env = {k: v for k, v in os.environ.items() if k not in ("HEADRACE_DEBUG", "NOPE")}
     proc = subprocess.run(argv, input=input, capture_output=True, cwd=ROOT, env=env, timeout=120, check=False)
     return subprocess.CompletedProcess(

@@ -27,6 +27,7 @@ from google.genai import types
 
 from tests.loopback import ErrorReply, Faults, LLMServer, ResponderRequest, schema_instance
 from tests.loopback.faults import FaultPlan
+from tests.loopback.schema import TICKET_SCHEMA
 
 KEY = "test-key"
 MODEL = "claude-haiku-4-5"
@@ -75,34 +76,6 @@ def _post(url: str, body: Any, headers: dict[str, str]) -> tuple[int, dict[str, 
 def server() -> Iterator[LLMServer]:
     with LLMServer() as running:
         yield running
-
-
-TICKET_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["bug", "billing", "other"]},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1, "exclusiveMinimum": 0},
-        "priority": {"type": "integer", "minimum": 1, "maximum": 5},
-        "urgent": {"type": "boolean"},
-        "tags": {"type": "array", "items": {"type": "string", "minLength": 3}, "minItems": 2, "maxItems": 4},
-        "customer": {"$ref": "#/$defs/customer"},
-        "notes": {"type": ["string", "null"], "maxLength": 8},
-    },
-    "required": ["label", "confidence", "priority", "tags", "customer"],
-    "additionalProperties": False,
-    "$defs": {
-        "customer": {
-            "type": "object",
-            "properties": {
-                "email": {"type": "string", "format": "email"},
-                "id": {"type": "string", "format": "uuid"},
-                "since": {"type": "string", "format": "date"},
-                "referrer": {"$ref": "#/$defs/customer"},
-            },
-            "required": ["email", "id"],
-        }
-    },
-}
 
 
 # ---------------------------------------------------------------- Anthropic

@@ -39,6 +39,7 @@ from operators.providers import (
 )
 from operators.providers.offline import schema_instance
 from tests.loopback import ErrorReply, Faults, LLMServer, ResponderRequest
+from tests.loopback.schema import TICKET_SCHEMA
 
 # google-genai's async transport subclasses aiohttp.ClientSession, which aiohttp deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession:DeprecationWarning")
@@ -46,31 +47,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientS
 KEY = "test-key-0123456789"
 MODELS = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
 T = TypeVar("T")
-
-TICKET_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["bug", "billing", "other"]},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1, "exclusiveMinimum": 0},
-        "priority": {"type": "integer", "minimum": 1, "maximum": 5},
-        "tags": {"type": "array", "items": {"type": "string", "minLength": 3}, "minItems": 2, "maxItems": 4},
-        "customer": {"$ref": "#/$defs/customer"},
-        "notes": {"type": ["string", "null"], "maxLength": 8},
-    },
-    "required": ["label", "confidence", "priority", "tags", "customer"],
-    "additionalProperties": False,
-    "$defs": {
-        "customer": {
-            "type": "object",
-            "properties": {
-                "email": {"type": "string", "format": "email"},
-                "id": {"type": "string", "format": "uuid"},
-                "referrer": {"$ref": "#/$defs/customer"},
-            },
-            "required": ["email", "id"],
-        }
-    },
-}
 
 
 def _validate(schema: dict[str, Any], instance: Any) -> None:
