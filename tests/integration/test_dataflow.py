@@ -370,3 +370,10 @@ nodes:
         run_file(path)
     (diag,) = err.value.diagnostics
     assert diag.line == 4 and "memory:// filesystem lives in one process" in diag.message
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_runs(example: Path, out_env: Path) -> None:
+    summary = run_file(example)
+    assert summary.status == "succeeded", summary.error
+    assert summary.outputs and all(Path(url).exists() for url in summary.outputs.values())
