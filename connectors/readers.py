@@ -200,8 +200,14 @@ class _CsvReader:
             )
             yield from _rechunk(batches, batch_rows)
         except pa.ArrowInvalid as exc:
+            hint = ""
+            if "conversion error" in str(exc):
+                hint = (
+                    "; column types not given in `column_types` were inferred from the first MiB of "
+                    "the first file: declare the column's type there (e.g. string)"
+                )
             raise DataError(
-                f"node '{split.node}': {split.url} (bytes {split.start}-{split.end}): {exc}"
+                f"node '{split.node}': {split.url} (bytes {split.start}-{split.end}): {exc}{hint}"
             ) from None
 
 

@@ -377,3 +377,21 @@ def test_every_example_runs(example: Path, out_env: Path) -> None:
     summary = run_file(example)
     assert summary.status == "succeeded", summary.error
     assert summary.outputs and all(Path(url).exists() for url in summary.outputs.values())
+
+
+def test_a_type_that_changes_after_the_inferred_start_says_how_to_fix_it(tmp_path: Path) -> None:
+    src = tmp_path / "drift.csv"
+    src.write_text("n\n" + "1\n" * 1_000_000 + "not a number\n", encoding="utf-8")  # past the first MiB
+    summary = run_file(
+        EXAMPLES / "csv_to_parquet.yaml", f"nodes.input.path={src}", f"nodes.output.path={tmp_path}/o"
+    )
+    assert summary.status == "failed"
+    error = summary.error or ""
+    assert "node 'input'" in error and "drift.csv" in error and "column_types" in error
+    fixed = run_file(
+        EXAMPLES / "csv_to_parquet.yaml",
+        f"nodes.input.path={src}",
+        f"nodes.output.path={tmp_path}/o2",
+        "nodes.input.column_types={n: string}",
+    )
+    assert fixed.status == "succeeded" and fixed.nodes["output"].rows == 1_000_001
