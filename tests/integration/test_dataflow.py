@@ -395,3 +395,20 @@ def test_a_type_that_changes_after_the_inferred_start_says_how_to_fix_it(tmp_pat
         "nodes.input.column_types={n: string}",
     )
     assert fixed.status == "succeeded" and fixed.nodes["output"].rows == 1_000_001
+
+
+def test_cli_run_failure_exits_3_and_names_the_problem(tmp_path: Path) -> None:
+    proc = run_headrace(
+        "run",
+        EXAMPLES / "csv_to_parquet.yaml",
+        "--set",
+        f"nodes.input.path={tmp_path}/missing.csv",
+        "--set",
+        f"nodes.output.path={tmp_path}/o",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 3, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["status"] == "failed" and "missing.csv" in result["error"]
+    assert "Traceback" not in proc.stderr
