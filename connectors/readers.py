@@ -133,15 +133,8 @@ class _CsvReader:
         # Infer once, from the start of the first file, so every split and part shares one schema.
         fs, path = filesystem(first.url)
         with fs.open(path, "rb") as fh:
-            options = self._options(spec, None, 1 << 20)
-            parse = options["parse_options"]
             # malformed rows are the read's business (fail or dead-letter), not the inference's
-            options["parse_options"] = pacsv.ParseOptions(
-                delimiter=parse.delimiter,
-                quote_char=parse.quote_char,
-                newlines_in_values=True,
-                invalid_row_handler=lambda row: "skip",
-            )
+            options = self._options(spec, None, 1 << 20, on_invalid=lambda row: "skip")
             try:
                 reader = pacsv.open_csv(fh, **options)
                 schema = reader.schema
@@ -149,14 +142,23 @@ class _CsvReader:
                 raise DataError(f"node '{node}': {first.url}: {exc}") from None
         return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in schema])
 
-    def _options(self, spec: ReadCsv, schema: pa.Schema | None, block: int) -> dict[str, Any]:
+    def _options(
+        self,
+        spec: ReadCsv,
+        schema: pa.Schema | None,
+        block: int,
+        on_invalid: Callable[[Any], str] | None = None,
+    ) -> dict[str, Any]:
         types: dict[str, pa.DataType] = {f.name: f.type for f in schema} if schema else {}
         for name, type_name in (spec.column_types or {}).items():
             types[name] = pa.type_for_alias(type_name)
         return {
             "read_options": pacsv.ReadOptions(block_size=block, column_names=spec.column_names),
             "parse_options": pacsv.ParseOptions(
-                delimiter=spec.delimiter, quote_char=spec.quote_char, newlines_in_values=True
+                delimiter=spec.delimiter,
+                quote_char=spec.quote_char,
+                newlines_in_values=True,
+                invalid_row_handler=on_invalid,
             ),
             "convert_options": pacsv.ConvertOptions(
                 column_types=types,
@@ -172,7 +174,7 @@ class _CsvReader:
         fs, path = filesystem(split.url)
         size = int(fs.size(path) or 0)
         byte_range = ByteRange(path, split.start, split.end, size, split.index)
-        options = self._options(spec, split.schema, 16 << 20)
+        on_invalid = None
         if bad_row is not None:
             handler = bad_row  # pyarrow calls it for each malformed row; "skip" drops the row
 
@@ -182,13 +184,7 @@ class _CsvReader:
                 )
                 return "skip"
 
-            parse = options["parse_options"]
-            options["parse_options"] = pacsv.ParseOptions(
-                delimiter=parse.delimiter,
-                quote_char=parse.quote_char,
-                newlines_in_values=True,
-                invalid_row_handler=on_invalid,
-            )
+        options = self._options(spec, split.schema, 16 << 20, on_invalid)
         try:
             batches = read_csv_range(
                 fs,

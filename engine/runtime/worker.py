@@ -11,6 +11,7 @@ are written (with node, error, input file and split offset) to a dead-letter fil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -69,10 +70,12 @@ def run_split(job: StageJob, split: Split) -> Any:
     reader = reader_for(job.source)  # type: ignore[arg-type]
     where = _Where(split.url, split.index, split.start, split.end)
     failures: list[_Failure] = []
-    extra: dict[str, Any] = {}
-    if job.source_id in job.on_error:
-        extra["bad_row"] = lambda error, row: failures.append(_Failure(job.source_id, error, row))
-    tables = reader.read(job.source, split, job.batch_rows, **extra)
+
+    def bad_row(error: str, row: dict[str, Any]) -> None:
+        failures.append(_Failure(job.source_id, error, row))
+
+    tolerant = job.source_id in job.on_error
+    tables = reader.read(job.source, split, job.batch_rows, bad_row if tolerant else None)
     sink = None if job.emit else (job.sink_id, job.sink)
     result, out = _run_segment(
         tables,
@@ -87,15 +90,7 @@ def run_split(job: StageJob, split: Split) -> Any:
         where,
         failures,
     )
-    result = SplitResult(
-        result.part,
-        result.rows,
-        result.seconds,
-        split.end - split.start,
-        result.failed,
-        result.rows_in,
-        result.dead_letter_file,
-    )
+    result = dataclasses.replace(result, bytes_read=split.end - split.start)
     return (result, out) if job.emit else result
 
 
