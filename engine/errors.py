@@ -5,7 +5,9 @@
     ├── PlanError                 a valid file whose graph cannot be compiled (capacity, resources)
     ├── DataError                 a row or batch of input data is unusable (node, file, offset)
     │   └── TransientError        an I/O failure that may pass: the driver retries it with backoff
-    └── RunError                  a run failed while executing (node, cause)
+    ├── RunError                  a run failed while executing (node, cause)
+    └── BudgetExceeded            the next LLM call would pass a budget: no new calls start, calls in
+                                  flight finish, committed outputs stay; the run ends `budget_exceeded`
 
 A user-facing error always says *where* (file:line:col, node, row, input offset) and *what to do*.
 """
@@ -111,3 +113,22 @@ class RunError(HeadraceError):
 
     code = "run_failed"
     exit_code = 3
+
+
+class BudgetExceeded(HeadraceError):
+    """An LLM call was not sent because it could cost more than a budget has left."""
+
+    code = "budget_exceeded"
+    exit_code = 4
+
+    def __init__(self, message: str, *, scope: str = "run") -> None:
+        super().__init__(message)
+        self.scope = scope
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # keyword-only arguments do not survive the default pickling across Ray processes
+        return (_budget_exceeded, (str(self), self.scope))
+
+
+def _budget_exceeded(message: str, scope: str) -> BudgetExceeded:
+    return BudgetExceeded(message, scope=scope)

@@ -3,7 +3,8 @@
 Fusion is the main lever measured on small clusters: one task that reads a split, transforms it and
 writes its own part, returning only metadata, beat every pattern that moved batches between stages.
 A barrier op (global limit, dedupe, aggregate) ends a fused segment: batches cross it through the
-object store, and the per-batch ops after it are fused into the tasks that follow it.
+object store, and the per-batch ops after it are fused into the tasks that follow it. A pooled op (an
+LLM call) fuses like a per-batch one: the task hands each batch to the node's actor pool and waits.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def optimize(plan: Plan) -> tuple[list[Stage], list[Problem]]:
                 break
             node = plan.nodes[node.inputs[0]]
             if node.kind == "transform":
-                if not node.spec.per_batch and not node.spec.barrier:
+                if not (node.spec.per_batch or node.spec.pooled or node.spec.barrier):
                     problems.append(
                         Problem(
                             ("nodes", node.id, "op"),
@@ -121,7 +122,8 @@ def _combined(nodes: tuple[PlanNode, ...]) -> Resources:
         present = [v for v in values if v is not None]
         return max(present) if present else None
 
-    res = [n.resources for n in nodes]
+    # a pooled node's resources are its actors', not the task's: the task only waits for them
+    res = [n.resources for n in nodes if not n.spec.pooled]
     custom: dict[str, float] = {}
     for r in res:
         for key, amount in r.custom.items():

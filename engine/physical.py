@@ -12,7 +12,13 @@ from typing import Any
 
 from engine.optimizer import Stage
 from engine.plan import Problem
-from engine.spec.models import ErrorPolicy, NodeSpec, Resources, RetryPolicy
+from engine.spec.models import Defaults, ErrorPolicy, NodeSpec, Resources, RetryPolicy
+from operators.llm import LlmSpec
+from operators.llm_rows import Target
+from operators.providers.registry import DEFAULT_MODELS
+
+LLM_RETRY = RetryPolicy(max_attempts=6, initial_backoff_s=0.5, max_backoff_s=30.0)
+"""Retries of one LLM call when neither the node nor the defaults set a policy (429s do not count)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class StageJob:
     """Resolved folder for this stage's dead-letter files."""
     emit: bool = False
     """True when a barrier follows: the head returns its batches instead of writing a part."""
+    pools: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Actor handles of each pooled (LLM) node's pool; filled in by the runtime once they exist."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,20 @@ class TailJob:
     output: str | None
     on_error: Mapping[str, ErrorPolicy] = field(default_factory=dict)
     dead_letters: str | None = None
+    pools: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """The actor pool of one LLM node: where its calls go, how they retry, how many actors it has."""
+
+    node: str
+    spec: NodeSpec
+    targets: tuple[Target, ...]
+    """The node's provider and model, then its fallbacks, in order."""
+    retry: RetryPolicy
+    size: int
+    ray_options: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -196,3 +218,68 @@ def _asking(stage: Stage, key: str) -> str:
         if value:
             return node.id
     return stage.sink.id
+
+
+def plan_pools(stages: list[Stage], defaults: Defaults) -> tuple[list[PoolPlan], list[Problem]]:
+    """The pool of every LLM node, with its provider and model resolved from the node and defaults."""
+    pools: list[PoolPlan] = []
+    problems: list[Problem] = []
+    for stage in stages:
+        for node in stage.nodes:
+            spec = node.spec
+            if not spec.pooled or not isinstance(spec, LlmSpec):
+                continue
+            provider = spec.provider or defaults.provider
+            if provider is None:
+                problems.append(
+                    Problem(
+                        ("nodes", node.id, "op"),
+                        f"LLM node '{node.id}' has no provider",
+                        "set `provider` on the node or `defaults.provider` (`offline` needs no network)",
+                        code="provider",
+                    )
+                )
+                continue
+            same = spec.provider is None or spec.provider == defaults.provider
+            model = spec.model or (defaults.model if same else None) or DEFAULT_MODELS.get(provider)
+            if model is None:
+                problems.append(
+                    Problem(
+                        ("nodes", node.id, "provider"),
+                        f"LLM node '{node.id}': provider '{provider}' has no default model",
+                        "set `model` on the node or `defaults.model`",
+                        code="provider",
+                    )
+                )
+                continue
+            targets = [Target(provider, model)]
+            for i, fallback in enumerate(spec.fallback):
+                fallback_model = fallback.model or DEFAULT_MODELS.get(fallback.provider)
+                if fallback_model is None:
+                    problems.append(
+                        Problem(
+                            ("nodes", node.id, "fallback", i, "provider"),
+                            f"fallback provider '{fallback.provider}' has no default model",
+                            "set its `model`",
+                            code="provider",
+                        )
+                    )
+                    continue
+                targets.append(Target(fallback.provider, fallback_model))
+            resources = node.resources
+            options: dict[str, Any] = {"num_cpus": resources.num_cpus or 0.0}
+            if resources.memory:
+                options["memory"] = resources.memory
+            if resources.custom:
+                options["resources"] = dict(resources.custom)
+            pools.append(
+                PoolPlan(
+                    node=node.id,
+                    spec=spec,
+                    targets=tuple(targets),
+                    retry=spec.retry or defaults.retry or LLM_RETRY,
+                    size=resources.concurrency or 1,
+                    ray_options=options,
+                )
+            )
+    return pools, problems

@@ -12,6 +12,13 @@ from engine.spec.models import Columns, Model, TransformSpec
 from engine.spec.registry import register_op
 
 
+class FallbackTarget(Model):
+    """Another provider (and model) to ask when the node's own keeps failing."""
+
+    provider: str = Field(min_length=1, description="The provider name, e.g. `gemini`.")
+    model: str | None = Field(None, description="Its model; defaults to the node's model.")
+
+
 class NodeBudget(Model):
     """Spending limits of one node."""
 
@@ -21,7 +28,8 @@ class NodeBudget(Model):
 class LlmSpec(TransformSpec):
     """Fields shared by every LLM node."""
 
-    per_batch: ClassVar[bool] = False  # runs in an async actor pool, not fused into read tasks
+    per_batch: ClassVar[bool] = False
+    pooled: ClassVar[bool] = True  # calls run in an async actor pool; the fused task waits for them
 
     provider: str | None = Field(
         None,
@@ -37,7 +45,19 @@ class LlmSpec(TransformSpec):
     system: str | None = Field(None, description="A system prompt (a template too).")
     max_tokens: int = Field(1024, ge=1, le=1_000_000, description="The most output tokens per call.")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
-    concurrency: int = Field(8, ge=1, le=10_000, description="Requests in flight per worker.")
+    concurrency: int = Field(
+        8, ge=1, le=10_000, description="Requests in flight per actor of the node's pool."
+    )
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="The longest one attempt may take.")
+    fallback: list[FallbackTarget] = Field(
+        default_factory=list,
+        description="Providers to ask, in order, when a row's calls keep failing on the node's own.",
+    )
+    mode: Literal["online", "batch"] = Field(
+        "online",
+        description="`batch` sends each batch of rows through the provider's batch API at its "
+        "discounted price (answers take minutes to hours).",
+    )
     budget: NodeBudget | None = Field(None, description="Spending limits of this node.")
 
     @field_validator("prompt", "system")

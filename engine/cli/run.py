@@ -24,6 +24,11 @@ from engine.cli.main import _friendly, _set_option
     metavar="RUN_ID",
     help="Continue run RUN_ID of this pipeline (same file and --set values): committed splits are skipped.",
 )
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Neither read nor write the LLM response cache (every LLM row is asked afresh, and paid).",
+)
 @_friendly
 def run(
     path: str,
@@ -32,6 +37,7 @@ def run(
     as_json: bool,
     run_id: str | None,
     resume: str | None,
+    no_cache: bool,
 ) -> None:
     """Validate, compile and run a pipeline (a local Ray is started when no --address is given)."""
     from engine.check import check_file
@@ -41,7 +47,9 @@ def run(
     checked = check_file(path, content=content, overrides=overrides)
     for warning in checked.warnings:
         click.echo(warning.format(), err=True)
-    summary = run_checked(checked, address=address, run_id=run_id, resume=resume, progress=not as_json)
+    summary = run_checked(
+        checked, address=address, run_id=run_id, resume=resume, progress=not as_json, cache=not no_cache
+    )
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=None))
     else:

@@ -42,11 +42,29 @@ class PlanProblems(Exception):
         self.problems = problems
 
 
+# Settings that decide how a run spends, not what it writes: a run stopped by its budget can be resumed
+# with a larger one, and rate limits, prices or the cache location may change between attempts.
+_OPERATIONAL = ("budget", "cache")
+_OPERATIONAL_PROVIDER = ("rate_limits", "prices")
+_OPERATIONAL_NODE = ("budget", "concurrency", "resources")
+
+
 def spec_hash(pipeline: Pipeline) -> str:
-    """A stable hash of the pipeline's data (cache keys, deterministic batch ids)."""
-    canonical = json.dumps(
-        pipeline.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
-    )
+    """A stable hash of what decides the pipeline's output (resume checks that it did not change).
+
+    Budgets, rate limits, prices, the cache and resource settings are left out: they change how a run
+    spends and schedules, never which rows it writes.
+    """
+    data = pipeline.model_dump(mode="json", by_alias=True)
+    for key in _OPERATIONAL:
+        data.pop(key, None)
+    for settings in data.get("providers", {}).values():
+        for key in _OPERATIONAL_PROVIDER:
+            settings.pop(key, None)
+    for node in data["nodes"].values():
+        for key in _OPERATIONAL_NODE:
+            node.pop(key, None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

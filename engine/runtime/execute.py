@@ -3,6 +3,8 @@ scheduler, then seal each output with its manifest and return the run's summary.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import secrets
 import time
@@ -17,15 +19,17 @@ from connectors.outputs import claim_output, clear_dead_letters, resume_output, 
 from connectors.readers import reader_for
 from connectors.writers import PartInfo
 from engine.check import CheckedPipeline, locate
-from engine.errors import ConfigError, DataError, HeadraceError, RunError
+from engine.errors import BudgetExceeded, ConfigError, DataError, HeadraceError, RunError
 from engine.optimizer import optimize
-from engine.physical import PhysicalStage, build_physical, check_capacity, check_outputs
+from engine.physical import PhysicalStage, build_physical, check_capacity, check_outputs, plan_pools
 from engine.plan import Problem
 from engine.runtime.cluster import ray_session
+from engine.runtime.llm.services import check_pools, start_services
 from engine.runtime.progress import Progress
 from engine.runtime.scheduler import Scheduler, StageRun
 from engine.runtime.summary import NodeStats, RunSummary
 from engine.runtime.worker import SplitResult
+from operators.providers.cache import default_cache_url
 
 
 def new_run_id() -> str:
@@ -40,30 +44,46 @@ def run_checked(
     run_id: str | None = None,
     resume: str | None = None,
     progress: bool = True,
+    cache: bool = True,
 ) -> RunSummary:
     """Run ``checked`` to completion on Ray and return its summary (failures are in the summary).
 
     With ``resume=RUN_ID`` the run continues an earlier one of the same pipeline: splits whose parts
     were committed are skipped, so the output ends up with exactly the rows of an uninterrupted run.
+    ``cache=False`` neither reads nor writes the LLM response cache.
     """
     run_id = resume or run_id or new_run_id()
     plan = checked.plan
+    pipeline = checked.loaded.spec
     stages, problems = optimize(plan)
     _raise_located(problems, checked)
-    physical = build_physical(stages, checked.loaded.spec.defaults.batch_rows, _resolver(checked))
+    physical = build_physical(stages, pipeline.defaults.batch_rows, _resolver(checked))
     _raise_located(check_outputs(physical), checked)
+    pools, problems = plan_pools(stages, pipeline.defaults)
+    _raise_located(problems, checked)
+    _raise_located(check_pools(pools, pipeline), checked)
+    cache_url = _cache_url(checked) if cache and pipeline.cache.enabled else None
     started = time.perf_counter()
     nodes: dict[str, NodeStats] = {n.id: NodeStats(n.op) for s in stages for n in s.nodes}
     summary = RunSummary(run_id, plan.name, "succeeded", 0.0, nodes)
     with ray_session(address) as cluster:
         _raise_located(check_capacity(stages, cluster.resources), checked)
         report = Progress(summary, enabled=progress)
+        llm = start_services(pools, pipeline, run_id, cache_url)
+        physical = [_with_pools(stage, llm.pools) for stage in physical]
+
+        def tick() -> None:
+            if llm.pools and llm.poll():
+                _apply_usage(summary, llm.usage)
+            report.tick()
+
         try:
             parts = _execute(
                 physical,
                 cluster.resources.get("CPU", 1.0),
                 summary,
                 report,
+                tick,
                 run_id=run_id,
                 spec_hash=plan.spec_hash,
                 resume=resume is not None,
@@ -75,6 +95,12 @@ def run_checked(
                     stage.job.output, run_id, plan.name, plan.spec_hash, parts[stage.job.sink_id]
                 )
                 summary.outputs[stage.job.sink_id] = url
+        except BudgetExceeded as exc:
+            summary.status = "budget_exceeded"
+            summary.error = (
+                f"{exc}; calls in flight finished and parts committed so far are kept; continue with "
+                f"`--resume {run_id}` and a larger budget (answered rows come from the cache)"
+            )
         except HeadraceError as exc:
             summary.status = "failed"
             summary.error = str(exc)
@@ -82,6 +108,9 @@ def run_checked(
             summary.status = "cancelled"
             summary.error = "interrupted; parts committed so far are kept"
         finally:
+            if llm.pools:
+                with contextlib.suppress(Exception):
+                    _apply_usage(summary, llm.final_usage())
             summary.seconds = time.perf_counter() - started
             report.close()
     return summary
@@ -92,6 +121,7 @@ def _execute(
     cpus: float,
     summary: RunSummary,
     report: Progress,
+    tick: Callable[[], None],
     *,
     run_id: str,
     spec_hash: str,
@@ -135,8 +165,36 @@ def _execute(
         if result.bytes_read:
             report.split_done(result.bytes_read)
 
-    Scheduler(summary, max(2, int(cpus * 2)), on_result).run(runs, report.tick)
+    Scheduler(summary, max(2, int(cpus * 2)), on_result).run(runs, tick)
     return {r.stage.job.sink_id: r.parts for r in runs}
+
+
+def _with_pools(stage: PhysicalStage, pools: dict[str, tuple[Any, ...]]) -> PhysicalStage:
+    """``stage`` with the actor handles of the LLM pools its tasks call."""
+    if not pools:
+        return stage
+    job = dataclasses.replace(stage.job, pools=pools)
+    tails = tuple(dataclasses.replace(t, pools=pools) for t in stage.tails)
+    return dataclasses.replace(stage, job=job, tails=tails)
+
+
+def _apply_usage(summary: RunSummary, usage: dict[str, dict[str, Any]]) -> None:
+    for node, figures in usage.items():
+        stats = summary.nodes.get(node)
+        if stats is not None:
+            stats.llm = dict(figures)
+            stats.tokens = figures["input_tokens"] + figures["output_tokens"]
+            stats.cost_usd = figures["cost_usd"]
+
+
+def _cache_url(checked: CheckedPipeline) -> str:
+    """The pipeline's cache location (relative paths are relative to the file), else the default."""
+    url = checked.loaded.spec.cache.url
+    if url is None:
+        return default_cache_url()
+    doc_path = checked.loaded.document.path
+    base = os.path.dirname(os.path.abspath(doc_path)) if doc_path not in ("-", "<stdin>") else os.getcwd()
+    return resolve(url, base)
 
 
 def _check_error_budget(stage: PhysicalStage, summary: RunSummary, *, final: bool) -> None:

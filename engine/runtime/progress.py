@@ -51,18 +51,30 @@ class Progress:
         rows = " ".join(f"{n}={s.rows:,}" for n, s in self.summary.nodes.items())
         left = f" eta {eta:.0f}s" if eta is not None else ""
         done = f"splits {self.done_splits}/{self.total_splits}"
-        return f"[{elapsed:6.1f}s] {done} {rate:.1f} MB/s{left}  rows: {rows}"
+        spend = "".join(
+            f" {n}: {s.tokens:,} tokens ${s.cost_usd:.4f}" for n, s in self.summary.nodes.items() if s.llm
+        )
+        return f"[{elapsed:6.1f}s] {done} {rate:.1f} MB/s{left}  rows: {rows}{spend and '  llm:' + spend}"
 
     def _table(self) -> Any:
         from rich.table import Table
 
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        table = Table(title=self.line().split("  rows:")[0], title_justify="left", box=None)
-        for column in ("node", "op", "rows", "rows/s", "failed"):
+        title = self.line().split("  rows:")[0] + f"  cost ${self.summary.total_cost_usd:.4f}"
+        table = Table(title=title, title_justify="left", box=None)
+        for column in ("node", "op", "rows", "rows/s", "failed", "tokens", "cached", "cost"):
             table.add_column(column, justify="left" if column in ("node", "op") else "right")
         for name, s in self.summary.nodes.items():
+            llm = s.llm or {}
             table.add_row(
-                name, s.op, f"{s.rows:,}", f"{s.rows / elapsed:,.0f}", f"{s.failed:,}" if s.failed else ""
+                name,
+                s.op,
+                f"{s.rows:,}",
+                f"{s.rows / elapsed:,.0f}",
+                f"{s.failed:,}" if s.failed else "",
+                f"{s.tokens:,}" if llm else "",
+                f"{llm['cached_requests']:,}" if llm else "",
+                f"${s.cost_usd:.4f}" if llm else "",
             )
         return table
 

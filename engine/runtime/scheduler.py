@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +20,10 @@ import ray
 
 from connectors.readers import Split
 from connectors.writers import PartInfo
-from engine.errors import DataError, HeadraceError, TransientError
+from engine.errors import BudgetExceeded, DataError, HeadraceError, TransientError
 from engine.physical import PhysicalStage
 from engine.runtime.summary import RunSummary
 from engine.runtime.worker import BarrierActor, SplitResult, run_split, run_tail
-from engine.spec.models import RetryPolicy
 
 Handler = Callable[[Any], None]
 
@@ -53,6 +51,7 @@ class Scheduler:
         self.in_flight: dict[Any, Handler] = {}
         self.heads = 0
         self.backlog = 0  # batches handed to a barrier whose output is not yet through its tail task
+        self.stopping: BudgetExceeded | None = None  # set once a budget refuses a call
         self._head = ray.remote(run_split)
         self._tail = ray.remote(run_tail)
         self._actor = ray.remote(BarrierActor)
@@ -64,9 +63,12 @@ class Scheduler:
         ]
         try:
             while True:
-                self._fill(drivers)
+                if self.stopping is None:
+                    self._fill(drivers)
                 due = min((d.next_retry_at() for d in drivers), default=math.inf)
                 if not self.in_flight:
+                    if self.stopping is not None:
+                        raise self.stopping
                     if all(d.finished() for d in drivers):
                         return
                     if due == math.inf:
@@ -76,7 +78,11 @@ class Scheduler:
                 timeout = min(1.0, max(0.0, due - time.monotonic()))
                 done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
                 for ref in done:
-                    self.in_flight.pop(ref)(ref)
+                    try:
+                        self.in_flight.pop(ref)(ref)
+                    except BudgetExceeded as exc:
+                        # drain: nothing new starts, work in flight finishes and commits its parts
+                        self.stopping = self.stopping or exc
                 tick()
         except BaseException:
             for ref in self.in_flight:
@@ -139,12 +145,6 @@ def get_result(ref: Any) -> Any:
         raise DataError(str(cause or exc).strip().splitlines()[-1]) from None
 
 
-def backoff_s(policy: RetryPolicy, attempt: int) -> float:
-    """The wait before attempt ``attempt + 1``: exponential, capped, with ±50% jitter if asked."""
-    wait = min(policy.max_backoff_s, policy.initial_backoff_s * policy.multiplier ** (attempt - 1))
-    return wait * random.uniform(0.5, 1.5) if policy.jitter else wait
-
-
 class _Driver:
     def __init__(self, scheduler: Scheduler, run: StageRun) -> None:
         self.s = scheduler
@@ -176,7 +176,7 @@ class _Driver:
             if attempt >= policy.max_attempts:
                 raise DataError(f"{exc} (after {attempt} attempts)") from None
             self.attempts[split.index] = attempt + 1
-            self.retry_at.append((time.monotonic() + backoff_s(policy, attempt), split))
+            self.retry_at.append((time.monotonic() + policy.backoff_s(attempt), split))
             self.s.summary.retries += 1
             return None
 

@@ -21,6 +21,9 @@ class NodeStats:
     failed: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    llm: dict[str, Any] | None = None
+    """An LLM node's usage from the run's ledger: requests (billed, cached, failed), tokens billed and
+    cached, cost."""
 
 
 @dataclass
@@ -62,9 +65,11 @@ class RunSummary:
                     "seconds": round(s.seconds, 3),
                     "tokens": s.tokens,
                     "cost_usd": s.cost_usd,
+                    **({"llm": s.llm} if s.llm is not None else {}),
                 }
                 for name, s in self.nodes.items()
             },
+            "total_tokens": sum(s.tokens for s in self.nodes.values()),
             "total_cost_usd": self.total_cost_usd,
             "outputs": self.outputs,
             "dead_letters": sorted(self.dead_letters),
@@ -80,6 +85,17 @@ class RunSummary:
         for name, s in self.nodes.items():
             rate = f"{s.rows / s.seconds:,.0f}" if s.seconds > 0 else "-"
             lines.append(f"  {name:<{width}}  {s.op:<14} {s.rows:>12,} {s.seconds:>9.2f} {rate:>12}")
+        for name, s in self.nodes.items():
+            if s.llm is not None:
+                u = s.llm
+                lines.append(
+                    f"  llm {name}: {u['requests']:,} billed calls, {u['cached_requests']:,} from cache, "
+                    f"{u['failed_requests']:,} failed attempts; tokens in {u['input_tokens']:,} out "
+                    f"{u['output_tokens']:,} (cached in {u['cached_input_tokens']:,} out "
+                    f"{u['cached_output_tokens']:,}); cost ${u['cost_usd']:.4f}"
+                )
+        if any(s.llm is not None for s in self.nodes.values()):
+            lines.append(f"  total cost: ${self.total_cost_usd:.4f}")
         for node, url in self.outputs.items():
             lines.append(f"  output {node}: {url}")
         failed = {n: s.failed for n, s in self.nodes.items() if s.failed}

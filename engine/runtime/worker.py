@@ -14,17 +14,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import ray
 
 from connectors.files import filesystem
 from connectors.readers import Split, reader_for
 from connectors.writers import PartInfo, open_part
-from engine.errors import DataError, TransientError
+from engine.errors import BudgetExceeded, DataError, TransientError
 from engine.physical import StageJob, TailJob
+from engine.runtime.llm.pool import PoolResult
 from engine.spec.models import NodeSpec
 from operators.batch import batch_fn
 from operators.stateful import BARRIER_OPS, BarrierState
@@ -89,6 +91,7 @@ def run_split(job: StageJob, split: Split) -> Any:
         job.dead_letters,
         where,
         failures,
+        job.pools,
     )
     result = dataclasses.replace(result, bytes_read=split.end - split.start)
     return (result, out) if job.emit else result
@@ -110,6 +113,7 @@ def run_tail(job: TailJob, tables: list[pa.Table], index: int) -> Any:
         job.dead_letters,
         where,
         [],
+        job.pools,
     )
     return result if sink is not None else (result, out)
 
@@ -126,8 +130,12 @@ def _run_segment(
     dead_letters: str | None,
     where: _Where,
     failures: list[_Failure],
+    pools: Mapping[str, tuple[Any, ...]],
 ) -> tuple[SplitResult, list[pa.Table]]:
-    fns = [(node, _guarded(node, batch_fn(spec), node in on_error, failures)) for node, spec in transforms]
+    fns = [
+        (node, _node_fn(node, spec, pools, index, node in on_error, failures, where))
+        for node, spec in transforms
+    ]
     names = [n for n in (source_id, *[n for n, _ in fns], sink[0] if sink else None) if n]
     rows = dict.fromkeys(names, 0)
     rows_in = dict.fromkeys(names, 0)
@@ -161,7 +169,7 @@ def _run_segment(
             current = source_id or current
         dead = _write_dead_letters(dead_letters, sink[0] if sink else "segment", where, failures)
         info = part.commit() if part is not None else None
-    except DataError:
+    except (DataError, BudgetExceeded):
         if part is not None:
             part.abort()
         raise
@@ -174,6 +182,52 @@ def _run_segment(
     for f in failures:
         failed[f.node] = failed.get(f.node, 0) + 1
     return SplitResult(info, rows, seconds, 0, failed, rows_in, dead), out
+
+
+def _node_fn(
+    node: str,
+    spec: NodeSpec,
+    pools: Mapping[str, tuple[Any, ...]],
+    index: int,
+    tolerant: bool,
+    failures: list[_Failure],
+    where: _Where,
+) -> Callable[[pa.Table], pa.Table]:
+    if spec.pooled:
+        actors = pools[node]
+        return _pooled(node, actors[index % len(actors)], tolerant, failures, where)
+    return _guarded(node, batch_fn(spec), tolerant, failures)
+
+
+def _pooled(
+    node: str, actor: Any, tolerant: bool, failures: list[_Failure], where: _Where
+) -> Callable[[pa.Table], pa.Table]:
+    """Hand each batch to an actor of the node's pool and wait; rows it could not answer follow the
+    node's error policy (the actor has already retried them)."""
+    seen = 0  # rows of this segment before the current batch, to name a failed row
+
+    def run(table: pa.Table) -> pa.Table:
+        nonlocal seen
+        try:
+            result: PoolResult = ray.get(actor.process.remote(table))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, (BudgetExceeded, DataError)):
+                raise exc.cause from None
+            raise
+        if result.failures and not tolerant:
+            row, error = result.failures[0]
+            raise DataError(
+                f"node '{node}': {where.describe()}: row {seen + row}: {error}; "
+                f"{len(result.failures)} rows of this batch failed (set `on_error` to skip or "
+                "dead-letter failed rows instead of failing the run)"
+            )
+        failures.extend(
+            _Failure(node, error, table.slice(row, 1).to_pylist()[0]) for row, error in result.failures
+        )
+        seen += table.num_rows
+        return result.table
+
+    return run
 
 
 def _guarded(

@@ -7,6 +7,7 @@ the operator or connector that implements them and register through :mod:`engine
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
@@ -118,6 +119,14 @@ class RetryPolicy(Model):
     multiplier: float = Field(2.0, ge=1, description="Growth of the wait after each attempt.")
     jitter: bool = Field(True, description="Randomise each wait by up to ±50% to spread retries out.")
 
+    def backoff_s(self, attempt: int, at_least: float | None = None) -> float:
+        """The wait after failed attempt ``attempt`` (1-based): exponential, capped, jittered if asked,
+        and never shorter than ``at_least`` (a server's ``retry-after``)."""
+        wait = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        if self.jitter:
+            wait *= random.uniform(0.5, 1.5)
+        return max(wait, at_least or 0.0)
+
 
 class ErrorPolicy(Model):
     """What happens to a row or batch that still fails after its retries."""
@@ -150,6 +159,43 @@ class Budget(Model):
     max_cost_usd: float | None = Field(None, ge=0, description="The most a run may spend, in US dollars.")
     max_input_tokens: int | None = Field(None, ge=0, description="The most input tokens a run may send.")
     max_output_tokens: int | None = Field(None, ge=0, description="The most output tokens a run may receive.")
+
+
+class RateLimits(Model):
+    """Rates a provider account allows; shared by every worker and pipeline on the cluster."""
+
+    requests_per_minute: float | None = Field(None, gt=0, description="Requests per minute.")
+    input_tokens_per_minute: float | None = Field(None, gt=0, description="Input tokens per minute.")
+    output_tokens_per_minute: float | None = Field(None, gt=0, description="Output tokens per minute.")
+
+
+class ProviderSettings(Model):
+    """How to reach one LLM provider, how fast it may be called, and what it costs."""
+
+    config: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="Passed to the provider: e.g. `base_url`, or `api_key: ${MY_KEY}` (keys come from "
+        "the environment; the SDKs' own variables are read when absent).",
+    )
+    rate_limits: RateLimits | None = Field(
+        None,
+        description="Limits per (provider, model, key), enforced across the cluster; none when absent.",
+    )
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Price overrides per model (or `name*` pattern), in USD per million tokens: "
+        "`input`, `output`, `cache_read`, `cache_write`, `batch_discount`.",
+    )
+
+
+class CacheSettings(Model):
+    """The LLM response cache: a rerun or resumed run pays nothing for rows already answered."""
+
+    enabled: bool = Field(True, description="Look answers up before calling, and store new ones.")
+    url: str | None = Field(
+        None,
+        description="A folder or fsspec URL; defaults to `HEADRACE_CACHE_DIR`, else ~/.cache/headrace/llm.",
+    )
 
 
 class Defaults(Model):
@@ -237,6 +283,10 @@ class NodeSpec(Model):
     """True when the op needs the whole stream (a global limit, dedupe or aggregate): it ends a fused
     segment, and batches cross it as object-store references."""
 
+    pooled: ClassVar[bool] = False
+    """True when the op's work is done by a pool of long-lived actors (LLM calls): the fused task hands
+    each batch to the pool and waits, so the op fuses like a per-batch one."""
+
     op: str = Field(description="What the node does.")
     description: str | None = Field(None, description="What the node is for, in a sentence.")
     resources: Resources | None = Field(None, description="Resources per task or actor of this node.")
@@ -313,6 +363,11 @@ class Pipeline(Model):
     )
     defaults: Defaults = Field(default_factory=Defaults, description="Values every node inherits.")
     budget: Budget | None = Field(None, description="Spending limits for one run.")
+    providers: dict[str, ProviderSettings] = Field(
+        default_factory=dict,
+        description="Settings per LLM provider name (`anthropic`, `gemini`, `offline`, `replay`, plugins).",
+    )
+    cache: CacheSettings = Field(default_factory=CacheSettings, description="The LLM response cache.")
     state: StateSchema | None = Field(None, description="The typed state of a state graph.")
     nodes: dict[NodeName, NodeSpec] = Field(
         min_length=1, description="The nodes, keyed by name; each one's `op` says what it does."

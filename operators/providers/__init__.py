@@ -3,11 +3,14 @@
 Built-ins: ``anthropic`` (Claude, ``anthropic`` SDK), ``gemini`` (``google-genai``), ``offline``
 (deterministic, no network) and ``replay`` (answers recorded to a JSONL file). Third parties add providers
 through the ``headrace.providers`` entry point group. The SDK providers are imported on first use.
+
+``anthropic`` and ``gemini`` are also ``BatchProvider``s: many requests as one asynchronous batch, at the
+provider's batch price (opt-in: check ``isinstance(provider, BatchProvider)``).
 """
 
 from __future__ import annotations
 
-from operators.providers.base import LlmRequest, LlmResponse, Provider
+from operators.providers.base import BatchProvider, BatchStatus, LlmRequest, LlmResponse, Provider
 from operators.providers.errors import (
     BadResponse,
     ConnectionFailed,
@@ -23,6 +26,8 @@ from operators.providers.registry import available_providers, get_provider, regi
 
 __all__ = [
     "BadResponse",
+    "BatchProvider",
+    "BatchStatus",
     "ConnectionFailed",
     "LlmRequest",
     "LlmResponse",

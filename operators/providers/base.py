@@ -6,6 +6,10 @@ which no single SDK client can see. Failures are ``operators.providers.errors.Pr
 
 Requests and responses are frozen dataclasses of JSON values only, so they pickle cheaply into Ray tasks,
 serialise into replay files and caches, and hash stably (``LlmRequest.fingerprint``).
+
+Some providers also take many requests as one asynchronous batch, answered within hours at a discount
+(``BatchProvider``). It is opt-in: a runtime checks ``isinstance(provider, BatchProvider)`` and otherwise
+calls ``call`` per request.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from operators.providers.errors import ProviderConfigError
+from operators.providers.errors import ProviderConfigError, ProviderError
 
 # Stop reasons are normalised to Anthropic's vocabulary so operators can detect truncation uniformly;
 # a provider-specific reason that has no equivalent is passed on in lower case (e.g. Gemini's "safety").
@@ -97,7 +102,8 @@ class LlmResponse:
     ``text`` is the answer's text (None when the provider answered only structured output); ``parsed``
     is the structured answer (an object for ``output_schema``, the label for ``labels``), else None.
     Token counts are the provider's own (estimated for ``offline``). ``source`` says whether a provider
-    was paid for this answer (``live``) or not (``offline``, ``replay``).
+    was paid for this answer (``live``) or not (``offline``, ``replay``); ``batch`` says it was paid at the
+    provider's batch price (an answer from ``BatchProvider.batch_results``).
     """
 
     text: str | None
@@ -109,6 +115,7 @@ class LlmResponse:
     stop_reason: StopReason | None = None
     request_id: str | None = None
     source: Source = "live"
+    batch: bool = False  # last, with a default: JSON written before the field existed still loads
 
     def to_json(self) -> dict[str, Any]:
         """The response as JSON values."""
@@ -139,6 +146,123 @@ class Provider(Protocol):
     async def close(self) -> None:
         """Release the provider's connections; idempotent."""
         ...
+
+
+# Anthropic's rule for custom ids, the strictest of the batch APIs: an id that passes it is legal everywhere.
+_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+BATCH_COUNT_KEYS = ("processing", "succeeded", "errored", "canceled", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatus:
+    """Where a submitted batch stands.
+
+    ``ended`` is true once no request is still processing (all answered, canceled or expired): only then
+    can ``BatchProvider.batch_results`` be read. ``counts`` has every key of ``BATCH_COUNT_KEYS``
+    (``processing``, ``succeeded``, ``errored``, ``canceled``, ``expired``): requests per state.
+    """
+
+    batch_id: str
+    ended: bool
+    counts: Mapping[str, int]
+
+
+@runtime_checkable
+class BatchProvider(Protocol):
+    """A provider that also answers many requests as one asynchronous batch, at the provider's batch price.
+
+    The lifecycle is submit, poll ``batch_status`` until ``ended``, then read ``batch_results``;
+    ``cancel_batch`` stops a batch early. Results are keyed by the caller's custom ids, which must match
+    ``^[a-zA-Z0-9_-]{1,64}$`` and be unique within a batch (checked before anything is sent). Like
+    ``Provider.call``, every method raises only ``ProviderError`` for a failed exchange and never retries.
+    """
+
+    async def submit_batch(self, items: Sequence[tuple[str, LlmRequest]]) -> str:
+        """Send ``(custom id, request)`` pairs as one batch; returns the provider's batch id.
+
+        Raises ``ValueError`` (before any HTTP) for an empty batch, a bad or repeated custom id, or
+        requests the provider cannot put in one batch.
+        """
+        ...
+
+    async def batch_status(self, batch_id: str) -> BatchStatus:
+        """Where the batch stands now."""
+        ...
+
+    async def batch_results(
+        self, batch_id: str, requests: Mapping[str, LlmRequest] | None = None
+    ) -> dict[str, LlmResponse | ProviderError]:
+        """The answer, or the error, of every request of an ended batch, by custom id.
+
+        Interpreting an answer (structured output, labels) needs its request: the provider remembers the
+        requests it submitted, and ``requests`` (custom id to request) supplies them for a batch submitted
+        by another process, e.g. a run resumed after a crash. Answers have ``batch=True``; a request that
+        was canceled, expired or left unanswered gets a retryable ``ProviderError``.
+        """
+        ...
+
+    async def cancel_batch(self, batch_id: str) -> None:
+        """Ask the provider to stop the batch; requests not yet answered end as canceled."""
+        ...
+
+
+def check_batch_items(items: Sequence[tuple[str, LlmRequest]], *, limit: int) -> dict[str, LlmRequest]:
+    """The items of a batch as custom id to request, or a ``ValueError`` that names the bad id."""
+    if not items:
+        raise ValueError("a batch needs at least one request")
+    if len(items) > limit:
+        raise ValueError(f"a batch holds at most {limit} requests, got {len(items)}: split it")
+    checked: dict[str, LlmRequest] = {}
+    for position, (custom_id, request) in enumerate(items):
+        if not isinstance(custom_id, str) or not _CUSTOM_ID.fullmatch(custom_id):
+            raise ValueError(
+                f"custom id {custom_id!r} (item {position}) must be 1-64 characters of a-z, A-Z, 0-9, "
+                "'_' or '-'"
+            )
+        if custom_id in checked:
+            raise ValueError(f"custom id {custom_id!r} (item {position}) is used twice in one batch")
+        if not isinstance(request, LlmRequest):
+            raise ValueError(f"item {position} ({custom_id!r}) is not an LlmRequest")
+        checked[custom_id] = request
+    return checked
+
+
+def unanswered(provider: str, custom_id: str, why: str) -> ProviderError:
+    """The error of a batch request that got no answer (canceled, expired, missing): send it again."""
+    return ProviderError(
+        f"batch request {custom_id!r} was not answered: {why}", provider=provider, retryable=True
+    )
+
+
+class SubmittedBatches:
+    """The requests of the batches one provider submitted, by batch id, to interpret their answers.
+
+    Kept in memory for the provider's lifetime: they are the same objects the caller already holds.
+    """
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self._batches: dict[str, dict[str, LlmRequest]] = {}
+
+    def remember(self, batch_id: str, requests: dict[str, LlmRequest]) -> None:
+        """Keep the requests of a batch just submitted."""
+        self._batches[batch_id] = requests
+
+    def get(self, batch_id: str) -> Mapping[str, LlmRequest] | None:
+        """The remembered requests of a batch, or None if this provider did not submit it."""
+        return self._batches.get(batch_id)
+
+    def requests(self, batch_id: str, given: Mapping[str, LlmRequest] | None) -> Mapping[str, LlmRequest]:
+        """The requests of a batch: ``given`` if passed, else the remembered ones, else ``ValueError``."""
+        if given is not None:
+            return given
+        found = self._batches.get(batch_id)
+        if found is None:
+            raise ValueError(
+                f"{self._provider} batch {batch_id!r} was not submitted by this provider object: pass its "
+                "requests (custom id to LlmRequest) to batch_results"
+            )
+        return found
 
 
 @dataclass(frozen=True)

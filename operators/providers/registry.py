@@ -58,6 +58,13 @@ BUILTINS: Mapping[str, ProviderFactory] = {
     "replay": _replay,
 }
 
+DEFAULT_MODELS: Mapping[str, str] = {
+    "anthropic": "claude-haiku-4-5",
+    "gemini": "gemini-2.5-flash",
+    "offline": "offline",
+}
+"""The model an LLM node uses when neither it nor the pipeline's defaults name one."""
+
 _lock = threading.Lock()
 _registered: dict[str, ProviderFactory] = {}
 _plugins: dict[str, ProviderFactory] | None = None

@@ -1,7 +1,7 @@
 """Loopback servers for tests and benchmarks: real SDKs, real HTTP, no network.
 
-``LLMServer`` speaks the Anthropic Messages API (with Message Batches) and Gemini's generateContent on
-127.0.0.1, with deterministic answers, token usage, latency, injected faults and a rate limit::
+``LLMServer`` speaks the Anthropic Messages API (with Message Batches) and Gemini's generateContent (with
+batch mode) on 127.0.0.1, with deterministic answers, token usage, latency, injected faults and a rate limit::
 
     with LLMServer(latency_s=0.05, faults=Faults(rate_429=0.1, seed=1)) as server:
         client = anthropic.Anthropic(api_key="test-key", base_url=server.url)

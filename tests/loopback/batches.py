@@ -1,7 +1,9 @@
-"""Anthropic Message Batches as the loopback server keeps them: ``in_progress`` for a delay, then ``ended``.
+"""Batches as the loopback server keeps them: in progress for a delay, then ended.
 
-Shapes follow the installed SDK's models (``anthropic/types/messages/message_batch*.py``): a MessageBatch
-with ``request_counts`` and a ``results_url`` once ended; results are JSONL lines of
+``BatchStore`` holds the batches of both providers (Gemini's shapes are in ``gemini_batches``); this module
+also builds Anthropic's Message Batches. Shapes follow the installed SDK's models
+(``anthropic/types/messages/message_batch*.py``): a MessageBatch with ``request_counts`` and a
+``results_url`` once ended; results are JSONL lines of
 ``{"custom_id": ..., "result": {"type": "succeeded", "message": {...}}}`` (or ``errored`` / ``canceled``).
 Every request is answered when the batch is created; the delay only decides when that becomes visible.
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 from tests.loopback import wire
 from tests.loopback.faults import ErrorReply
+from tests.loopback.wire import Provider
 
 
 @dataclass
@@ -28,15 +31,18 @@ class Batch:
     created_at: datetime
     ended_at: datetime
     ready_at: float
-    lines: list[dict[str, Any]]  # one results line per request, in request order
+    lines: list[dict[str, Any]]  # one result per request, in request order, in the provider's shape
     canceled_at: datetime | None = None
+    provider: Provider = "anthropic"
+    model: str | None = None  # Gemini batches are for one model, named in the create URL
 
     def ended(self) -> bool:
         """Whether processing has ended (the delay passed, or the batch was canceled)."""
         return self.canceled_at is not None or time.monotonic() >= self.ready_at
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
+    """A UTC timestamp as both APIs write it (RFC 3339 with a ``Z``)."""
     return moment.isoformat().replace("+00:00", "Z")
 
 
@@ -71,28 +77,46 @@ class BatchStore:
             except ErrorReply as error:
                 result = {"type": "errored", "error": wire.anthropic_error(error.status, error.message, None)}
             lines.append({"custom_id": custom_id, "result": result})
+        return self.add(batch_id, delay_s, lines), usage
+
+    def add(
+        self,
+        batch_id: str,
+        delay_s: float,
+        lines: list[dict[str, Any]],
+        *,
+        provider: Provider = "anthropic",
+        model: str | None = None,
+    ) -> Batch:
+        """Keep a new batch of already answered requests; it ends ``delay_s`` from now."""
         now = datetime.now(timezone.utc)
-        batch = Batch(batch_id, now, now + timedelta(seconds=delay_s), time.monotonic() + delay_s, lines)
+        ready_at = time.monotonic() + delay_s
+        batch = Batch(batch_id, now, now + timedelta(seconds=delay_s), ready_at, lines, None, provider, model)
         with self._lock:
             self._batches[batch.id] = batch
-        return batch, usage
+        return batch
 
-    def get(self, batch_id: str) -> Batch:
-        """The batch with this id, or a 404 ``ErrorReply``."""
+    def get(self, batch_id: str, provider: Provider = "anthropic") -> Batch:
+        """The ``provider``'s batch with this id, or a 404 ``ErrorReply``."""
         with self._lock:
             found = self._batches.get(batch_id)
-        if found is None:
-            raise ErrorReply(404, f"Message batch {batch_id!r} not found.")
+        if found is None or found.provider != provider:
+            kind = "Message batch" if provider == "anthropic" else "Batch"
+            raise ErrorReply(404, f"{kind} {batch_id!r} not found.")
         return found
 
     def cancel(self, batch: Batch) -> None:
-        """Cancel a batch still in progress: it ends at once and its requests end as ``canceled``."""
+        """Cancel a batch still in progress: it ends at once, and none of its requests is answered.
+
+        An Anthropic batch's lines become ``canceled``; a Gemini batch shows no output once canceled.
+        """
         with self._lock:
             if not batch.ended():
                 batch.canceled_at = batch.ended_at = datetime.now(timezone.utc)
-                batch.lines = [
-                    {"custom_id": ln["custom_id"], "result": {"type": "canceled"}} for ln in batch.lines
-                ]
+                if batch.provider == "anthropic":
+                    batch.lines = [
+                        {"custom_id": ln["custom_id"], "result": {"type": "canceled"}} for ln in batch.lines
+                    ]
 
     def describe(self, batch: Batch, base_url: str) -> dict[str, Any]:
         """The MessageBatch object as it stands now; ``results_url`` is absolute, as the SDK expects."""
@@ -105,11 +129,11 @@ class BatchStore:
             "type": "message_batch",
             "processing_status": "ended" if ended else "in_progress",
             "request_counts": counts,
-            "created_at": _iso(batch.created_at),
-            "expires_at": _iso(batch.created_at + timedelta(hours=24)),
-            "ended_at": _iso(batch.ended_at) if ended else None,
+            "created_at": iso(batch.created_at),
+            "expires_at": iso(batch.created_at + timedelta(hours=24)),
+            "ended_at": iso(batch.ended_at) if ended else None,
             "archived_at": None,
-            "cancel_initiated_at": _iso(batch.canceled_at) if batch.canceled_at else None,
+            "cancel_initiated_at": iso(batch.canceled_at) if batch.canceled_at else None,
             "results_url": f"{base_url}/v1/messages/batches/{batch.id}/results" if ended else None,
         }
 

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.loopback import wire
+from tests.loopback import gemini_batches, wire
 from tests.loopback.faults import ErrorReply, FaultKind
 from tests.loopback.wire import Provider
 
@@ -286,6 +286,25 @@ class _Handler(BaseHTTPRequestHandler):
         # The SDK asks for "application/binary"; the file itself is JSON Lines.
         return Reply(200, batches.results(batches.get(match["batch"])), content_type="application/binary")
 
+    def gemini_batch_create(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
+        owner = self.server.owner
+        batch_id = owner.next_id("loopback-batch-")
+        model = unquote(match["model"])
+        batch, usage = gemini_batches.create(
+            owner.batches, body, model, batch_id, owner.batch_delay_s, owner.answer_gemini
+        )
+        return json_reply(200, gemini_batches.describe(batch), usage=usage, model=model)
+
+    def gemini_batch_get(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
+        batch = self.server.owner.batches.get(match["batch"], "gemini")
+        return json_reply(200, gemini_batches.describe(batch), model=batch.model)
+
+    def gemini_batch_cancel(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
+        batches = self.server.owner.batches
+        batch = batches.get(match["batch"], "gemini")
+        batches.cancel(batch)
+        return json_reply(200, {}, model=batch.model)  # google.protobuf.Empty
+
 
 @dataclass(frozen=True)
 class _Route:
@@ -297,6 +316,7 @@ class _Route:
 
 
 _GEMINI = r"/(?P<version>v1|v1beta|v1alpha)/models/(?P<model>[^/:]+)"
+_GEMINI_BATCH = r"/(?P<version>v1|v1beta|v1alpha)/batches/(?P<batch>[^/:]+)"
 _ROUTES = (
     _Route("POST", re.compile(r"/v1/messages"), "anthropic", "messages", _Handler.messages),
     _Route(
@@ -334,6 +354,21 @@ _ROUTES = (
     _Route(
         "POST", re.compile(_GEMINI + r":countTokens"), "gemini", "countTokens", _Handler.gemini_count_tokens
     ),
+    _Route(
+        "POST",
+        re.compile(_GEMINI + r":batchGenerateContent"),
+        "gemini",
+        "batchGenerateContent",
+        _Handler.gemini_batch_create,
+    ),
+    _Route("GET", re.compile(_GEMINI_BATCH), "gemini", "batches.get", _Handler.gemini_batch_get),
+    _Route(
+        "POST",
+        re.compile(_GEMINI_BATCH + r":cancel"),
+        "gemini",
+        "batches.cancel",
+        _Handler.gemini_batch_cancel,
+    ),
 )
 
 
@@ -348,4 +383,4 @@ def _guess_provider(path: str) -> Provider | Literal["unknown"]:
     """Whose error shape a 404 should have."""
     if path.startswith("/v1/messages"):
         return "anthropic"
-    return "gemini" if "/models/" in path else "unknown"
+    return "gemini" if "/models/" in path or "/batches/" in path else "unknown"

@@ -1,4 +1,4 @@
-"""A loopback HTTP server that speaks the Anthropic Messages API and Gemini's generateContent.
+"""A loopback HTTP server that speaks the Anthropic Messages API and Gemini's generateContent (with batches).
 
 The real ``anthropic`` and ``google-genai`` SDKs talk to it unchanged (point ``base_url`` at ``server.url``),
 so integration tests and benchmarks exercise the providers' actual HTTP path: retries, timeouts, error
@@ -15,6 +15,9 @@ Endpoints (anything else answers 404 in the provider's error shape)::
     POST /v1/messages/batches/{id}/cancel      Message Batches: cancel
     POST /{v1,v1beta,v1alpha}/models/{model}:generateContent   Gemini (google-genai 3.x uses v1)
     POST /{v1,v1beta,v1alpha}/models/{model}:countTokens       Gemini token count
+    POST /{v1,v1beta,v1alpha}/models/{model}:batchGenerateContent  Gemini batch mode: create (inlined)
+    GET  /{v1,v1beta,v1alpha}/batches/{id}                     Gemini batch mode: get (with the output)
+    POST /{v1,v1beta,v1alpha}/batches/{id}:cancel              Gemini batch mode: cancel
 
 Faults, latency and the rate limit apply to the two inference endpoints only (messages, generateContent).
 """
@@ -259,4 +262,11 @@ class LLMServer:
         call = wire.parse_anthropic(params)
         return wire.anthropic_message(
             call, wire.resolve_answer(call, self.responder), self.next_id("msg_loopback_")
+        )
+
+    def answer_gemini(self, request: Any, model: str) -> dict[str, Any]:
+        """The GenerateContentResponse answering one inlined request of a Gemini batch (no faults)."""
+        call = wire.parse_gemini(request, model)
+        return wire.gemini_response(
+            call, wire.resolve_answer(call, self.responder), self.next_id("loopback-")
         )

@@ -382,6 +382,8 @@ def test_every_provider_satisfies_the_protocol(server: LLMServer, tmp_path: Path
 def test_public_names_are_pinned() -> None:
     assert sorted(operators.providers.__all__) == [
         "BadResponse",
+        "BatchProvider",
+        "BatchStatus",
         "ConnectionFailed",
         "LlmRequest",
         "LlmResponse",

@@ -1,0 +1,265 @@
+"""Answering one row: the cache, the budget, the rate limit, the provider, retries and fallbacks.
+
+For each target (the node's provider and model, then each fallback) a row is tried until it gets a usable
+answer or the target's attempts run out::
+
+    cache hit? ── yes ──────────────────────────────────────────────┐
+       │ no                                                         ▼
+    reserve worst-case cost (ledger) → wait for the rate limit → call → settle → cache → interpret
+                                                      │ retryable error: settle at 0, back off
+                                                      │ (honouring retry-after), try again
+                                                      └ attempts spent: next target, else the row fails
+
+A refused reservation (``BudgetExceeded``) ends the row at once; other rows' calls already sent finish.
+The services (ledger and rate limiter) are reached through ``CallServices``, so the same code runs
+against Ray actors in a run and against plain objects in unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine.runtime.llm.ledger import Charge, Ledger
+from engine.runtime.llm.limiter import RateBuckets
+from engine.spec.models import RateLimits, RetryPolicy
+from operators.llm_rows import InvalidAnswer, RowTask, Target
+from operators.providers.base import LlmRequest, LlmResponse, Provider
+from operators.providers.cache import ResponseCache
+from operators.providers.errors import ProviderError, RateLimited
+from operators.providers.pricing import PriceTable
+
+_PAID = "live"
+_THROTTLED_PER_ATTEMPT = 10
+"""429 and 529 answers a row may get per attempt it is allowed, before they count as failures."""
+
+
+class RowFailed(Exception):
+    """A row got no usable answer from any target; the message says why, for the dead-letter file."""
+
+
+class CallServices(Protocol):
+    """The cluster-wide services a call goes through."""
+
+    async def reserve_budget(self, node: str, charge: Charge) -> None:
+        """Reserve ``charge`` or raise ``BudgetExceeded``."""
+        ...
+
+    async def settle_budget(self, node: str, reserved: Charge, actual: Charge | None) -> None:
+        """Settle a reservation with the real usage (None when nothing was billed)."""
+        ...
+
+    async def reserve_rate(
+        self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int
+    ) -> float:
+        """Reserve a request under an account's limits; returns the seconds to wait."""
+        ...
+
+    def refund_rate(self, key: str, output_tokens: int) -> None:
+        """Give back unused output tokens (fire and forget)."""
+        ...
+
+    async def record_cached(self, node: str, requests: int, input_tokens: int, output_tokens: int) -> None:
+        """Count answers served from the cache."""
+        ...
+
+
+class LocalServices:
+    """``CallServices`` over an in-process ledger and buckets (one process; for tests and dry runs)."""
+
+    def __init__(self, ledger: Ledger, buckets: RateBuckets | None = None) -> None:
+        self.ledger = ledger
+        self.buckets = buckets or RateBuckets()
+
+    async def reserve_budget(self, node: str, charge: Charge) -> None:
+        self.ledger.reserve(node, charge)
+
+    async def settle_budget(self, node: str, reserved: Charge, actual: Charge | None) -> None:
+        self.ledger.settle(node, reserved, actual)
+
+    async def reserve_rate(
+        self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int
+    ) -> float:
+        return self.buckets.reserve(key, limits, input_tokens, output_tokens)
+
+    def refund_rate(self, key: str, output_tokens: int) -> None:
+        self.buckets.refund(key, output_tokens)
+
+    async def record_cached(self, node: str, requests: int, input_tokens: int, output_tokens: int) -> None:
+        self.ledger.record_cached(node, requests, input_tokens, output_tokens)
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """How one LLM node calls: its targets in order, retries, and each provider's limits and account."""
+
+    node: str
+    targets: tuple[Target, ...]
+    retry: RetryPolicy
+    limits: Mapping[str, RateLimits] = field(default_factory=dict)
+    """Rate limits per provider name (absent: unlimited)."""
+    accounts: Mapping[str, str] = field(default_factory=dict)
+    """A non-secret id of the account (a hash of key and endpoint) per provider name."""
+    budgeted: bool = True
+    """False when no budget covers the node: calls then skip the reservation round trip."""
+    priced_as: Mapping[str, str] = field(default_factory=dict)
+    """Whose prices a provider pays, when not its own (a recording ``replay`` pays its wrapped one's)."""
+
+
+@dataclass
+class CachedCounts:
+    """Cache hits not yet reported to the ledger."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def estimate_input_tokens(request: LlmRequest) -> int:
+    """A generous estimate of a request's input tokens, for reservations (the real count settles it).
+
+    Tokenisers average about four characters a token on prose; three keeps code, numbers and non-Latin
+    text from being under-reserved, and the structured-output schema is sent as a tool definition.
+    """
+    chars = len(request.prompt) + len(request.system or "")
+    schema = request.structured_schema()
+    if schema is not None:
+        chars += len(json.dumps(schema))
+    return math.ceil(chars / 3) + 16
+
+
+def account_id(provider: str, config: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """A stable, non-secret name for the account a provider calls with (a hash of key and endpoint)."""
+    env_keys = {
+        "anthropic": ("ANTHROPIC_API_KEY",),
+        "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    }.get(provider, ())
+    env_urls = {"anthropic": ("ANTHROPIC_BASE_URL",), "gemini": ("GOOGLE_GEMINI_BASE_URL",)}.get(provider, ())
+    key = config.get("api_key") or next((environ[k] for k in env_keys if environ.get(k)), "")
+    url = config.get("base_url") or next((environ[k] for k in env_urls if environ.get(k)), "")
+    return hashlib.sha256(f"{provider}\0{key}\0{url}".encode()).hexdigest()[:16]
+
+
+class RowCaller:
+    """Answers rows for one LLM node, in one process (an actor of the node's pool)."""
+
+    def __init__(
+        self,
+        task: RowTask,
+        settings: CallSettings,
+        providers: Mapping[str, Provider],
+        prices: PriceTable,
+        cache: ResponseCache | None,
+        services: CallServices,
+        in_flight: int,
+    ) -> None:
+        self.task = task
+        self.settings = settings
+        self.providers = providers
+        self.prices = prices
+        self.cache = cache
+        self.services = services
+        self.cached = CachedCounts()
+        self._slots = asyncio.Semaphore(in_flight)
+
+    async def answer(self, row: Mapping[str, Any]) -> Any:
+        """The column value for ``row``; raises ``RowFailed`` or ``BudgetExceeded``."""
+        errors: list[str] = []
+        for target in self.settings.targets:
+            try:
+                return await self._answer_with(row, target)
+            except RowFailed as exc:
+                errors.append(f"{target.provider}/{target.model}: {exc}")
+        raise RowFailed("; then ".join(errors))
+
+    async def _answer_with(self, row: Mapping[str, Any], target: Target) -> Any:
+        feedback: list[str] = []
+        while True:
+            try:
+                request = self.task.request(row, target, feedback)
+            except InvalidAnswer as exc:
+                raise RowFailed(str(exc)) from None
+            except Exception as exc:  # a template that fails on this row's values
+                raise RowFailed(f"prompt template: {type(exc).__name__}: {exc}") from None
+            response = await self._respond(request, target)
+            try:
+                return self.task.interpret(request, response.text, response.parsed, response.stop_reason)
+            except InvalidAnswer as exc:
+                feedback.append(str(exc))
+                if len(feedback) >= self.task.max_attempts:
+                    raise RowFailed(f"{exc} (after {len(feedback)} answers)") from None
+
+    async def _respond(self, request: LlmRequest, target: Target) -> LlmResponse:
+        if self.cache is not None:
+            hit = self.cache.get(request)
+            if hit is not None:
+                self.cached.requests += 1
+                self.cached.input_tokens += hit.input_tokens
+                self.cached.output_tokens += hit.output_tokens
+                return hit
+        response = await self._call(request, target)
+        if self.cache is not None and response.source != "offline":
+            self.cache.put(request, response)
+        return response
+
+    async def _call(self, request: LlmRequest, target: Target) -> LlmResponse:
+        node, policy = self.settings.node, self.settings.retry
+        provider = self.providers[target.provider]
+        price = self.prices.price(self.settings.priced_as.get(target.provider, target.provider), target.model)
+        estimate = estimate_input_tokens(request)
+        # Without a budget there is nothing to reserve against; usage is still settled after the call.
+        reserved = (
+            Charge(price.cost(estimate, request.max_tokens), estimate, request.max_tokens)
+            if self.settings.budgeted
+            else Charge()
+        )
+        limits = self.settings.limits.get(target.provider)
+        key = f"{target.provider}/{target.model}/{self.settings.accounts.get(target.provider, '')}"
+        attempt = throttled = 0
+        while True:
+            attempt += 1
+            async with self._slots:
+                if self.settings.budgeted:
+                    await self.services.reserve_budget(node, reserved)
+                if limits is not None:
+                    delay = await self.services.reserve_rate(key, limits, estimate, request.max_tokens)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                try:
+                    response = await provider.call(request)
+                except ProviderError as exc:
+                    await self.services.settle_budget(node, reserved, None)
+                    if limits is not None:
+                        self.services.refund_rate(key, request.max_tokens)
+                    if (
+                        isinstance(exc, RateLimited)
+                        and throttled < _THROTTLED_PER_ATTEMPT * policy.max_attempts
+                    ):
+                        # "come back later" is back-pressure, not a failure: it does not use up attempts
+                        throttled += 1
+                        attempt -= 1
+                    elif not exc.retryable or attempt >= policy.max_attempts:
+                        raise RowFailed(f"{exc} (attempt {attempt} of {policy.max_attempts})") from None
+                    wait = policy.backoff_s(attempt + throttled, exc.retry_after_s)
+                else:
+                    billed = response.source == _PAID
+                    cost = price.cost(response.input_tokens, response.output_tokens) if billed else 0.0
+                    actual = Charge(cost, response.input_tokens, response.output_tokens)
+                    await self.services.settle_budget(node, reserved, actual)
+                    if limits is not None:
+                        self.services.refund_rate(key, request.max_tokens - response.output_tokens)
+                    return response
+            await asyncio.sleep(wait)  # outside the slot: a backing-off row does not block others
+
+    async def flush_cached(self) -> None:
+        """Report cache hits to the ledger."""
+        counts, self.cached = self.cached, CachedCounts()
+        if counts.requests:
+            await self.services.record_cached(
+                self.settings.node, counts.requests, counts.input_tokens, counts.output_tokens
+            )

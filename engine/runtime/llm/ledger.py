@@ -1,0 +1,163 @@
+"""The cost ledger of a run: every LLM call reserves its worst case before it is sent and settles after.
+
+Budgets apply to scopes: the run, and each node that has its own. A reservation that would take any of
+its scopes past a limit is refused, and from then on every reservation is refused: no new call starts,
+calls already in flight finish and settle, and the run ends ``budget_exceeded``. Spend therefore never
+exceeds a budget by more than what calls in flight had reserved.
+
+The ledger is also where a run's token and cost figures come from (the progress display polls it), so
+they are sums over the provider's answers, not estimates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.errors import BudgetExceeded
+from engine.spec.models import Budget
+
+
+@dataclass(frozen=True)
+class Charge:
+    """Money and tokens of one call (a reservation, or the real usage)."""
+
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class NodeUsage:
+    """What one LLM node has used so far."""
+
+    requests: int = 0
+    """Calls answered by the provider and billed."""
+    cached_requests: int = 0
+    """Rows answered from the cache (not billed)."""
+    failed_requests: int = 0
+    """Calls that failed (429, 5xx, timeouts...): not billed, retried or failed over."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cached_output_tokens: int = 0
+    cost_usd: float = 0.0
+    reserved_usd: float = 0.0
+    """Reserved by calls in flight."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON values."""
+        return asdict(self)
+
+
+@dataclass
+class _Scope:
+    name: str
+    budget: Budget
+    spent: Charge = field(default_factory=Charge)
+    reserved: Charge = field(default_factory=Charge)
+
+    def overrun(self, extra: Charge) -> str | None:
+        """Which limit ``extra`` on top of spend and reservations would pass, if any."""
+        spent, held, budget = self.spent, self.reserved, self.budget
+        checks = (
+            ("max_cost_usd", budget.max_cost_usd, spent.cost_usd + held.cost_usd, extra.cost_usd, "$"),
+            (
+                "max_input_tokens",
+                budget.max_input_tokens,
+                spent.input_tokens + held.input_tokens,
+                extra.input_tokens,
+                "",
+            ),
+            (
+                "max_output_tokens",
+                budget.max_output_tokens,
+                spent.output_tokens + held.output_tokens,
+                extra.output_tokens,
+                "",
+            ),
+        )
+        for name, limit, used, more, unit in checks:
+            if limit is not None and used + more > limit:
+                return (
+                    f"{self.name} budget {name} {unit}{limit:g}: used and reserved {unit}{used:.6g}, "
+                    f"the next call may cost {unit}{more:.6g}"
+                )
+        return None
+
+
+def _add(a: Charge, b: Charge, sign: int = 1) -> Charge:
+    return Charge(
+        a.cost_usd + sign * b.cost_usd,
+        a.input_tokens + sign * b.input_tokens,
+        a.output_tokens + sign * b.output_tokens,
+    )
+
+
+class Ledger:
+    """Budgets and usage of one run; plain Python, wrapped by ``LedgerActor`` on a cluster."""
+
+    def __init__(self, run_budget: Budget | None, node_budgets: Mapping[str, Budget]) -> None:
+        self._scopes: dict[str, _Scope] = {}
+        if run_budget is not None:
+            self._scopes["run"] = _Scope("run", run_budget)
+        for node, budget in node_budgets.items():
+            self._scopes[f"node:{node}"] = _Scope(f"node '{node}'", budget)
+        self._usage: dict[str, NodeUsage] = {}
+        self.stopped: str | None = None
+
+    def reserve(self, node: str, charge: Charge) -> None:
+        """Reserve ``charge`` for one call of ``node``, or raise ``BudgetExceeded``."""
+        if self.stopped is not None:
+            raise BudgetExceeded(self.stopped)
+        scopes = self._scopes_of(node)
+        for scope in scopes:
+            problem = scope.overrun(charge)
+            if problem is not None:
+                self.stopped = f"no new LLM calls: {problem}"
+                raise BudgetExceeded(self.stopped, scope=scope.name)
+        for scope in scopes:
+            scope.reserved = _add(scope.reserved, charge)
+        self._node(node).reserved_usd += charge.cost_usd
+
+    def settle(self, node: str, reserved: Charge, actual: Charge | None) -> None:
+        """Replace a reservation by the real usage (None: the call failed and nothing was billed)."""
+        usage = self._node(node)
+        for scope in self._scopes_of(node):
+            scope.reserved = _add(scope.reserved, reserved, -1)
+            if actual is not None:
+                scope.spent = _add(scope.spent, actual)
+        usage.reserved_usd -= reserved.cost_usd
+        if actual is None:
+            usage.failed_requests += 1
+            return
+        usage.requests += 1
+        usage.input_tokens += actual.input_tokens
+        usage.output_tokens += actual.output_tokens
+        usage.cost_usd += actual.cost_usd
+
+    def record_cached(self, node: str, requests: int, input_tokens: int, output_tokens: int) -> None:
+        """Count rows answered from the cache (free)."""
+        usage = self._node(node)
+        usage.cached_requests += requests
+        usage.cached_input_tokens += input_tokens
+        usage.cached_output_tokens += output_tokens
+
+    def usage(self) -> dict[str, dict[str, Any]]:
+        """Usage per node, as JSON values."""
+        return {node: u.as_dict() for node, u in self._usage.items()}
+
+    def stop_reason(self) -> str | None:
+        """Why reservations are refused, once a budget has stopped the run."""
+        return self.stopped
+
+    def _scopes_of(self, node: str) -> list[_Scope]:
+        return [s for key, s in self._scopes.items() if key in ("run", f"node:{node}")]
+
+    def _node(self, node: str) -> NodeUsage:
+        return self._usage.setdefault(node, NodeUsage())
+
+
+class LedgerActor(Ledger):
+    """The run's ``Ledger`` as a Ray actor: one per run, created by the driver, passed to every pool."""

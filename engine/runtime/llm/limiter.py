@@ -1,0 +1,111 @@
+"""Rate limits shared by every worker and every pipeline on a cluster.
+
+A provider account allows so many requests, input tokens and output tokens per minute. Each worker that
+limits itself sends its own share again (four workers at 100 RPM send 400), so headrace keeps one bucket
+per (provider, model, account) in one named actor that every pool on the cluster asks before a call.
+
+Each limit is a leaky bucket that drains at its rate and holds one second's worth as burst. A reservation
+is granted at once and returns how long the caller must wait first, so callers queue in arrival order
+and one round trip suffices; output tokens are reserved at ``max_tokens`` and the unused part is given
+back when the answer's real usage is known.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine.spec.models import RateLimits
+
+LIMITER_NAME = "headrace-rate-limiter"
+NAMESPACE = "headrace"
+_BURST_S = 1.0
+
+
+@dataclass
+class _Bucket:
+    rate: float  # units per second
+    level: float = 0.0
+    at: float = 0.0
+
+    def drain(self, now: float) -> None:
+        self.level = max(0.0, self.level - self.rate * (now - self.at))
+        self.at = now
+
+    def wait(self, amount: float) -> float:
+        """Seconds until ``amount`` fits under the burst, given what is queued already."""
+        burst = max(self.rate * _BURST_S, 1.0)
+        return max(0.0, (self.level + amount - burst) / self.rate)
+
+
+@dataclass
+class _Account:
+    limits: RateLimits
+    buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+
+class RateBuckets:
+    """The buckets of every account; plain Python so it can be tested without Ray."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._accounts: dict[str, _Account] = {}
+
+    def reserve(self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int) -> float:
+        """Reserve one request with its tokens; returns the seconds to wait before sending it.
+
+        The latest caller's limits apply to the account (pipelines sharing a key should agree on them).
+        """
+        now = self._clock()
+        account = self._account(key, limits)
+        wants = {"requests": 1.0, "input": float(input_tokens), "output": float(output_tokens)}
+        delay = 0.0
+        for name, bucket in account.buckets.items():
+            bucket.drain(now)
+            delay = max(delay, bucket.wait(wants[name]))
+        for name, bucket in account.buckets.items():
+            bucket.level += wants[name]
+        return delay
+
+    def refund(self, key: str, output_tokens: int) -> None:
+        """Give back output tokens reserved but not used."""
+        account = self._accounts.get(key)
+        bucket = account.buckets.get("output") if account else None
+        if bucket is not None and output_tokens > 0:
+            bucket.drain(self._clock())
+            bucket.level = max(0.0, bucket.level - output_tokens)
+
+    def _account(self, key: str, limits: RateLimits) -> _Account:
+        account = self._accounts.get(key)
+        if account is None or account.limits != limits:
+            rates = {
+                "requests": limits.requests_per_minute,
+                "input": limits.input_tokens_per_minute,
+                "output": limits.output_tokens_per_minute,
+            }
+            old = account.buckets if account else {}
+            buckets = {
+                name: old.get(name) or _Bucket(rate=per_minute / 60.0, at=self._clock())
+                for name, per_minute in rates.items()
+                if per_minute
+            }
+            for name, bucket in buckets.items():
+                bucket.rate = rates[name] / 60.0  # type: ignore[operator]
+            account = self._accounts[key] = _Account(limits, buckets)
+        return account
+
+
+class RateLimiterActor:
+    """The cluster's one ``RateBuckets``, as a named detached Ray actor (see ``limiter_handle``)."""
+
+    def __init__(self) -> None:
+        self._buckets = RateBuckets()
+
+    def reserve(self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int) -> float:
+        """See ``RateBuckets.reserve``."""
+        return self._buckets.reserve(key, limits, input_tokens, output_tokens)
+
+    def refund(self, key: str, output_tokens: int) -> None:
+        """See ``RateBuckets.refund``."""
+        self._buckets.refund(key, output_tokens)

@@ -1,0 +1,172 @@
+"""Starting a run's LLM machinery: compile-time checks, the ledger, the shared limiter, the pools.
+
+Before Ray starts, every LLM node's providers are built once (a missing key or a bad config fails here,
+located in the pipeline file) and every model must have a price, so a run never spends without knowing
+what it spends. In the Ray session the run gets its own ``LedgerActor``, joins the cluster's one
+``RateLimiterActor`` (named and detached, so every pipeline on the cluster shares it), and starts the
+actors of each node's pool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from engine.physical import PoolPlan
+from engine.plan import Problem
+from engine.runtime.llm.calls import CallSettings, account_id
+from engine.runtime.llm.ledger import LedgerActor
+from engine.runtime.llm.limiter import LIMITER_NAME, NAMESPACE, RateLimiterActor
+from engine.runtime.llm.pool import LlmPoolActor, PoolSetup
+from engine.spec.models import Budget, Pipeline
+from operators.llm import LlmSpec
+from operators.providers.errors import ProviderError
+from operators.providers.pricing import PriceTable, UnknownPrice
+from operators.providers.registry import get_provider
+
+_POLL_S = 0.5
+
+
+def price_overrides(pipeline: Pipeline) -> dict[str, dict[str, float]]:
+    """Every provider's price overrides, merged (model names do not overlap across providers)."""
+    merged: dict[str, dict[str, float]] = {}
+    for settings in pipeline.providers.values():
+        merged.update(settings.prices)
+    return merged
+
+
+def provider_config(pipeline: Pipeline, name: str) -> dict[str, Any]:
+    """The config the pipeline gives provider ``name`` (empty when none)."""
+    settings = pipeline.providers.get(name)
+    return dict(settings.config) if settings is not None else {}
+
+
+def check_pools(pools: list[PoolPlan], pipeline: Pipeline) -> list[Problem]:
+    """Problems that would stop an LLM node's first call: a provider that cannot be built, or a model
+    without a price."""
+    problems: list[Problem] = []
+    try:
+        prices = PriceTable(price_overrides(pipeline))
+    except ValueError as exc:
+        return [Problem(("providers",), f"price overrides: {exc}", code="prices", at="key")]
+    built: set[str] = set()
+    for pool in pools:
+        for i, target in enumerate(pool.targets):
+            where = ("nodes", pool.node, "provider") if i == 0 else ("nodes", pool.node, "fallback", i - 1)
+            if target.provider not in built:
+                try:
+                    get_provider(target.provider, provider_config(pipeline, target.provider))
+                    built.add(target.provider)
+                except ProviderError as exc:
+                    problems.append(Problem(where, str(exc), code="provider"))
+                    continue
+            try:
+                prices.price(_priced_as(target.provider, pipeline), target.model)
+            except UnknownPrice as exc:
+                problems.append(
+                    Problem(
+                        where,
+                        str(exc),
+                        f"add its price under `providers.{target.provider}.prices` so spend is known",
+                        code="prices",
+                    )
+                )
+    return problems
+
+
+def _priced_as(provider: str, pipeline: Pipeline) -> str:
+    """The provider whose prices apply: a recording ``replay`` pays its wrapped provider's."""
+    if provider == "replay":
+        inner = provider_config(pipeline, "replay").get("provider")
+        return str(inner) if inner else provider
+    return provider
+
+
+@dataclass
+class LlmServices:
+    """A run's LLM actors, and the live usage the driver polls from its ledger."""
+
+    ledger: Any
+    pools: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _pending: Any = None
+
+    def poll(self) -> bool:
+        """Pick up the ledger's latest usage if it has answered; never blocks. True when it changed."""
+        if self._pending is None:
+            self._pending = self.ledger.usage.remote()
+            return False
+        ready, _ = ray.wait([self._pending], timeout=0)
+        if not ready:
+            return False
+        self.usage = ray.get(self._pending)
+        self._pending = None
+        return True
+
+    def final_usage(self) -> dict[str, dict[str, Any]]:
+        """The ledger's usage once every call has settled."""
+        self.usage = ray.get(self.ledger.usage.remote())
+        return self.usage
+
+
+def start_services(
+    pools: list[PoolPlan], pipeline: Pipeline, run_id: str, cache_url: str | None
+) -> LlmServices:
+    """The run's ledger and every pool's actors (call inside a Ray session)."""
+    node_budgets = {
+        p.node: Budget(max_cost_usd=p.spec.budget.max_cost_usd)
+        for p in pools
+        if isinstance(p.spec, LlmSpec) and p.spec.budget is not None
+    }
+    ledger = ray.remote(LedgerActor).options(num_cpus=0).remote(pipeline.budget, node_budgets)
+    services = LlmServices(ledger)
+    if not pools:
+        return services
+    limiter = (
+        ray.remote(RateLimiterActor)
+        .options(name=LIMITER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0)
+        .remote()
+    )
+    actor = ray.remote(LlmPoolActor)
+    for pool in pools:
+        names = {t.provider for t in pool.targets}
+        configs = {name: provider_config(pipeline, name) for name in names}
+        settings = CallSettings(
+            node=pool.node,
+            targets=pool.targets,
+            retry=pool.retry,
+            limits={
+                name: s.rate_limits
+                for name, s in pipeline.providers.items()
+                if name in names and s.rate_limits is not None
+            },
+            accounts={name: account_id(name, configs[name], os.environ) for name in names},
+            priced_as={name: _priced_as(name, pipeline) for name in names},
+            budgeted=pipeline.budget is not None or pool.node in node_budgets,
+        )
+        setup = PoolSetup(
+            node=pool.node,
+            spec=pool.spec,  # type: ignore[arg-type]
+            params=dict(pipeline.params),
+            settings=settings,
+            provider_configs=configs,
+            prices=price_overrides(pipeline),
+            cache_url=cache_url,
+        )
+        services.pools[pool.node] = tuple(
+            actor.options(**pool.ray_options).remote(setup, ledger, limiter) for _ in range(pool.size)
+        )
+    return services
+
+
+def usage_totals(usage: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Sums over nodes of every usage figure."""
+    totals: dict[str, float] = {}
+    for figures in usage.values():
+        for key, value in figures.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals

@@ -1,0 +1,306 @@
+"""LLM nodes on a real local Ray, through the real ``anthropic`` and ``google-genai`` SDKs, against the
+loopback server: every row answered exactly once under injected faults, the cache, budgets, the shared
+rate limit, fallbacks, structured output and dead letters."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from engine.check import check_file
+from engine.runtime import RunSummary, run_checked
+from operators.providers.pricing import PriceTable
+from tests.loopback import ErrorReply, Faults, LLMServer
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+LABELS = ["bug", "billing", "other"]
+KEY = "sk-ant-test-SECRET-9f8e7d"
+
+
+def expected_label(text: str) -> str:
+    return LABELS[int(hashlib.sha256(text.encode()).hexdigest(), 16) % len(LABELS)]
+
+
+def label_responder(request: dict[str, Any]) -> Any:
+    """Answers the label the row's text hashes to (the text follows 'Message: ' in the prompt)."""
+    text = request["prompt"].split("Message: ", 1)[1].split("\n", 1)[0]
+    label = expected_label(text)
+    return {"value": label} if request["provider"] == "anthropic" else label
+
+
+@pytest.fixture
+def server() -> Iterator[LLMServer]:
+    with LLMServer(responder=label_responder) as srv:
+        yield srv
+
+
+def write_rows(path: Path, rows: int) -> list[dict[str, Any]]:
+    data = [
+        {"id": i, "text": f"message number {i} about {'invoices' if i % 7 else 'a crash'}"}
+        for i in range(rows)
+    ]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, ["id", "text"])
+        writer.writeheader()
+        writer.writerows(data)
+    return data
+
+
+def pipeline(
+    tmp_path: Path,
+    server: LLMServer,
+    *,
+    extra_top: str = "",
+    node_extra: str = "",
+    provider: str = "anthropic",
+    out: str = "out",
+) -> Path:
+    text = f"""
+version: 1
+name: llm-test
+{extra_top}
+providers:
+  anthropic:
+    config: {{base_url: "{server.url}", api_key: "{KEY}"}}
+  gemini:
+    config: {{base_url: "{server.url}", api_key: "{KEY}"}}
+nodes:
+  input: {{op: read_csv, path: {tmp_path}/rows.csv, column_types: {{id: int64, text: string}}}}
+  classify:
+    op: llm_classify
+    input: input
+    provider: {provider}
+    prompt: "Classify.\\nMessage: {{{{ text }}}}\\n"
+    labels: {json.dumps(LABELS)}
+    concurrency: 32
+    retry: {{max_attempts: 6, initial_backoff_s: 0.01, max_backoff_s: 0.05}}
+{node_extra}
+  output: {{op: write_parquet, input: classify, path: {tmp_path}/{out}, overwrite: true}}
+"""
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run(path: Path, *overrides: str, cache: bool = True, resume: str | None = None) -> RunSummary:
+    return run_checked(check_file(str(path), overrides=overrides), progress=False, cache=cache, resume=resume)
+
+
+def read_output(folder: Path) -> list[dict[str, Any]]:
+    return pq.read_table(folder).sort_by("id").to_pylist()
+
+
+def billed(server: LLMServer) -> list[Any]:
+    return [r for r in server.requests if r.endpoint in ("messages", "generateContent") and r.status == 200]
+
+
+def test_ten_thousand_rows_under_429s_and_500s_are_each_labelled_once(
+    tmp_path: Path, server: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADRACE_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_rows(tmp_path / "rows.csv", 10_000)
+    server.faults = Faults(rate_429=0.20, rate_500=0.05, seed=7)
+    summary = run(pipeline(tmp_path, server))
+    assert summary.status == "succeeded", summary.error
+    rows = read_output(tmp_path / "out")
+    assert [r["id"] for r in rows] == [d["id"] for d in data]  # every row, once, none lost
+    assert all(r["label"] == expected_label(r["text"]) for r in rows)
+    answered = billed(server)
+    faulted = [r for r in server.requests if r.fault is not None]
+    assert {r.status for r in faulted} == {429, 500}
+    assert len(answered) == 10_000  # a fault is retried, an answer is never asked for twice
+    usage = summary.nodes["classify"].llm
+    assert usage is not None
+    assert usage["input_tokens"] == sum(r.usage["input_tokens"] for r in answered)
+    assert usage["output_tokens"] == sum(r.usage["output_tokens"] for r in answered)
+    price = PriceTable().price("anthropic", "claude-haiku-4-5")
+    want = sum(price.cost(r.usage["input_tokens"], r.usage["output_tokens"]) for r in answered)
+    assert summary.nodes["classify"].cost_usd == pytest.approx(want, rel=1e-9)
+    assert usage["failed_requests"] == len(faulted)
+
+    # a rerun answers every row from the cache: zero requests, zero cost, the same output
+    server.clear()
+    again = run(pipeline(tmp_path, server))
+    assert again.status == "succeeded", again.error
+    assert billed(server) == [] and server.requests == []
+    assert again.nodes["classify"].llm["cached_requests"] == 10_000  # type: ignore[index]
+    assert again.total_cost_usd == 0.0
+    assert read_output(tmp_path / "out") == rows
+
+
+def test_budget_stops_cleanly_and_resume_pays_only_for_unanswered_rows(
+    tmp_path: Path, server: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADRACE_CACHE_DIR", str(tmp_path / "cache"))
+    write_rows(tmp_path / "rows.csv", 3_000)
+    price = PriceTable().price("anthropic", "claude-haiku-4-5")
+    budget = 0.02
+    small = pipeline(
+        tmp_path, server, extra_top=f"budget: {{max_cost_usd: {budget}}}\ndefaults: {{batch_rows: 250}}"
+    )
+    summary = run(small)
+    assert summary.status == "budget_exceeded", summary.error
+    assert summary.exit_code == 4
+    assert "max_cost_usd" in (summary.error or "") and "--resume" in (summary.error or "")
+    answered = billed(server)
+    spent = sum(price.cost(r.usage["input_tokens"], r.usage["output_tokens"]) for r in answered)
+    assert summary.total_cost_usd == pytest.approx(spent)
+    # calls in flight may finish past the budget, by at most their own reservations
+    in_flight = 32 * price.cost(100, 1024)
+    assert 0 < spent <= budget + in_flight
+    # what was committed is whole and readable
+    parts = sorted((tmp_path / "out").glob("*.parquet"))
+    committed = [row for part in parts for row in pq.read_table(part).to_pylist()]
+    assert all(r["label"] == expected_label(r["text"]) for r in committed)
+    assert len(committed) < 3_000
+
+    # a larger budget and --resume: every row answered, and no row asked for twice
+    bigger = pipeline(tmp_path, server, extra_top="budget: {max_cost_usd: 10}\ndefaults: {batch_rows: 250}")
+    resumed = run(bigger, resume=summary.run_id)
+    assert resumed.status == "succeeded", resumed.error
+    rows = read_output(tmp_path / "out")
+    assert [r["id"] for r in rows] == list(range(3_000))
+    prompts = [json.dumps(r.body["messages"]) for r in billed(server)]
+    assert len(prompts) == len(set(prompts)) == 3_000
+
+
+def test_two_pipelines_on_one_key_share_one_rate_limit(
+    tmp_path: Path, server: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADRACE_CACHE_DIR", str(tmp_path / "cache"))
+    write_rows(tmp_path / "rows.csv", 120)
+    limit = "providers:\n  anthropic:\n    rate_limits: {requests_per_minute: 1200}\n"
+    paths = []
+    for name in ("one", "two"):
+        path = pipeline(tmp_path, server, out=name)
+        # the same rows, a different prompt per pipeline, so neither answers from the other's cache
+        text = path.read_text().replace('"Classify.', f'"Classify ({name}).')
+        text = text.replace("providers:\n  anthropic:\n    config:", limit.rstrip("\n") + "\n    config:")
+        path.write_text(text)
+        paths.append(path)
+    results: list[RunSummary] = []
+    threads = [threading.Thread(target=lambda p=p: results.append(run(p))) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == ["succeeded", "succeeded"], [r.error for r in results]
+    times = sorted(r.received_at for r in billed(server))
+    assert len(times) == 240
+    per_second, burst = 1200 / 60, 1200 / 60  # the limiter holds one second's worth as burst
+    # In any 5-second window the server sees at most the rate plus one refill, with one second allowed
+    # for wake-ups delayed on a busy 2-core machine. Two unshared limiters would allow about twice this.
+    window = 5.0
+    for i, start in enumerate(times):
+        seen = sum(1 for t in times[i:] if t - start <= window)
+        assert seen <= per_second * (window + 1.0) + burst, (start - times[0], seen)
+    assert server.requests_per_second() <= per_second * 1.1
+
+
+def test_fallback_answers_when_the_first_provider_keeps_failing(
+    tmp_path: Path, server: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADRACE_CACHE_DIR", str(tmp_path / "cache"))
+    write_rows(tmp_path / "rows.csv", 200)
+
+    def anthropic_down(request: dict[str, Any]) -> Any:
+        if request["provider"] == "anthropic":
+            raise ErrorReply(503, "overloaded for a while")
+        return label_responder(request)
+
+    server.responder = anthropic_down
+    path = pipeline(tmp_path, server, node_extra="    fallback: [{provider: gemini}]")
+    summary = run(path)
+    assert summary.status == "succeeded", summary.error
+    rows = read_output(tmp_path / "out")
+    assert len(rows) == 200 and all(r["label"] == expected_label(r["text"]) for r in rows)
+    gemini = [r for r in billed(server) if r.provider == "gemini"]
+    assert len(gemini) == 200 and {r.model for r in gemini} == {"gemini-2.5-flash"}
+
+
+def test_answers_outside_the_labels_are_dead_lettered_with_their_row(
+    tmp_path: Path, server: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADRACE_CACHE_DIR", str(tmp_path / "cache"))
+    write_rows(tmp_path / "rows.csv", 300)
+
+    def sometimes_wrong(request: dict[str, Any]) -> Any:
+        if "number 1" in request["prompt"]:  # ids 1, 10-19, 100-199
+            return {"value": "spam"}  # not a label (the loopback server does not enforce the enum)
+        return label_responder(request)
+
+    server.responder = sometimes_wrong
+    dead = tmp_path / "dead"
+    path = pipeline(
+        tmp_path, server, node_extra=f"    on_error: {{mode: dead_letter, dead_letter_path: {dead}}}"
+    )
+    summary = run(path)
+    assert summary.status == "succeeded", summary.error
+    wrong = {i for i in range(300) if str(i).startswith("1")}
+    rows = read_output(tmp_path / "out")
+    assert {r["id"] for r in rows} == set(range(300)) - wrong
+    letters = [json.loads(line) for f in sorted(dead.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert {d["row"]["id"] for d in letters} == wrong
+    assert all(d["node"] == "classify" and "'spam'" in d["error"] for d in letters)
+    assert summary.nodes["classify"].failed == len(wrong)
+    # the API key is nowhere in what the run wrote or reported
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".yaml"]
+    assert all(KEY.encode() not in p.read_bytes() for p in written)
+    assert KEY not in json.dumps(summary.as_dict()) and KEY not in summary.render()
+
+
+def test_extract_retries_invalid_answers_with_the_error_fed_back(
+    tmp_path: Path, server: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADRACE_CACHE_DIR", str(tmp_path / "cache"))
+    write_rows(tmp_path / "rows.csv", 50)
+
+    def extractor(request: dict[str, Any]) -> Any:
+        number = int(request["prompt"].split("message number ", 1)[1].split(" ", 1)[0])
+        if number % 5 == 0 and "not accepted" not in request["prompt"]:
+            return {"topic": "x", "urgency": "eleven"}  # wrong type: urgency must be an integer
+        return {"topic": "crash" if "crash" in request["prompt"] else "invoice", "urgency": number % 3}
+
+    server.responder = extractor
+    path = tmp_path / "extract.yaml"
+    path.write_text(
+        f"""
+version: 1
+name: extract-test
+providers:
+  anthropic: {{config: {{base_url: "{server.url}", api_key: "{KEY}"}}}}
+nodes:
+  input: {{op: read_csv, path: {tmp_path}/rows.csv, column_types: {{id: int64, text: string}}}}
+  extract:
+    op: llm_extract
+    input: input
+    provider: anthropic
+    prompt: "Extract: {{{{ text }}}}"
+    output_schema:
+      type: object
+      properties:
+        topic: {{type: string}}
+        urgency: {{type: integer, minimum: 0}}
+      required: [topic, urgency]
+  output: {{op: write_parquet, input: extract, path: {tmp_path}/out}}
+""",
+        encoding="utf-8",
+    )
+    summary = run(path)
+    assert summary.status == "succeeded", summary.error
+    table = pq.read_table(tmp_path / "out").sort_by("id")
+    assert str(table.schema.field("extracted").type) == "struct<topic: string, urgency: int64>"
+    rows = table.to_pylist()
+    assert [r["extracted"]["urgency"] for r in rows] == [i % 3 for i in range(50)]
+    retried = [r for r in billed(server) if "not accepted" in json.dumps(r.body)]
+    assert len(retried) == 10  # ids 0, 5, ..., 45: each asked once more, with the error quoted
+    assert all("urgency" in json.dumps(r.body) for r in retried)
