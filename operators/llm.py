@@ -58,6 +58,9 @@ class LlmSpec(TransformSpec):
         description="`batch` sends each batch of rows through the provider's batch API at its "
         "discounted price (answers take minutes to hours).",
     )
+    batch_poll_s: float = Field(
+        30.0, gt=0, le=3600, description="With `mode: batch`, seconds between checks of a batch's state."
+    )
     budget: NodeBudget | None = Field(None, description="Spending limits of this node.")
 
     @field_validator("prompt", "system")

@@ -50,8 +50,10 @@ class CallServices(Protocol):
         """Reserve ``charge`` or raise ``BudgetExceeded``."""
         ...
 
-    async def settle_budget(self, node: str, reserved: Charge, actual: Charge | None) -> None:
-        """Settle a reservation with the real usage (None when nothing was billed)."""
+    async def settle_budget(
+        self, node: str, reserved: Charge, actual: Charge | None, requests: int = 1
+    ) -> None:
+        """Settle a reservation with the real usage of ``requests`` answers (None: nothing was billed)."""
         ...
 
     async def reserve_rate(
@@ -79,8 +81,10 @@ class LocalServices:
     async def reserve_budget(self, node: str, charge: Charge) -> None:
         self.ledger.reserve(node, charge)
 
-    async def settle_budget(self, node: str, reserved: Charge, actual: Charge | None) -> None:
-        self.ledger.settle(node, reserved, actual)
+    async def settle_budget(
+        self, node: str, reserved: Charge, actual: Charge | None, requests: int = 1
+    ) -> None:
+        self.ledger.settle(node, reserved, actual, requests)
 
     async def reserve_rate(
         self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int

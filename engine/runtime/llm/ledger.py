@@ -121,8 +121,9 @@ class Ledger:
             scope.reserved = _add(scope.reserved, charge)
         self._node(node).reserved_usd += charge.cost_usd
 
-    def settle(self, node: str, reserved: Charge, actual: Charge | None) -> None:
-        """Replace a reservation by the real usage (None: the call failed and nothing was billed)."""
+    def settle(self, node: str, reserved: Charge, actual: Charge | None, requests: int = 1) -> None:
+        """Replace a reservation by the real usage of ``requests`` answers (None: the call failed and
+        nothing was billed)."""
         usage = self._node(node)
         for scope in self._scopes_of(node):
             scope.reserved = _add(scope.reserved, reserved, -1)
@@ -130,9 +131,9 @@ class Ledger:
                 scope.spent = _add(scope.spent, actual)
         usage.reserved_usd -= reserved.cost_usd
         if actual is None:
-            usage.failed_requests += 1
+            usage.failed_requests += requests
             return
-        usage.requests += 1
+        usage.requests += requests
         usage.input_tokens += actual.input_tokens
         usage.output_tokens += actual.output_tokens
         usage.cost_usd += actual.cost_usd

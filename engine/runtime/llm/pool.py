@@ -19,12 +19,13 @@ import pyarrow as pa
 import ray
 
 from engine.errors import BudgetExceeded
+from engine.runtime.llm.batch import BatchRowCaller
 from engine.runtime.llm.calls import CallServices, CallSettings, RowCaller, RowFailed
 from engine.runtime.llm.ledger import Charge
 from engine.spec.models import RateLimits
 from operators.llm import LlmSpec
 from operators.llm_rows import RowTask
-from operators.providers.base import Provider
+from operators.providers.base import BatchProvider, Provider
 from operators.providers.cache import ResponseCache
 from operators.providers.pricing import PriceTable
 from operators.providers.registry import get_provider
@@ -65,8 +66,10 @@ class RemoteServices:
         except ray.exceptions.RayTaskError as exc:
             raise (exc.cause if isinstance(exc.cause, BudgetExceeded) else exc) from None
 
-    async def settle_budget(self, node: str, reserved: Charge, actual: Charge | None) -> None:
-        await self._ledger.settle.remote(node, reserved, actual)
+    async def settle_budget(
+        self, node: str, reserved: Charge, actual: Charge | None, requests: int = 1
+    ) -> None:
+        await self._ledger.settle.remote(node, reserved, actual, requests)
 
     async def reserve_rate(
         self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int
@@ -88,6 +91,7 @@ class LlmPoolActor:
         self.setup = setup
         self._services: CallServices = RemoteServices(ledger, limiter)
         self._caller: RowCaller | None = None
+        self._batcher: BatchRowCaller | None = None
 
     def _row_caller(self) -> RowCaller:
         # Providers are built on first use, inside the actor's event loop: SDK clients pool
@@ -109,12 +113,37 @@ class LlmPoolActor:
             )
         return self._caller
 
+    def _batch_caller(self) -> BatchRowCaller:
+        if self._batcher is None:
+            setup = self.setup
+            target = setup.settings.targets[0]
+            provider = get_provider(target.provider, setup.provider_configs.get(target.provider, {}))
+            if not isinstance(provider, BatchProvider):
+                raise TypeError(f"provider {target.provider!r} has no batch API")  # checked at compile time
+            self._batcher = BatchRowCaller(
+                RowTask(setup.spec, setup.params),
+                setup.settings,
+                provider,
+                PriceTable(setup.prices),
+                ResponseCache(setup.cache_url) if setup.cache_url else None,
+                self._services,
+                setup.spec.batch_poll_s,
+            )
+        return self._batcher
+
     async def process(self, table: pa.Table) -> PoolResult:
         """Answer every row of ``table``; raises ``BudgetExceeded`` (after the calls in flight finish)."""
-        caller = self._row_caller()
         rows = table.to_pylist()
-        outcomes = await asyncio.gather(*(caller.answer(row) for row in rows), return_exceptions=True)
-        await caller.flush_cached()
+        outcomes: list[Any]
+        if self.setup.spec.mode == "batch":
+            batcher = self._batch_caller()
+            task = batcher.task
+            outcomes = await batcher.answer_all(rows)
+        else:
+            caller = self._row_caller()
+            task = caller.task
+            outcomes = await asyncio.gather(*(caller.answer(row) for row in rows), return_exceptions=True)
+            await caller.flush_cached()
         values: list[Any] = []
         ok: list[bool] = []
         failures: list[tuple[int, str]] = []
@@ -130,7 +159,7 @@ class LlmPoolActor:
             ok.append(not isinstance(outcome, BaseException))
         if stop is not None:
             raise stop
-        return PoolResult(caller.task.assemble(table, values, ok), failures)
+        return PoolResult(task.assemble(table, values, ok), failures)
 
     def pid(self) -> int:
         """The actor's process id (tests kill it to check recovery)."""

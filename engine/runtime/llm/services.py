@@ -24,6 +24,7 @@ from engine.runtime.llm.limiter import LIMITER_NAME, NAMESPACE, RateLimiterActor
 from engine.runtime.llm.pool import LlmPoolActor, PoolSetup
 from engine.spec.models import Budget, Pipeline
 from operators.llm import LlmSpec
+from operators.providers.base import BatchProvider, Provider
 from operators.providers.errors import ProviderError
 from operators.providers.pricing import PriceTable, UnknownPrice
 from operators.providers.registry import get_provider
@@ -53,17 +54,37 @@ def check_pools(pools: list[PoolPlan], pipeline: Pipeline) -> list[Problem]:
         prices = PriceTable(price_overrides(pipeline))
     except ValueError as exc:
         return [Problem(("providers",), f"price overrides: {exc}", code="prices", at="key")]
-    built: set[str] = set()
+    built: dict[str, Provider] = {}
     for pool in pools:
         for i, target in enumerate(pool.targets):
             where = ("nodes", pool.node, "provider") if i == 0 else ("nodes", pool.node, "fallback", i - 1)
             if target.provider not in built:
                 try:
-                    get_provider(target.provider, provider_config(pipeline, target.provider))
-                    built.add(target.provider)
+                    built[target.provider] = get_provider(
+                        target.provider, provider_config(pipeline, target.provider)
+                    )
                 except ProviderError as exc:
                     problems.append(Problem(where, str(exc), code="provider"))
                     continue
+            if i == 0 and getattr(pool.spec, "mode", "online") == "batch":
+                if not isinstance(built[target.provider], BatchProvider):
+                    problems.append(
+                        Problem(
+                            ("nodes", pool.node, "mode"),
+                            f"provider '{target.provider}' has no batch API",
+                            "use `mode: online`, or a provider with one (anthropic, gemini)",
+                            code="provider",
+                        )
+                    )
+                elif pool.spec.fallback:  # type: ignore[attr-defined]
+                    problems.append(
+                        Problem(
+                            ("nodes", pool.node, "fallback"),
+                            "`mode: batch` sends rows to the node's own provider only; fallbacks never apply",
+                            "remove `fallback`, or use `mode: online`",
+                            code="provider",
+                        )
+                    )
             try:
                 prices.price(_priced_as(target.provider, pipeline), target.model)
             except UnknownPrice as exc:
