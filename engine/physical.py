@@ -56,6 +56,8 @@ class TailJob:
     on_error: Mapping[str, ErrorPolicy] = field(default_factory=dict)
     dead_letters: str | None = None
     pools: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """The pipeline's params (an LLM barrier renders templates with them)."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,15 @@ from engine.spec.models import Columns, Model, TransformSpec
 from engine.spec.registry import register_op
 
 
+def _check_template(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            template_names(value)
+        except TemplateSyntaxError as exc:
+            raise ValueError(f"template syntax error on its line {exc.lineno}: {exc.message}") from None
+    return value
+
+
 class FallbackTarget(Model):
     """Another provider (and model) to ask when the node's own keeps failing."""
 
@@ -66,12 +75,7 @@ class LlmSpec(TransformSpec):
     @field_validator("prompt", "system")
     @classmethod
     def _template_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                template_names(value)
-            except TemplateSyntaxError as exc:
-                raise ValueError(f"template syntax error on its line {exc.lineno}: {exc.message}") from None
-        return value
+        return _check_template(value)
 
     def column_refs(self) -> list[tuple[str, tuple[str | int, ...]]]:
         refs: list[tuple[str, tuple[str | int, ...]]] = [
@@ -149,3 +153,52 @@ class LlmFilter(LlmSpec):
     """Keep the rows the model judges `yes` to the prompt's question."""
 
     op: Literal["llm_filter"] = Field(description="Keep rows by a yes/no judgement.")
+
+
+@register_op
+class LlmReduce(LlmSpec):
+    """Summarise each group of rows (or the whole stream) with the model, hierarchically: rows are packed
+    into prompts that fit `max_input_tokens`, each pack is summarised, and summaries are packed and
+    summarised again until one answer per group remains."""
+
+    barrier: ClassVar[bool] = True
+
+    op: Literal["llm_reduce"] = Field(description="Summarise groups of rows, or the whole stream.")
+    group_by: list[str] = Field(
+        default_factory=list, description="Key columns; empty to summarise the whole stream as one group."
+    )
+    item: str = Field(
+        min_length=1,
+        description="A template rendered per row (e.g. `{{ review }}`); the prompt sees the rendered rows "
+        "(or earlier summaries) as `items`, and the group's keys as `group`.",
+    )
+    prompt: str = Field(
+        min_length=1,
+        description="The template of each summarising call; reads `items` (a list of strings), `group` "
+        "and `params.NAME`.",
+    )
+    max_input_tokens: int = Field(
+        50_000,
+        ge=100,
+        le=2_000_000,
+        description="The most input one call may carry (estimated at 3 characters a token); larger "
+        "groups are summarised in rounds.",
+    )
+    output: str = Field("summary", min_length=1, description="Name of the summary column.")
+
+    @field_validator("item")
+    @classmethod
+    def _item_parses(cls, value: str) -> str | None:
+        return _check_template(value)
+
+    def column_refs(self) -> list[tuple[str, tuple[str | int, ...]]]:
+        refs: list[tuple[str, tuple[str | int, ...]]] = [
+            (k, ("group_by", i)) for i, k in enumerate(self.group_by)
+        ]
+        return refs + [(name, ("item",)) for name in sorted(template_names(self.item))]
+
+    def output_columns(self, inputs: object) -> Columns | None:
+        if isinstance(inputs, (list, tuple)) and inputs and inputs[0] is not None:
+            keys = {k: inputs[0][k] for k in self.group_by if k in inputs[0]}
+            return {**keys, self.output: "string"}
+        return None

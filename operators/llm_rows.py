@@ -17,7 +17,7 @@ import jsonschema
 import pyarrow as pa
 
 from engine.spec.expressions import render
-from operators.llm import LlmClassify, LlmExtract, LlmFilter, LlmMap, LlmSpec
+from operators.llm import LlmClassify, LlmExtract, LlmFilter, LlmMap, LlmReduce, LlmSpec
 from operators.providers.base import LlmRequest
 
 MAX_PROMPT_CHARS = 2_000_000
@@ -90,7 +90,7 @@ class RowTask:
     def interpret(self, request: LlmRequest, text: str | None, parsed: Any, stop_reason: str | None) -> Any:
         """The column value of an answer, or ``InvalidAnswer`` saying what is wrong with it."""
         spec = self.spec
-        if isinstance(spec, LlmMap):
+        if isinstance(spec, (LlmMap, LlmReduce)):
             if stop_reason == "max_tokens":
                 raise InvalidAnswer(
                     f"the answer was cut at max_tokens ({spec.max_tokens}); "

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -70,7 +70,7 @@ def run_checked(
         _raise_located(check_capacity(stages, cluster.resources), checked)
         report = Progress(summary, enabled=progress)
         llm = start_services(pools, pipeline, run_id, cache_url)
-        physical = [_with_pools(stage, llm.pools) for stage in physical]
+        physical = [_with_pools(stage, llm.pools, pipeline.params) for stage in physical]
 
         def tick() -> None:
             if llm.pools and llm.poll():
@@ -169,12 +169,14 @@ def _execute(
     return {r.stage.job.sink_id: r.parts for r in runs}
 
 
-def _with_pools(stage: PhysicalStage, pools: dict[str, tuple[Any, ...]]) -> PhysicalStage:
-    """``stage`` with the actor handles of the LLM pools its tasks call."""
+def _with_pools(
+    stage: PhysicalStage, pools: dict[str, tuple[Any, ...]], params: Mapping[str, Any]
+) -> PhysicalStage:
+    """``stage`` with the actor handles of the LLM pools its tasks and barriers call."""
     if not pools:
         return stage
     job = dataclasses.replace(stage.job, pools=pools)
-    tails = tuple(dataclasses.replace(t, pools=pools) for t in stage.tails)
+    tails = tuple(dataclasses.replace(t, pools=pools, params=params) for t in stage.tails)
     return dataclasses.replace(stage, job=job, tails=tails)
 
 

@@ -123,7 +123,8 @@ class Scheduler:
 
     def barrier(self, run: StageRun, level: int) -> Any:
         """Start the actor holding barrier ``level``'s state for this run."""
-        return self._actor.options(num_cpus=0).remote(run.stage.tails[level].barrier)
+        tail = run.stage.tails[level]
+        return self._actor.options(num_cpus=0).remote(tail.barrier, tail.barrier_id, tail.pools, tail.params)
 
 
 class _Transient(Exception):

@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -29,6 +30,8 @@ from engine.physical import StageJob, TailJob
 from engine.runtime.llm.pool import PoolResult
 from engine.spec.models import NodeSpec
 from operators.batch import batch_fn
+from operators.llm import LlmReduce
+from operators.llm_reduce import LlmReduceState
 from operators.stateful import BARRIER_OPS, BarrierState
 
 
@@ -208,24 +211,17 @@ def _pooled(
 
     def run(table: pa.Table) -> pa.Table:
         nonlocal seen
-        try:
-            result: PoolResult = ray.get(actor.process.remote(table))
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, (BudgetExceeded, DataError)):
-                raise exc.cause from None
-            raise
-        if result.failures and not tolerant:
-            row, error = result.failures[0]
+        answered, failed = _ask_pool(actor, table)
+        if failed and not tolerant:
+            row, error = failed[0]
             raise DataError(
                 f"node '{node}': {where.describe()}: row {seen + row}: {error}; "
-                f"{len(result.failures)} rows of this batch failed (set `on_error` to skip or "
+                f"{len(failed)} rows of this batch failed (set `on_error` to skip or "
                 "dead-letter failed rows instead of failing the run)"
             )
-        failures.extend(
-            _Failure(node, error, table.slice(row, 1).to_pylist()[0]) for row, error in result.failures
-        )
+        failures.extend(_Failure(node, error, table.slice(row, 1).to_pylist()[0]) for row, error in failed)
         seen += table.num_rows
-        return result.table
+        return answered
 
     return run
 
@@ -276,11 +272,33 @@ def _write_dead_letters(
     return f"{folder_url}/{name}"
 
 
+def _ask_pool(actor: Any, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """Send prompt contexts to an LLM pool actor and wait for the answers (an LLM barrier's calls)."""
+    try:
+        result: PoolResult = ray.get(actor.process.remote(table))
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, (BudgetExceeded, DataError)):
+            raise exc.cause from None
+        raise
+    return result.table, result.failures
+
+
 class BarrierActor:
     """Holds the state of one barrier node for a whole run (one actor per node per run)."""
 
-    def __init__(self, spec: NodeSpec) -> None:
-        self.state: BarrierState = BARRIER_OPS[spec.op](spec)
+    def __init__(
+        self,
+        spec: NodeSpec,
+        node: str = "",
+        pools: Mapping[str, tuple[Any, ...]] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.state: BarrierState
+        if isinstance(spec, LlmReduce):
+            actors = (pools or {})[node]
+            self.state = LlmReduceState(spec, partial(_ask_pool, actors[0]), dict(params or {}))
+        else:
+            self.state = BARRIER_OPS[spec.op](spec)
         self.rows_in = 0
         self.rows_out = 0
 

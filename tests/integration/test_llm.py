@@ -328,3 +328,57 @@ def test_batch_mode_answers_through_the_batch_api_at_the_batch_price(
     full = price.cost(usage["input_tokens"], usage["output_tokens"])
     assert summary.nodes["classify"].cost_usd == pytest.approx(full * (1 - price.batch_discount))
     assert price.batch_discount == 0.5
+
+
+def test_llm_reduce_summarises_each_group_in_rounds_that_fit_the_context(
+    tmp_path: Path, server: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADRACE_CACHE_DIR", str(tmp_path / "cache"))
+    with (tmp_path / "reviews.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["product", "review"])
+        for i in range(90):
+            writer.writerow([["lamp", "desk", "chair"][i % 3], f"review {i}: " + "fine " * 10])
+
+    def summariser(request: dict[str, Any]) -> Any:
+        items = [line for line in request["prompt"].splitlines() if line.startswith("- ")]
+        return f"summary of {len(items)} for {request['prompt'].split(':', 1)[0]}"
+
+    server.responder = summariser
+    path = tmp_path / "reduce.yaml"
+    path.write_text(
+        f"""
+version: 1
+name: reduce-test
+providers:
+  anthropic: {{config: {{base_url: "{server.url}", api_key: "{KEY}"}}}}
+nodes:
+  input: {{op: read_csv, path: {tmp_path}/reviews.csv}}
+  summarise:
+    op: llm_reduce
+    input: input
+    provider: anthropic
+    group_by: [product]
+    item: "{{{{ review }}}}"
+    prompt: "{{{{ group.product }}}}:\\n{{% for i in items %}}- {{{{ i }}}}\\n{{% endfor %}}"
+    max_input_tokens: 200
+    max_tokens: 50
+  output: {{op: write_parquet, input: summarise, path: {tmp_path}/out}}
+""",
+        encoding="utf-8",
+    )
+    summary = run(path)
+    assert summary.status == "succeeded", summary.error
+    rows = pq.read_table(tmp_path / "out").sort_by("product").to_pylist()
+    assert [r["product"] for r in rows] == ["chair", "desk", "lamp"]
+    assert all(
+        r["summary"].startswith("summary of ") and r["summary"].endswith(f"for {r['product']}") for r in rows
+    )
+    calls = billed(server)
+    # 30 reviews of ~60 characters per group cannot fit one 600-character call: several rounds each
+    assert len(calls) > 3 * 2
+    prompts = [r.body["messages"][-1]["content"] for r in calls]
+    assert all(len(p) <= 200 * 3 for p in prompts)
+    # every review went into exactly one first-round prompt
+    firsts = [line for p in prompts for line in p.splitlines() if line.startswith("- review ")]
+    assert len(firsts) == 90
