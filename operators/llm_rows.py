@@ -117,6 +117,10 @@ class RowTask:
             if problem is not None:
                 where = "/".join(str(p) for p in problem.absolute_path) or "the answer"
                 raise InvalidAnswer(f"{where}: {problem.message}")
+            try:  # valid JSON may still not fit the column (an integer past 64 bits)
+                pa.array([arrow_value(spec.output_schema, parsed)], type=output_type(spec))
+            except (OverflowError, pa.ArrowException) as exc:
+                raise InvalidAnswer(f"the answer does not fit the output column: {exc}") from None
             return parsed
         raise TypeError(f"no row task for op {spec.op!r}")
 

@@ -89,8 +89,8 @@ class RunSummary:
             if s.llm is not None:
                 u = s.llm
                 lines.append(
-                    f"  llm {name}: {u['requests']:,} billed calls, {u['cached_requests']:,} from cache, "
-                    f"{u['failed_requests']:,} failed attempts; tokens in {u['input_tokens']:,} out "
+                    f"  llm {name}: {u['requests']:,} calls answered, {u['cached_requests']:,} from the "
+                    f"cache, {u['failed_requests']:,} failed attempts; tokens in {u['input_tokens']:,} out "
                     f"{u['output_tokens']:,} (cached in {u['cached_input_tokens']:,} out "
                     f"{u['cached_output_tokens']:,}); cost ${u['cost_usd']:.4f}"
                 )

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, meta
+from jinja2 import StrictUndefined, Undefined, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 RESERVED_NAMES = frozenset(
@@ -22,8 +22,17 @@ RESERVED_NAMES = frozenset(
 def sandbox() -> ImmutableSandboxedEnvironment:
     """The one Jinja2 environment headrace renders with."""
     return ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_no_callables
     )
+
+
+def _no_callables(value: Any) -> Any:
+    """Refuse to print a function: ``{{ body.upper }}`` would send its Python repr (with a memory address
+    that differs in every process, so the response cache would never hit)."""
+    if callable(value) and not isinstance(value, Undefined):  # Undefined raises its own, better error
+        name = getattr(value, "__name__", "callable")
+        raise TypeError(f"the template prints a function ({name}); call it, e.g. `{{{{ x.upper() }}}}`")
+    return value
 
 
 def template_names(source: str) -> set[str]:

@@ -18,6 +18,7 @@ import pytest
 from engine.check import check_file
 from engine.runtime import RunSummary, run_checked
 from operators.providers.pricing import PriceTable
+from tests.cli import run_headrace
 from tests.loopback import ErrorReply, Faults, LLMServer
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -97,6 +98,14 @@ def run(path: Path, *overrides: str, cache: bool = True, resume: str | None = No
 
 def read_output(folder: Path) -> list[dict[str, Any]]:
     return pq.read_table(folder).sort_by("id").to_pylist()
+
+
+def tokens_of(request: Any) -> int:
+    """Input plus output tokens of one answer, in either provider's usage fields."""
+    usage = request.usage
+    if "input_tokens" in usage:
+        return int(usage["input_tokens"] + usage["output_tokens"])
+    return int(usage["promptTokenCount"] + usage["candidatesTokenCount"])
 
 
 def billed(server: LLMServer) -> list[Any]:
@@ -382,3 +391,57 @@ nodes:
     # every review went into exactly one first-round prompt
     firsts = [line for p in prompts for line in p.splitlines() if line.startswith("- review ")]
     assert len(firsts) == 90
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "configs" / "examples"
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+def test_llm_classify_example_runs_on_either_provider_from_sdk_variables(
+    tmp_path: Path, server: LLMServer, provider: str
+) -> None:
+    env = {
+        "HEADRACE_OUT": str(tmp_path / "out"),
+        "HEADRACE_CACHE_DIR": str(tmp_path / "cache"),
+        "ANTHROPIC_BASE_URL": server.url,
+        "ANTHROPIC_API_KEY": KEY,
+        "GOOGLE_GEMINI_BASE_URL": server.url,
+        "GEMINI_API_KEY": KEY,
+    }
+    proc = run_headrace(
+        "run", EXAMPLES / "llm_classify.yaml", "--json", f"--set=nodes.classify.provider={provider}", env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["status"] == "succeeded"
+    node = result["nodes"]["classify"]
+    answered = billed(server)
+    assert {r.provider for r in answered} == {provider} and len(answered) == node["llm"]["requests"] == 48
+    assert node["tokens"] == sum(tokens_of(r) for r in answered)
+    assert result["total_cost_usd"] == node["cost_usd"] > 0
+    table = pq.read_table(tmp_path / "out" / "llm_classify")
+    assert table.column_names == ["id", "text", "label"]
+    source = list(csv.DictReader((EXAMPLES / "data" / "messages.csv").open(encoding="utf-8")))
+    labels = dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist(), strict=True))
+    assert labels == {int(r["id"]): expected_label(r["text"]) for r in source}
+    assert KEY not in proc.stdout + proc.stderr
+
+
+def test_llm_extract_example_writes_the_schema_as_a_struct(tmp_path: Path, server: LLMServer) -> None:
+    server.responder = None  # the server answers a small valid instance of the schema
+    env = {
+        "HEADRACE_OUT": str(tmp_path / "out"),
+        "HEADRACE_CACHE_DIR": str(tmp_path / "cache"),
+        "ANTHROPIC_BASE_URL": server.url,
+        "ANTHROPIC_API_KEY": KEY,
+    }
+    proc = run_headrace("run", EXAMPLES / "llm_extract.yaml", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(tmp_path / "out" / "llm_extract")
+    assert (
+        str(table.schema.field("extracted").type) == "struct<area: string, urgency: int64, summary: string>"
+    )
+    assert table.num_rows == 48
+    assert all(
+        row["area"] in ("app", "billing", "account", "other") for row in table.column("extracted").to_pylist()
+    )

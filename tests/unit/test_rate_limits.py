@@ -169,14 +169,6 @@ def test_adding_and_removing_a_dimension_takes_effect(buckets):
     assert buckets.reserve("acct", RPM_600, 1_000_000, 0) == 0.0  # the input limit is gone again
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: RateBuckets._account (engine/runtime/llm/limiter.py:86-92) swaps in the new rates before "
-        "the buckets drain, so the time since the last reservation drains at the NEW rate: a queue "
-        "that had emptied under the old limits is charged again under the lower ones"
-    ),
-    strict=True,
-)
 def test_lowering_limits_does_not_recharge_a_queue_that_drained_under_the_old_ones(buckets, clock):
     fast = RateLimits(requests_per_minute=6_000)  # 100 a second
     _reserve_many(buckets, "acct", fast, 200)  # queued for 1 s beyond the burst

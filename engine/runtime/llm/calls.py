@@ -250,6 +250,10 @@ class RowCaller:
                     elif not exc.retryable or attempt >= policy.max_attempts:
                         raise RowFailed(f"{exc} (attempt {attempt} of {policy.max_attempts})") from None
                     wait = policy.backoff_s(attempt + throttled, exc.retry_after_s)
+                except BaseException:
+                    # a provider's bug or a cancelled run: release the reservation before going
+                    await asyncio.shield(self.services.settle_budget(node, reserved, None))
+                    raise
                 else:
                     billed = response.source == _PAID
                     cost = price.cost(response.input_tokens, response.output_tokens) if billed else 0.0

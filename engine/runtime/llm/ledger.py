@@ -106,16 +106,18 @@ class Ledger:
             self._scopes[f"node:{node}"] = _Scope(f"node '{node}'", budget)
         self._usage: dict[str, NodeUsage] = {}
         self.stopped: str | None = None
+        self._stopped_scope = "run"
 
     def reserve(self, node: str, charge: Charge) -> None:
         """Reserve ``charge`` for one call of ``node``, or raise ``BudgetExceeded``."""
         if self.stopped is not None:
-            raise BudgetExceeded(self.stopped)
+            raise BudgetExceeded(self.stopped, scope=self._stopped_scope)
         scopes = self._scopes_of(node)
         for scope in scopes:
             problem = scope.overrun(charge)
             if problem is not None:
                 self.stopped = f"no new LLM calls: {problem}"
+                self._stopped_scope = scope.name
                 raise BudgetExceeded(self.stopped, scope=scope.name)
         for scope in scopes:
             scope.reserved = _add(scope.reserved, charge)

@@ -85,6 +85,9 @@ class RateBuckets:
                 "output": limits.output_tokens_per_minute,
             }
             old = account.buckets if account else {}
+            now = self._clock()
+            for bucket in old.values():
+                bucket.drain(now)  # time already passed drains at the old rates, not the new ones
             buckets = {
                 name: old.get(name) or _Bucket(rate=per_minute / 60.0, at=self._clock())
                 for name, per_minute in rates.items()
@@ -97,7 +100,8 @@ class RateBuckets:
 
 
 class RateLimiterActor:
-    """The cluster's one ``RateBuckets``, as a named detached Ray actor (see ``limiter_handle``)."""
+    """The cluster's one ``RateBuckets``, as a named detached Ray actor (started by the runtime's
+    ``start_services`` with ``get_if_exists``, so every pipeline on the cluster finds the same one)."""
 
     def __init__(self) -> None:
         self._buckets = RateBuckets()
