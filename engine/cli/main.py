@@ -220,9 +220,11 @@ def _emit(text: str, output: str | None) -> None:
 
 
 def _register_run() -> None:
+    from engine.cli.estimate import estimate
     from engine.cli.run import run
 
     cli.add_command(run)
+    cli.add_command(estimate)
 
 
 _register_run()

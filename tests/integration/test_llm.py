@@ -4,25 +4,32 @@ rate limit, fallbacks, structured output and dead letters."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import os
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from engine.check import check_file
 from engine.runtime import RunSummary, run_checked
 from operators.providers.pricing import PriceTable
-from tests.cli import run_headrace
+from tests.cli import HEADRACE, run_headrace
 from tests.loopback import ErrorReply, Faults, LLMServer
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
+ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["bug", "billing", "other"]
 KEY = "sk-ant-test-SECRET-9f8e7d"
 
@@ -445,3 +452,54 @@ def test_llm_extract_example_writes_the_schema_as_a_struct(tmp_path: Path, serve
     assert all(
         row["area"] in ("app", "billing", "account", "other") for row in table.column("extracted").to_pylist()
     )
+
+
+def test_kill_9_mid_run_then_resume_asks_only_for_rows_not_yet_answered(
+    tmp_path: Path, server: LLMServer
+) -> None:
+    server.latency_s = 0.02
+    write_rows(tmp_path / "rows.csv", 2_000)
+    path = pipeline(tmp_path, server, extra_top="defaults: {batch_rows: 200}")
+    env = {
+        **os.environ,
+        "HEADRACE_CACHE_DIR": str(tmp_path / "cache"),
+        "HEADRACE_OBJECT_STORE_BYTES": str(256 * 1024 * 1024),
+        "PYTHONPATH": str(ROOT),
+    }
+    cmd = [*HEADRACE, "run", str(path), "--json"]
+    driver = subprocess.Popen(
+        [*cmd, "--run-id", "run-killed"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    ray_processes: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(billed(server)) < 600:
+            assert driver.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "too few requests in time"
+            time.sleep(0.05)
+        ray_processes = psutil.Process(driver.pid).children(recursive=True)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        for proc in ray_processes:  # the driver's local Ray outlives a SIGKILL
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+    before = len(billed(server))
+    assert before < 2_000
+    resumed = subprocess.run(
+        [*cmd, "--resume", "run-killed"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    rows = read_output(tmp_path / "out")
+    assert [r["id"] for r in rows] == list(range(2_000))
+    assert all(r["label"] == expected_label(r["text"]) for r in rows)
+    prompts = [json.dumps(r.body["messages"]) for r in billed(server)]
+    # only answers lost in flight at the kill (at most `concurrency` of them) are asked for twice
+    assert len(set(prompts)) == 2_000
+    assert len(prompts) - 2_000 <= 32
+    summary = json.loads(resumed.stdout)
+    assert summary["nodes"]["classify"]["llm"]["cached_requests"] >= before - 32
