@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from connectors.files import resolve
 from engine.errors import ConfigError, Diagnostic
 from engine.plan import Plan, PlanProblems, Problem, build_plan
 from engine.spec.document import Document, format_path
 from engine.spec.loader import LoadedPipeline, load_pipeline
+from operators.providers.cache import default_cache_url
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,29 @@ class CheckedPipeline:
     loaded: LoadedPipeline
     plan: Plan
     warnings: list[Diagnostic]
+
+    def base_dir(self) -> str:
+        """The folder relative paths in the file are relative to (the cwd for stdin)."""
+        path = self.loaded.document.path
+        return os.path.dirname(os.path.abspath(path)) if path not in ("-", "<stdin>") else os.getcwd()
+
+    def resolver(self) -> Callable[[str, str], str]:
+        """``resolve(node, path)``: a node's path made absolute. Paths in the file are relative to the
+        file; those given with ``--set``, to the current directory."""
+        file_dir = self.base_dir()
+        origin = self.loaded.document.source_map.origin
+
+        def resolve_path(node: str, path: str) -> str:
+            return resolve(path, os.getcwd() if origin(("nodes", node, "path")) else file_dir)
+
+        return resolve_path
+
+    def cache_url(self) -> str | None:
+        """Where the LLM response cache lives (None when the pipeline turns it off)."""
+        settings = self.loaded.spec.cache
+        if not settings.enabled:
+            return None
+        return default_cache_url() if settings.url is None else resolve(settings.url, self.base_dir())
 
 
 def check_file(

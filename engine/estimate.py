@@ -40,24 +40,23 @@ from typing import Any, Literal, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.files import filesystem, resolve
+from connectors.files import filesystem
 from connectors.readers import Reader, Split, reader_for
 from connectors.sources import FileSource, ReadParquet, ReadText
 from engine.check import CheckedPipeline, locate
 from engine.errors import ConfigError, DataError, Diagnostic, HeadraceError
 from engine.optimizer import optimize
-from engine.physical import plan_pools
+from engine.physical import check_prices, plan_pools
 from engine.plan import PlanNode, Problem
-from engine.runtime.llm.services import price_overrides, provider_config
 from engine.spec.models import Pipeline
 from operators.batch import batch_fn
 from operators.llm import LlmClassify, LlmExtract, LlmFilter, LlmSpec
 from operators.llm_rows import InvalidAnswer, RowTask, Target
 from operators.providers.base import ConfigReader, LlmRequest
-from operators.providers.cache import ResponseCache, default_cache_url
+from operators.providers.cache import ResponseCache
 from operators.providers.errors import ProviderConfigError, redact
 from operators.providers.offline import estimate_tokens, schema_instance
-from operators.providers.pricing import PriceTable, UnknownPrice
+from operators.providers.pricing import PriceTable
 from operators.stateful import BARRIER_OPS
 
 CountMode = Literal["local", "api"]
@@ -198,7 +197,7 @@ def estimate_checked(checked: CheckedPipeline, options: EstimateOptions | None =
     targets = {p.node: p.targets[0] for p in pools}
     counters = _counters(checked, targets, options.count_tokens)
     cache = _cache(checked) if options.with_cache else None
-    resolve_path = _resolver(checked)
+    resolve_path = checked.resolver()
 
     samples: dict[str, _Sample] = {}
     found: list[_Occurrence] = []
@@ -223,7 +222,7 @@ def estimate_checked(checked: CheckedPipeline, options: EstimateOptions | None =
     for occurrence in found:
         counted = tokens[at : at + len(occurrence.requests)]
         at += len(occurrence.requests)
-        rules = _priced_as(occurrence.target.provider, pipeline)
+        rules = pipeline.priced_as(occurrence.target.provider)
         method = counters[occurrence.target.provider].method
         figures = _figures(occurrence, counted, method, rules, options)
         earlier = nodes.get(figures.node)
@@ -253,57 +252,18 @@ def _raise_located(problems: list[Problem], checked: CheckedPipeline) -> None:
         raise ConfigError(errors)
 
 
-def _priced_as(provider: str, pipeline: Pipeline) -> str:
-    """Whose prices and token rules apply: a recording ``replay`` pays its wrapped provider's, as in a run."""
-    if provider == "replay":
-        inner = provider_config(pipeline, "replay").get("provider")
-        return str(inner) if inner else provider
-    return provider
-
-
 def _price_table(checked: CheckedPipeline, pools: list[tuple[str, tuple[Target, ...]]]) -> PriceTable:
     """The run's price table; every target must have a price, as a run requires."""
-    pipeline = checked.loaded.spec
-    try:
-        prices = PriceTable(price_overrides(pipeline))
-    except ValueError as exc:
-        _raise_located([Problem(("providers",), f"price overrides: {exc}", code="prices", at="key")], checked)
-        raise  # unreachable: the problem above is an error
-    problems = []
-    for node, targets in pools:
-        for i, target in enumerate(targets):
-            try:
-                prices.price(_priced_as(target.provider, pipeline), target.model)
-            except UnknownPrice as exc:
-                where = ("nodes", node, "provider") if i == 0 else ("nodes", node, "fallback", i - 1)
-                hint = f"add its price under `providers.{target.provider}.prices` so spend is known"
-                problems.append(Problem(where, str(exc), hint, code="prices"))
+    prices, problems = check_prices(pools, checked.loaded.spec)
     _raise_located(problems, checked)
+    assert prices is not None  # no table means a problem was raised above
     return prices
 
 
-def _resolver(checked: CheckedPipeline) -> Callable[[str, str], str]:
-    """Relative paths in the file are relative to the file; those given with --set, to the cwd (as a run)."""
-    doc = checked.loaded.document
-    file_dir = os.path.dirname(os.path.abspath(doc.path)) if doc.path not in ("-", "<stdin>") else os.getcwd()
-
-    def resolve_path(node: str, path: str) -> str:
-        base = os.getcwd() if doc.source_map.origin(("nodes", node, "path")) else file_dir
-        return resolve(path, base)
-
-    return resolve_path
-
-
 def _cache(checked: CheckedPipeline) -> ResponseCache | None:
-    """The response cache a run would use (the pipeline's location, else the default), if enabled."""
-    settings = checked.loaded.spec.cache
-    if not settings.enabled:
-        return None
-    if settings.url is None:
-        return ResponseCache(default_cache_url())
-    doc_path = checked.loaded.document.path
-    base = os.path.dirname(os.path.abspath(doc_path)) if doc_path not in ("-", "<stdin>") else os.getcwd()
-    return ResponseCache(resolve(settings.url, base))
+    """The response cache a run would use, if the pipeline keeps one."""
+    url = checked.cache_url()
+    return ResponseCache(url) if url is not None else None
 
 
 # ---------------------------------------------------------------- reading the sample
@@ -720,12 +680,12 @@ def _counters(
             continue
         if mode == "api" and name in api:
             try:
-                counters[name] = api[name](provider_config(pipeline, name))
+                counters[name] = api[name](pipeline.provider_config(name))
             except ProviderConfigError as exc:
                 failed.add(name)  # said once, at the first node that uses the provider
                 problems.append(Problem(("nodes", node, "provider"), str(exc), code="provider"))
         else:
-            counters[name] = _LocalCounter(_priced_as(name, pipeline))
+            counters[name] = _LocalCounter(pipeline.priced_as(name))
             if mode == "api":
                 counters[name].method += f" ({name} has no token-count endpoint)"
     _raise_located(problems, checked)
@@ -847,7 +807,7 @@ def _merged(a: NodeEstimate, b: NodeEstimate) -> NodeEstimate:
 
 
 def _priced(node: NodeEstimate, prices: PriceTable, pipeline: Pipeline) -> NodeEstimate:
-    price = prices.price(_priced_as(node.provider, pipeline), node.model)
+    price = prices.price(pipeline.priced_as(node.provider), node.model)
     batch = node.mode == "batch"
     return dataclasses.replace(
         node,

@@ -6,15 +6,16 @@ task that asks for more than any machine has would wait forever, so it is refuse
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.optimizer import Stage
 from engine.plan import Problem
-from engine.spec.models import Defaults, ErrorPolicy, NodeSpec, Resources, RetryPolicy
+from engine.spec.models import Defaults, ErrorPolicy, NodeSpec, Pipeline, Resources, RetryPolicy
 from operators.llm import LlmSpec
 from operators.llm_rows import Target
+from operators.providers.pricing import PriceTable, UnknownPrice
 from operators.providers.registry import DEFAULT_MODELS
 
 LLM_RETRY = RetryPolicy(max_attempts=6, initial_backoff_s=0.5, max_backoff_s=30.0)
@@ -285,3 +286,24 @@ def plan_pools(stages: list[Stage], defaults: Defaults) -> tuple[list[PoolPlan],
                 )
             )
     return pools, problems
+
+
+def check_prices(
+    targets: Iterable[tuple[str, tuple[Target, ...]]], pipeline: Pipeline
+) -> tuple[PriceTable | None, list[Problem]]:
+    """The run's price table, and a problem for every (node, targets) model without a price: a run never
+    spends without knowing what it spends."""
+    try:
+        prices = PriceTable(pipeline.price_overrides())
+    except ValueError as exc:
+        return None, [Problem(("providers",), f"price overrides: {exc}", code="prices", at="key")]
+    problems: list[Problem] = []
+    for node, node_targets in targets:
+        for i, target in enumerate(node_targets):
+            try:
+                prices.price(pipeline.priced_as(target.provider), target.model)
+            except UnknownPrice as exc:
+                where = ("nodes", node, "provider") if i == 0 else ("nodes", node, "fallback", i - 1)
+                hint = f"add its price under `providers.{target.provider}.prices` so spend is known"
+                problems.append(Problem(where, str(exc), hint, code="prices"))
+    return prices, problems

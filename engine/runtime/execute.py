@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -14,7 +13,6 @@ from typing import Any
 
 import ray
 
-from connectors.files import resolve
 from connectors.outputs import claim_output, clear_dead_letters, resume_output, write_manifest
 from connectors.readers import reader_for
 from connectors.writers import PartInfo
@@ -29,7 +27,6 @@ from engine.runtime.progress import Progress
 from engine.runtime.scheduler import Scheduler, StageRun
 from engine.runtime.summary import NodeStats, RunSummary
 from engine.runtime.worker import SplitResult
-from operators.providers.cache import default_cache_url
 
 
 def new_run_id() -> str:
@@ -57,12 +54,12 @@ def run_checked(
     pipeline = checked.loaded.spec
     stages, problems = optimize(plan)
     _raise_located(problems, checked)
-    physical = build_physical(stages, pipeline.defaults.batch_rows, _resolver(checked))
+    physical = build_physical(stages, pipeline.defaults.batch_rows, checked.resolver())
     _raise_located(check_outputs(physical), checked)
     pools, problems = plan_pools(stages, pipeline.defaults)
     _raise_located(problems, checked)
     _raise_located(check_pools(pools, pipeline), checked)
-    cache_url = _cache_url(checked) if cache and pipeline.cache.enabled else None
+    cache_url = checked.cache_url() if cache else None
     started = time.perf_counter()
     nodes: dict[str, NodeStats] = {n.id: NodeStats(n.op) for s in stages for n in s.nodes}
     summary = RunSummary(run_id, plan.name, "succeeded", 0.0, nodes)
@@ -189,16 +186,6 @@ def _apply_usage(summary: RunSummary, usage: dict[str, dict[str, Any]]) -> None:
             stats.cost_usd = figures["cost_usd"]
 
 
-def _cache_url(checked: CheckedPipeline) -> str:
-    """The pipeline's cache location (relative paths are relative to the file), else the default."""
-    url = checked.loaded.spec.cache.url
-    if url is None:
-        return default_cache_url()
-    doc_path = checked.loaded.document.path
-    base = os.path.dirname(os.path.abspath(doc_path)) if doc_path not in ("-", "<stdin>") else os.getcwd()
-    return resolve(url, base)
-
-
 def _check_error_budget(stage: PhysicalStage, summary: RunSummary, *, final: bool) -> None:
     """Fail the run once a node's failed rows pass its error budget (the ratio is judged at the end)."""
     for node, policy in stage.job.on_error.items():
@@ -228,19 +215,6 @@ def _ray_map(fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, Exception) else exc
         raise DataError(f"planning splits failed: {cause}") from None
-
-
-def _resolver(checked: CheckedPipeline) -> Callable[[str, str], str]:
-    """Relative paths in the file are relative to the file; those given with --set, to the cwd."""
-    doc_path = checked.loaded.document.path
-    file_dir = os.path.dirname(os.path.abspath(doc_path)) if doc_path not in ("-", "<stdin>") else os.getcwd()
-    origin = checked.loaded.document.source_map.origin
-
-    def resolve_path(node: str, path: str) -> str:
-        base = os.getcwd() if origin(("nodes", node, "path")) else file_dir
-        return resolve(path, base)
-
-    return resolve_path
 
 
 def _raise_located(problems: list[Problem], checked: CheckedPipeline) -> None:

@@ -380,3 +380,23 @@ class Pipeline(Model):
         ge=1,
         description="The most steps a state graph may take in one run; required when its edges form a loop.",
     )
+
+    def provider_config(self, name: str) -> dict[str, Any]:
+        """The config this pipeline gives provider ``name`` (empty when none)."""
+        settings = self.providers.get(name)
+        return dict(settings.config) if settings is not None else {}
+
+    def price_overrides(self) -> dict[str, dict[str, float]]:
+        """Every provider's price overrides, merged (model names do not overlap across providers)."""
+        merged: dict[str, dict[str, float]] = {}
+        for settings in self.providers.values():
+            merged.update(settings.prices)
+        return merged
+
+    def priced_as(self, provider: str) -> str:
+        """The provider whose prices apply to ``provider``'s calls: a recording ``replay`` pays its
+        wrapped provider's."""
+        if provider == "replay":
+            inner = self.provider_config("replay").get("provider")
+            return str(inner) if inner else provider
+        return provider

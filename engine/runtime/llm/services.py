@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from engine.physical import PoolPlan
+from engine.physical import PoolPlan, check_prices
 from engine.plan import Problem
 from engine.runtime.llm.calls import CallSettings, account_id
 from engine.runtime.llm.ledger import LedgerActor
@@ -26,34 +26,15 @@ from engine.spec.models import Budget, Pipeline
 from operators.llm import LlmSpec
 from operators.providers.base import BatchProvider, Provider
 from operators.providers.errors import ProviderError
-from operators.providers.pricing import PriceTable, UnknownPrice
 from operators.providers.registry import get_provider
 
 _POLL_S = 0.5
 
 
-def price_overrides(pipeline: Pipeline) -> dict[str, dict[str, float]]:
-    """Every provider's price overrides, merged (model names do not overlap across providers)."""
-    merged: dict[str, dict[str, float]] = {}
-    for settings in pipeline.providers.values():
-        merged.update(settings.prices)
-    return merged
-
-
-def provider_config(pipeline: Pipeline, name: str) -> dict[str, Any]:
-    """The config the pipeline gives provider ``name`` (empty when none)."""
-    settings = pipeline.providers.get(name)
-    return dict(settings.config) if settings is not None else {}
-
-
 def check_pools(pools: list[PoolPlan], pipeline: Pipeline) -> list[Problem]:
-    """Problems that would stop an LLM node's first call: a provider that cannot be built, or a model
-    without a price."""
-    problems: list[Problem] = []
-    try:
-        prices = PriceTable(price_overrides(pipeline))
-    except ValueError as exc:
-        return [Problem(("providers",), f"price overrides: {exc}", code="prices", at="key")]
+    """Problems that would stop an LLM node's first call: a provider that cannot be built (a missing key,
+    a bad config), a batch mode its provider lacks, or a model without a price."""
+    _, problems = check_prices([(p.node, p.targets) for p in pools], pipeline)
     built: dict[str, Provider] = {}
     for pool in pools:
         for i, target in enumerate(pool.targets):
@@ -61,7 +42,7 @@ def check_pools(pools: list[PoolPlan], pipeline: Pipeline) -> list[Problem]:
             if target.provider not in built:
                 try:
                     built[target.provider] = get_provider(
-                        target.provider, provider_config(pipeline, target.provider)
+                        target.provider, pipeline.provider_config(target.provider)
                     )
                 except ProviderError as exc:
                     problems.append(Problem(where, str(exc), code="provider"))
@@ -85,26 +66,7 @@ def check_pools(pools: list[PoolPlan], pipeline: Pipeline) -> list[Problem]:
                             code="provider",
                         )
                     )
-            try:
-                prices.price(_priced_as(target.provider, pipeline), target.model)
-            except UnknownPrice as exc:
-                problems.append(
-                    Problem(
-                        where,
-                        str(exc),
-                        f"add its price under `providers.{target.provider}.prices` so spend is known",
-                        code="prices",
-                    )
-                )
     return problems
-
-
-def _priced_as(provider: str, pipeline: Pipeline) -> str:
-    """The provider whose prices apply: a recording ``replay`` pays its wrapped provider's."""
-    if provider == "replay":
-        inner = provider_config(pipeline, "replay").get("provider")
-        return str(inner) if inner else provider
-    return provider
 
 
 @dataclass
@@ -155,7 +117,7 @@ def start_services(
     actor = ray.remote(LlmPoolActor)
     for pool in pools:
         names = {t.provider for t in pool.targets}
-        configs = {name: provider_config(pipeline, name) for name in names}
+        configs = {name: pipeline.provider_config(name) for name in names}
         settings = CallSettings(
             node=pool.node,
             targets=pool.targets,
@@ -166,7 +128,7 @@ def start_services(
                 if name in names and s.rate_limits is not None
             },
             accounts={name: account_id(name, configs[name], os.environ) for name in names},
-            priced_as={name: _priced_as(name, pipeline) for name in names},
+            priced_as={name: pipeline.priced_as(name) for name in names},
             budgeted=pipeline.budget is not None or pool.node in node_budgets,
         )
         setup = PoolSetup(
@@ -175,7 +137,7 @@ def start_services(
             params=dict(pipeline.params),
             settings=settings,
             provider_configs=configs,
-            prices=price_overrides(pipeline),
+            prices=pipeline.price_overrides(),
             cache_url=cache_url,
         )
         services.pools[pool.node] = tuple(
