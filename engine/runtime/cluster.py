@@ -12,6 +12,23 @@ import ray
 
 DEFAULT_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 
+PROVIDER_VARIABLES = (
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GOOGLE_GEMINI_BASE_URL",
+    "HEADRACE_CACHE_DIR",
+)
+"""Variables the LLM pools read on the machines they run on; shipped to a cluster's workers (a local
+Ray's workers inherit the driver's environment)."""
+
+
+def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The provider variables set here, for a cluster's workers."""
+    env = os.environ if environ is None else environ
+    return {name: env[name] for name in PROVIDER_VARIABLES if env.get(name)}
+
 
 @dataclass(frozen=True)
 class ClusterInfo:
@@ -41,7 +58,11 @@ def ray_session(address: str | None = None) -> Iterator[ClusterInfo]:
         import engine
         import operators
 
-        runtime_env = {"py_modules": [engine, operators, connectors]}
+        # Credentials travel in the job's runtime environment, which Ray keeps to this job; they are
+        # never written into a pipeline file, a summary or a log line.
+        runtime_env: dict[str, object] = {"py_modules": [engine, operators, connectors]}
+        if env := worker_env():
+            runtime_env["env_vars"] = env
         ray.init(
             address=address,
             runtime_env=runtime_env,

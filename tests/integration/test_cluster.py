@@ -13,6 +13,7 @@ import pytest
 from ray.cluster_utils import Cluster
 
 from tests.cli import run_headrace
+from tests.loopback import LLMServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,3 +66,43 @@ nodes:
     assert sorted(table["n"].to_pylist()) == list(range(500))
     (gateway,) = [node.node_id for node in two_node_cluster.worker_nodes]
     assert set(table["node_id"].to_pylist()) == {gateway}  # only the machine with the resource ran them
+
+
+def test_llm_pool_on_a_cluster_gets_the_key_from_the_driver_environment(
+    two_node_cluster: Cluster, tmp_path: Path
+) -> None:
+    key = "sk-ant-cluster-test-7a6b"
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n" + "".join(f"{i},message {i}\n" for i in range(40)), encoding="utf-8")
+    path = tmp_path / "pipe.yaml"
+    path.write_text(
+        f"""version: 1
+name: llm-on-cluster
+nodes:
+  input: {{op: read_csv, path: {src}}}
+  classify:
+    op: llm_classify
+    input: input
+    provider: anthropic
+    prompt: "{{{{ text }}}}"
+    labels: [a, b]
+    resources: {{custom: {{llm_gateway: 1}}}}
+  output: {{op: write_parquet, input: classify, path: {tmp_path / "out"}}}
+""",
+        encoding="utf-8",
+    )
+    # the server refuses any other key: an answer proves the key reached the pool's machine
+    with LLMServer(api_key=key) as server:
+        env = {
+            "PYTHONPATH": str(ROOT),
+            "ANTHROPIC_API_KEY": key,
+            "ANTHROPIC_BASE_URL": server.url,
+            "HEADRACE_CACHE_DIR": str(tmp_path / "cache"),
+        }
+        proc = run_headrace("run", path, "--json", "--address", two_node_cluster.address, env=env)
+        answered = [r for r in server.requests if r.status == 200]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["status"] == "succeeded"
+    assert len(answered) == 40 and all(r.api_key_present for r in answered)
+    assert key not in proc.stdout + proc.stderr
+    assert pq.read_table(tmp_path / "out").num_rows == 40
