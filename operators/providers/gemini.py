@@ -147,7 +147,10 @@ def _response(request: LlmRequest, response: types.GenerateContentResponse, late
         text=text,
         parsed=parsed,
         input_tokens=(usage.prompt_token_count or 0) if usage else 0,
-        output_tokens=(usage.candidates_token_count or 0) if usage else 0,
+        # Google bills thinking as output: a Gemini 2.5 answer's cost includes its thoughts
+        output_tokens=((usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0))
+        if usage
+        else 0,
         model=response.model_version or request.model,
         latency_s=latency_s,
         stop_reason=stop_reason,

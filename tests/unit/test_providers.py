@@ -399,3 +399,19 @@ def test_public_names_are_pinned() -> None:
         "get_provider",
         "register_provider",
     ]
+
+
+def test_gemini_thinking_tokens_count_as_output_tokens() -> None:
+    """Google bills a 2.5 model's thoughts as output, so spend and budgets must count them."""
+    from google.genai import types
+
+    from operators.providers.gemini import _response
+
+    answer = types.GenerateContentResponse(
+        candidates=[types.Candidate(content=types.Content(role="model", parts=[types.Part(text="ok")]))],
+        usage_metadata=types.GenerateContentResponseUsageMetadata(
+            prompt_token_count=12, candidates_token_count=3, thoughts_token_count=40
+        ),
+    )
+    response = _response(LlmRequest(provider="gemini", model="gemini-2.5-flash", prompt="hi"), answer, 0.1)
+    assert (response.input_tokens, response.output_tokens, response.text) == (12, 43, "ok")
