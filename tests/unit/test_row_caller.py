@@ -318,6 +318,8 @@ def test_without_a_budget_calls_are_still_counted(slept):
     caller = make_caller(MAP, {"anthropic": provider}, budgeted=False)
 
     asyncio.run(caller.answer(ROW))
+    assert NODE not in caller.services.ledger.usage()  # type: ignore[attr-defined]  # batched: not yet sent
+    asyncio.run(caller.flush())
 
     assert usage(caller)["requests"] == 1
     assert usage(caller)["input_tokens"] == 7
@@ -340,7 +342,7 @@ def test_a_cache_hit_makes_no_call_and_is_counted_once_flushed(tmp_path: Path):
     async def answer_and_flush() -> tuple[Any, dict[str, Any], dict[str, Any]]:
         value = await caller.answer(ROW)
         before = dict(caller.services.ledger.usage())  # type: ignore[attr-defined]
-        await caller.flush_cached()
+        await caller.flush()
         return value, before, usage(caller)
 
     value, before, after = asyncio.run(answer_and_flush())
@@ -352,7 +354,7 @@ def test_a_cache_hit_makes_no_call_and_is_counted_once_flushed(tmp_path: Path):
     assert after["cached_input_tokens"] == 40
     assert after["cached_output_tokens"] == 9
     assert after["requests"] == 0 and after["cost_usd"] == 0.0
-    asyncio.run(caller.flush_cached())  # a second flush reports nothing new
+    asyncio.run(caller.flush())  # a second flush reports nothing new
     assert usage(caller)["cached_requests"] == 1
 
 

@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,6 +36,8 @@ from operators.providers.errors import ProviderError, RateLimited
 from operators.providers.pricing import PriceTable
 
 _PAID = "live"
+_FLUSH_S = 0.25
+"""How often a pool reports usage that no budget needs at once (the progress display's resolution)."""
 _THROTTLED_PER_ATTEMPT = 10
 """429 and 529 answers a row may get per attempt it is allowed, before they count as failures."""
 
@@ -124,6 +127,15 @@ class CachedCounts:
     output_tokens: int = 0
 
 
+@dataclass
+class _Unsettled:
+    """Usage of calls no budget covers, not yet reported to the ledger (reported a few times a second)."""
+
+    answered: int = 0
+    failed: int = 0
+    spent: Charge = field(default_factory=Charge)
+
+
 def estimate_input_tokens(request: LlmRequest) -> int:
     """A generous estimate of a request's input tokens, for reservations (the real count settles it).
 
@@ -169,6 +181,8 @@ class RowCaller:
         self.cache = cache
         self.services = services
         self.cached = CachedCounts()
+        self._unsettled = _Unsettled()
+        self._flushed_at = time.monotonic()
         self._slots = asyncio.Semaphore(in_flight)
 
     async def answer(self, row: Mapping[str, Any]) -> Any:
@@ -237,7 +251,7 @@ class RowCaller:
                 try:
                     response = await provider.call(request)
                 except ProviderError as exc:
-                    await self.services.settle_budget(node, reserved, None)
+                    await self._settle(reserved, None)
                     if limits is not None:
                         self.services.refund_rate(key, request.max_tokens)
                     if (
@@ -252,22 +266,48 @@ class RowCaller:
                     wait = policy.backoff_s(attempt + throttled, exc.retry_after_s)
                 except BaseException:
                     # a provider's bug or a cancelled run: release the reservation before going
-                    await asyncio.shield(self.services.settle_budget(node, reserved, None))
+                    await asyncio.shield(self._settle(reserved, None))
                     raise
                 else:
                     billed = response.source == _PAID
                     cost = price.cost(response.input_tokens, response.output_tokens) if billed else 0.0
                     actual = Charge(cost, response.input_tokens, response.output_tokens)
-                    await self.services.settle_budget(node, reserved, actual)
+                    await self._settle(reserved, actual)
                     if limits is not None:
                         self.services.refund_rate(key, request.max_tokens - response.output_tokens)
                     return response
             await asyncio.sleep(wait)  # outside the slot: a backing-off row does not block others
 
-    async def flush_cached(self) -> None:
-        """Report cache hits to the ledger."""
+    async def _settle(self, reserved: Charge, actual: Charge | None) -> None:
+        """Settle one call: at once when a budget covers the node (the next reservation must see it),
+        else batched, so a call costs no round trip to the ledger."""
+        if self.settings.budgeted:
+            await self.services.settle_budget(self.settings.node, reserved, actual)
+            return
+        pending = self._unsettled
+        if actual is None:
+            pending.failed += 1
+        else:
+            pending.answered += 1
+            pending.spent = Charge(
+                pending.spent.cost_usd + actual.cost_usd,
+                pending.spent.input_tokens + actual.input_tokens,
+                pending.spent.output_tokens + actual.output_tokens,
+            )
+        if time.monotonic() - self._flushed_at >= _FLUSH_S:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Report usage not yet in the ledger: batched calls and cache hits."""
+        self._flushed_at = time.monotonic()
+        node = self.settings.node
+        pending, self._unsettled = self._unsettled, _Unsettled()
+        if pending.answered:
+            await self.services.settle_budget(node, Charge(), pending.spent, pending.answered)
+        if pending.failed:
+            await self.services.settle_budget(node, Charge(), None, pending.failed)
         counts, self.cached = self.cached, CachedCounts()
         if counts.requests:
             await self.services.record_cached(
-                self.settings.node, counts.requests, counts.input_tokens, counts.output_tokens
+                node, counts.requests, counts.input_tokens, counts.output_tokens
             )

@@ -143,7 +143,7 @@ class LlmPoolActor:
             caller = self._row_caller()
             task = caller.task
             outcomes = await asyncio.gather(*(caller.answer(row) for row in rows), return_exceptions=True)
-            await caller.flush_cached()
+            await caller.flush()
         values: list[Any] = []
         ok: list[bool] = []
         failures: list[tuple[int, str]] = []
