@@ -220,11 +220,13 @@ def _emit(text: str, output: str | None) -> None:
 
 
 def _register_run() -> None:
+    from engine.cli.audit import audit
     from engine.cli.estimate import estimate
     from engine.cli.run import run
 
     cli.add_command(run)
     cli.add_command(estimate)
+    cli.add_command(audit)
 
 
 _register_run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ import ray
 from connectors.outputs import claim_output, clear_dead_letters, resume_output, write_manifest
 from connectors.readers import reader_for
 from connectors.writers import PartInfo
+from engine.audit import AuditLog, actor
 from engine.check import CheckedPipeline, locate
 from engine.errors import BudgetExceeded, ConfigError, DataError, HeadraceError, RunError
 from engine.optimizer import optimize
@@ -60,6 +62,8 @@ def run_checked(
     _raise_located(problems, checked)
     _raise_located(check_pools(pools, pipeline), checked)
     cache_url = checked.cache_url() if cache else None
+    audit = AuditLog()
+    audit.append("run_started", _audit_fields(run_id, checked, physical, resume))
     started = time.perf_counter()
     nodes: dict[str, NodeStats] = {n.id: NodeStats(n.op) for s in stages for n in s.nodes}
     summary = RunSummary(run_id, plan.name, "succeeded", 0.0, nodes)
@@ -110,6 +114,20 @@ def run_checked(
                     _apply_usage(summary, llm.final_usage())
             summary.seconds = time.perf_counter() - started
             report.close()
+    audit.append(
+        "run_finished",
+        {
+            "run_id": run_id,
+            "actor": actor(),
+            "status": summary.status,
+            "seconds": round(summary.seconds, 3),
+            "cost_usd": summary.total_cost_usd,
+            "tokens": sum(s.tokens for s in summary.nodes.values()),
+            "rows_written": {s.job.sink_id: summary.nodes[s.job.sink_id].rows for s in physical},
+            "outputs": summary.outputs,
+            "error": (summary.error or "")[:500] or None,
+        },
+    )
     return summary
 
 
@@ -164,6 +182,24 @@ def _execute(
 
     Scheduler(summary, max(2, int(cpus * 2)), on_result).run(runs, tick)
     return {r.stage.job.sink_id: r.parts for r in runs}
+
+
+def _audit_fields(
+    run_id: str, checked: CheckedPipeline, stages: list[PhysicalStage], resume: str | None
+) -> dict[str, Any]:
+    pipeline = checked.loaded.spec
+    return {
+        "run_id": run_id,
+        "actor": actor(),
+        "tenant": pipeline.labels.get("tenant", "default"),
+        "pipeline": pipeline.name,
+        "pipeline_file": os.path.abspath(checked.loaded.document.path),
+        "pipeline_hash": checked.plan.spec_hash,
+        "resume": resume is not None,
+        "inputs": sorted({url for s in stages for url in s.inputs}),
+        "outputs": sorted({s.job.output for s in stages}),
+        "budget": pipeline.budget.model_dump(exclude_none=True) if pipeline.budget else None,
+    }
 
 
 def _with_pools(

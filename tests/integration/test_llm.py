@@ -21,6 +21,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from engine.audit import AuditLog
 from engine.check import check_file
 from engine.runtime import RunSummary, run_checked
 from operators.providers.pricing import PriceTable
@@ -273,6 +274,13 @@ def test_answers_outside_the_labels_are_dead_lettered_with_their_row(
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".yaml"]
     assert all(KEY.encode() not in p.read_bytes() for p in written)
     assert KEY not in json.dumps(summary.as_dict()) and KEY not in summary.render()
+    # the audit log has the run's start and finish, and no key either
+    log = AuditLog()
+    mine = [e for e in log.entries() if e.get("run_id") == summary.run_id]
+    assert [e["event"] for e in mine] == ["run_started", "run_finished"]
+    assert mine[1]["status"] == "succeeded" and mine[1]["cost_usd"] == summary.total_cost_usd
+    assert mine[0]["pipeline_hash"] and mine[0]["inputs"] == [f"{tmp_path}/rows.csv"]
+    assert KEY not in log.path.read_text() and log.verify() == []
 
 
 def test_extract_retries_invalid_answers_with_the_error_fed_back(

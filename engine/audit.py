@@ -1,0 +1,181 @@
+"""The audit log: who ran which pipeline on what, and what it cost, in an append-only, hash-chained file.
+
+Every run appends a ``run_started`` and a ``run_finished`` entry (user, tenant, pipeline name and hash,
+inputs, outputs, budget, cost, status). Each line carries the SHA-256 of the previous line's hash and its
+own canonical JSON, so editing, reordering or deleting a line breaks the chain at that line and
+``headrace audit verify`` names it. Removing lines from the end cannot be seen from the file alone:
+``headrace audit head`` prints the last hash, to be kept elsewhere and checked with ``--expect-head``.
+
+The log is JSON lines (never pickle); appends take an exclusive lock so concurrent runs on one machine
+never interleave or fork the chain.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from engine.errors import HeadraceError
+
+AUDIT_FORMAT = 1
+GENESIS = "0" * 64
+"""The ``prev`` of the first entry."""
+
+
+class AuditError(HeadraceError):
+    """The audit log cannot be written or read."""
+
+    code = "audit"
+    exit_code = 1
+
+
+def default_audit_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``HEADRACE_AUDIT_LOG``, else ``$HEADRACE_HOME/audit.jsonl`` (``~/.local/share/headrace``)."""
+    env = os.environ if environ is None else environ
+    if env.get("HEADRACE_AUDIT_LOG"):
+        return Path(env["HEADRACE_AUDIT_LOG"]).expanduser()
+    home = env.get("HEADRACE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share", "headrace")
+    return Path(home) / "audit.jsonl"
+
+
+def actor(environ: Mapping[str, str] | None = None) -> str:
+    """Who is starting the run: ``HEADRACE_ACTOR`` (e.g. a service token's name), else the OS user."""
+    env = os.environ if environ is None else environ
+    if env.get("HEADRACE_ACTOR"):
+        return env["HEADRACE_ACTOR"]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return f"uid:{os.getuid()}"
+
+
+def _digest(prev: str, body: Mapping[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{prev}\n{canonical}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Where the chain breaks."""
+
+    line: int
+    message: str
+
+
+class AuditLog:
+    """One audit log file."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_audit_path()
+
+    def append(self, event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Append one entry and return it (with its ``seq``, ``prev`` and ``hash``)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked() as fh:
+                last = _last_line(fh)
+                prev, seq = (last["hash"], last["seq"] + 1) if last else (GENESIS, 0)
+                body = {"format": AUDIT_FORMAT, "seq": seq, "time": time.time(), "event": event, **fields}
+                entry = {**body, "prev": prev, "hash": _digest(prev, body)}
+                fh.seek(0, os.SEEK_END)
+                fh.write((json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n").encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise AuditError(f"cannot append to the audit log {self.path}: {exc}") from None
+        return entry
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """Every entry, oldest first (a line that is not JSON raises ``AuditError`` naming it)."""
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    raise AuditError(f"{self.path}:{number}: not a JSON line") from None
+                yield entry
+
+    def verify(self, expect_head: str | None = None) -> list[Problem]:
+        """Every place the chain breaks (empty when the log is intact)."""
+        problems: list[Problem] = []
+        prev, seq, number = GENESIS, 0, 0
+        try:
+            for number, entry in enumerate(self.entries(), start=1):
+                if not isinstance(entry, dict) or "hash" not in entry or "prev" not in entry:
+                    problems.append(Problem(number, "not an audit entry"))
+                    continue
+                body = {k: v for k, v in entry.items() if k not in ("prev", "hash")}
+                if entry["prev"] != prev:
+                    problems.append(
+                        Problem(number, "does not follow the line before it (a line was removed or moved)")
+                    )
+                if _digest(entry["prev"], body) != entry["hash"]:
+                    problems.append(
+                        Problem(number, "its content does not match its hash (the line was edited)")
+                    )
+                if entry.get("seq") != seq:
+                    problems.append(Problem(number, f"sequence number {entry.get('seq')}, expected {seq}"))
+                # one break is reported once: the next line is judged against this one
+                prev = entry["hash"]
+                seq = entry["seq"] + 1 if isinstance(entry.get("seq"), int) else seq + 1
+        except AuditError as exc:
+            problems.append(Problem(number + 1, str(exc)))
+        if expect_head is not None and prev != expect_head:
+            problems.append(
+                Problem(
+                    number,
+                    f"the last hash is {prev[:16]}…, expected {expect_head[:16]}… "
+                    "(lines were removed from the end)",
+                )
+            )
+        return problems
+
+    def head(self) -> str:
+        """The hash of the last entry (``GENESIS`` for an empty log)."""
+        last: dict[str, Any] | None = None
+        for entry in self.entries():
+            last = entry
+        return str(last["hash"]) if last else GENESIS
+
+    @contextmanager
+    def _locked(self) -> Iterator[IO[bytes]]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "r+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield fh
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _last_line(fh: IO[bytes]) -> dict[str, Any] | None:
+    """The last entry of the file, read backwards from its end (the log may be large)."""
+    size = fh.seek(0, os.SEEK_END)
+    if size == 0:
+        return None
+    block, data = 4096, b""
+    while True:
+        start = max(0, size - block)
+        fh.seek(start)
+        data = fh.read(size - start)
+        lines = data.rstrip(b"\n").split(b"\n")
+        if len(lines) > 1 or start == 0:
+            try:
+                last: dict[str, Any] = json.loads(lines[-1])
+            except ValueError:
+                raise AuditError(
+                    "the audit log's last line is not JSON; run `headrace audit verify`"
+                ) from None
+            return last
+        block *= 4
