@@ -5,12 +5,20 @@ Built-ins: ``anthropic`` (Claude, ``anthropic`` SDK), ``gemini`` (``google-genai
 through the ``headrace.providers`` entry point group. The SDK providers are imported on first use.
 
 ``anthropic`` and ``gemini`` are also ``BatchProvider``s: many requests as one asynchronous batch, at the
-provider's batch price (opt-in: check ``isinstance(provider, BatchProvider)``).
+provider's batch price (opt-in: check ``isinstance(provider, BatchProvider)``), and ``TokenCounter``s:
+they count a request's input tokens without answering it (``isinstance(provider, TokenCounter)``).
 """
 
 from __future__ import annotations
 
-from operators.providers.base import BatchProvider, BatchStatus, LlmRequest, LlmResponse, Provider
+from operators.providers.base import (
+    BatchProvider,
+    BatchStatus,
+    LlmRequest,
+    LlmResponse,
+    Provider,
+    TokenCounter,
+)
 from operators.providers.errors import (
     BadResponse,
     ConnectionFailed,
@@ -39,6 +47,7 @@ __all__ = [
     "RecordingMissing",
     "RequestRejected",
     "ServerError",
+    "TokenCounter",
     "available_providers",
     "get_provider",
     "register_provider",

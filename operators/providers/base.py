@@ -9,7 +9,8 @@ serialise into replay files and caches, and hash stably (``LlmRequest.fingerprin
 
 Some providers also take many requests as one asynchronous batch, answered within hours at a discount
 (``BatchProvider``). It is opt-in: a runtime checks ``isinstance(provider, BatchProvider)`` and otherwise
-calls ``call`` per request.
+calls ``call`` per request. Likewise, some count a request's input tokens without answering it
+(``TokenCounter``); without one, a caller estimates the count itself.
 """
 
 from __future__ import annotations
@@ -203,6 +204,21 @@ class BatchProvider(Protocol):
 
     async def cancel_batch(self, batch_id: str) -> None:
         """Ask the provider to stop the batch; requests not yet answered end as canceled."""
+        ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A provider that also counts, without answering, the input tokens a request would be billed for.
+
+    Opt-in, like ``BatchProvider``: ``headrace estimate --count-tokens api`` checks
+    ``isinstance(provider, TokenCounter)`` and otherwise counts locally. A count is free but not always
+    exact (a provider documents where it differs from the billed figure). Raises only ``ProviderError``
+    for a failed exchange and never retries.
+    """
+
+    async def count_tokens(self, request: LlmRequest) -> int:
+        """The input tokens ``request`` would be billed for if ``Provider.call`` sent it."""
         ...
 
 

@@ -6,6 +6,7 @@ is wrapped as ``{"value": schema}`` and unwrapped on the way back.
 
 Batches use the Message Batches API: each request's ``params`` are exactly the body ``call`` sends, and
 each succeeded line's Message is read exactly as ``call`` reads its answer (``_params`` and ``_response``).
+Token counts (``count_tokens``) send that same body, less the fields the count endpoint does not take.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ _UNANSWERED = {
 # What can escape the SDK: its own errors, JSON errors (ValueError), and transport errors raised while
 # a streamed results file is read (the SDK wraps them only for the request itself).
 _CAUGHT = (anthropic.AnthropicError, ValueError, httpx2.TransportError)
+# Fields of the Messages body that messages.count_tokens does not accept: they do not change the input.
+_NOT_COUNTED = ("max_tokens", "temperature")
 
 
 def _params(request: LlmRequest) -> dict[str, Any]:
@@ -136,7 +139,8 @@ def _counts(batch: MessageBatch) -> dict[str, int]:
 class AnthropicProvider:
     """Claude via ``anthropic.AsyncAnthropic`` with the SDK's retries off (headrace retries itself).
 
-    Also a ``BatchProvider`` (Message Batches: half the price, answered within 24 hours).
+    Also a ``BatchProvider`` (Message Batches: half the price, answered within 24 hours) and a
+    ``TokenCounter`` (``messages.count_tokens``).
 
     Config keys (each falls back to the SDK's own variable): ``api_key`` (``ANTHROPIC_API_KEY``),
     ``base_url`` (``ANTHROPIC_BASE_URL``).
@@ -181,6 +185,21 @@ class AnthropicProvider:
             raise self._error(exc) from None  # not chained: the SDK error holds the key in its request
         latency = time.perf_counter() - started
         return _response(request, message, latency, getattr(message, "_request_id", None))
+
+    # -- TokenCounter
+
+    async def count_tokens(self, request: LlmRequest) -> int:
+        """Ask ``messages.count_tokens`` for the body ``call`` would send; see ``TokenCounter``.
+
+        The count covers the system prompt, the message and, for a structured answer, the tool
+        definition and ``tool_choice`` (so the tool-use system prompt too), as the API bills them.
+        """
+        body = {k: v for k, v in _params(request).items() if k not in _NOT_COUNTED}
+        try:
+            result = await self._sdk().messages.count_tokens(**body, timeout=request.timeout_s)
+        except _CAUGHT as exc:
+            raise self._error(exc) from None
+        return int(result.input_tokens)
 
     # -- BatchProvider
 

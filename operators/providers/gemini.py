@@ -9,6 +9,11 @@ Batches use batch mode with inlined requests (``client.aio.batches``): each requ
 ``generateContent`` request ``call`` sends, tagged with its custom id in the request's ``metadata``, which
 the API echoes in the matching inlined response; answers are read exactly as ``call`` reads its answer
 (``_config`` and ``_response``).
+
+Token counts (``count_tokens``) use ``countTokens``, which in the Gemini API counts contents only:
+google-genai refuses a system instruction there and has no place for a response schema. The system
+prompt and the schema's JSON are therefore sent as extra text parts of the message, which gives a close,
+slightly high, figure for what ``generateContent`` bills.
 """
 
 from __future__ import annotations
@@ -199,7 +204,8 @@ def _batch_name(batch_id: str) -> str:
 class GeminiProvider:
     """Gemini via ``genai.Client(...).aio`` with the SDK's retries off (headrace retries itself).
 
-    Also a ``BatchProvider`` (batch mode with inlined requests: half the price, answered within 24 hours).
+    Also a ``BatchProvider`` (batch mode with inlined requests: half the price, answered within 24 hours)
+    and a ``TokenCounter`` (``models.count_tokens``; see the module docstring for what it counts).
 
     Config keys: ``api_key`` (else ``GEMINI_API_KEY``, else ``GOOGLE_API_KEY``), ``base_url`` (else
     ``GOOGLE_GEMINI_BASE_URL``), ``api_version`` (the SDK's default, ``v1``, when absent).
@@ -245,6 +251,30 @@ class GeminiProvider:
         except _CAUGHT as exc:
             raise self._error(exc) from None  # not chained: SDK errors keep the request and its headers
         return _response(request, response, time.perf_counter() - started)
+
+    # -- TokenCounter
+
+    async def count_tokens(self, request: LlmRequest) -> int:
+        """Ask ``countTokens`` for the request's system prompt, prompt and answer schema; see
+        ``TokenCounter``.
+
+        ``countTokens`` takes contents only, so the system prompt and the schema's JSON are counted as
+        extra text parts of the message: close to, and slightly above, what ``call`` is billed.
+        """
+        schema = request.structured_schema()
+        parts: list[types.PartUnion] = [
+            p for p in (request.system, request.prompt, schema and json.dumps(schema)) if p
+        ]
+        config = types.CountTokensConfig(
+            http_options=types.HttpOptions(timeout=max(1, round(request.timeout_s * 1000)))
+        )
+        try:
+            result = await self._sdk().aio.models.count_tokens(
+                model=request.model, contents=parts, config=config
+            )
+        except _CAUGHT as exc:
+            raise self._error(exc) from None
+        return int(result.total_tokens or 0)  # proto JSON leaves out a zero count
 
     # -- BatchProvider
 

@@ -446,3 +446,15 @@ def test_a_filter_on_an_llm_answer_keeps_each_labels_even_share_and_says_it_is_a
     node = _estimate(pipeline).nodes["extract"]
     assert (node.rows, node.rows_basis) == (10, "estimated")  # one label in three
     assert any("stand-in answers of 'classify'" in note for note in node.notes)
+
+
+def test_public_names_are_pinned() -> None:
+    import engine.estimate
+
+    assert sorted(engine.estimate.__all__) == [
+        "Estimate",
+        "EstimateOptions",
+        "NodeEstimate",
+        "SourceEstimate",
+        "estimate_checked",
+    ]

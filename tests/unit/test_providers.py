@@ -32,13 +32,14 @@ from operators.providers import (
     RecordingMissing,
     RequestRejected,
     ServerError,
+    TokenCounter,
     available_providers,
     get_provider,
     register_provider,
     registry,
 )
 from operators.providers.offline import schema_instance
-from tests.loopback import ErrorReply, Faults, LLMServer, ResponderRequest
+from tests.loopback import ErrorReply, Faults, LLMServer, ResponderRequest, wire
 from tests.loopback.schema import TICKET_SCHEMA
 
 # google-genai's async transport subclasses aiohttp.ClientSession, which aiohttp deprecates: not ours to fix.
@@ -395,6 +396,7 @@ def test_public_names_are_pinned() -> None:
         "RecordingMissing",
         "RequestRejected",
         "ServerError",
+        "TokenCounter",
         "available_providers",
         "get_provider",
         "register_provider",
@@ -415,3 +417,58 @@ def test_gemini_thinking_tokens_count_as_output_tokens() -> None:
     )
     response = _response(LlmRequest(provider="gemini", model="gemini-2.5-flash", prompt="hi"), answer, 0.1)
     assert (response.input_tokens, response.output_tokens, response.text) == (12, 43, "ok")
+
+
+# ---------------------------------------------------------------- token counts
+
+
+async def _count(provider: Provider, *requests: LlmRequest) -> list[int]:
+    """Count the requests' input tokens one after the other on one loop, then close the provider."""
+    assert isinstance(provider, TokenCounter)
+    try:
+        return [await provider.count_tokens(request) for request in requests]
+    finally:
+        await provider.close()
+
+
+def _server_count(name: str, body: Any, model: str | None) -> int:
+    """What the loopback's token-count endpoint computed for ``body``."""
+    if name == "anthropic":
+        return wire.parse_anthropic({**body, "max_tokens": 1}).input_tokens
+    return wire.parse_gemini(body, model or "").input_tokens
+
+
+@SDK_PROVIDERS
+def test_count_tokens_is_what_the_api_counts(server: LLMServer, name: str) -> None:
+    plain = _request(name, system="Be brief.", temperature=0.2, max_tokens=100)
+    structured = _request(name, "my invoice is wrong", output_schema=TICKET_SCHEMA)
+    bare = _request(name, "my invoice is wrong")
+    counts = _run(_count(_provider(name, server), plain, structured, bare))
+    logged = server.requests
+    assert [r.endpoint for r in logged] == ["count_tokens" if name == "anthropic" else "countTokens"] * 3
+    assert counts == [_server_count(name, r.body, r.model) for r in logged]
+    # The loopback counts ceil(chars / 4) of the system prompt and the message; Gemini's countTokens
+    # takes contents only, so the system prompt goes as a part of its own (parts are joined by a newline).
+    counted = "Be brief." + ("" if name == "anthropic" else "\n") + "hello there"
+    assert counts[0] == math.ceil(len(counted) / 4)
+    assert counts[1] > counts[2]  # the answer's schema (Anthropic: its tool) is counted too
+
+
+@SDK_PROVIDERS
+def test_a_count_with_a_bad_key_is_rejected_without_the_key(name: str) -> None:
+    secret = "sk-super-secret-abcdef0123456789"
+    with LLMServer(api_key="another-key-entirely") as server:
+        provider = _provider(name, server, api_key=secret)
+        with pytest.raises(ProviderError) as raised:
+            _run(_count(provider, _request(name)))
+    error = raised.value
+    assert type(error) is RequestRejected and not error.retryable and error.provider == name
+    assert secret not in str(error) and secret not in repr(error) and error.__cause__ is None
+
+
+def test_only_the_sdk_providers_count_tokens(server: LLMServer, tmp_path: Path) -> None:
+    replay = get_provider("replay", {"path": str(tmp_path / "r.jsonl"), "provider": "anthropic"})
+    assert isinstance(_provider("anthropic", server), TokenCounter)
+    assert isinstance(_provider("gemini", server), TokenCounter)
+    assert not isinstance(get_provider("offline", {}), TokenCounter)
+    assert not isinstance(replay, TokenCounter)  # a recording holds answers, not counts
