@@ -14,12 +14,16 @@ from engine.spec.registry import register_op
 
 if TYPE_CHECKING:
     from engine.check import CheckedPipeline, check_file
+    from engine.graph import Command, Graph, Send
     from engine.runtime import RunSummary, run_checked
     from engine.spec.loader import load_pipeline
 
 _LAZY = {
     "CheckedPipeline": "engine.check",
     "check_file": "engine.check",
+    "Command": "engine.graph",
+    "Graph": "engine.graph",
+    "Send": "engine.graph",
     "load_pipeline": "engine.spec.loader",
     "RunSummary": "engine.runtime",
     "run_checked": "engine.runtime",
@@ -30,15 +34,18 @@ __all__ = [
     "FORMAT_VERSION",
     "START",
     "CheckedPipeline",
+    "Command",
     "ConfigError",
     "DataError",
     "Diagnostic",
+    "Graph",
     "HeadraceError",
     "NodeSpec",
     "Pipeline",
     "PlanError",
     "RunError",
     "RunSummary",
+    "Send",
     "check_file",
     "load_pipeline",
     "register_op",
