@@ -43,6 +43,7 @@ from typing import Any, NoReturn, Protocol
 
 from engine.graph.builder import Command, GraphPlan, NodeDef, Send
 from engine.graph.errors import GraphError, GraphInterrupt, GraphRecursionError, InvalidUpdate, NodeFailed
+from engine.graph.remote import remote_call
 from engine.spec.models import END, START
 
 Event = tuple[str, Any]
@@ -316,7 +317,7 @@ class Runner:
 
     async def _attempt(self, node: NodeDef, state: Any) -> Any:
         if node.remote:
-            call = _remote_call(node, state, self._remote_cache)
+            call = remote_call(node, state, self._remote_cache)
         elif node.is_async:
             call = node.fn(state)
         elif node.timeout_s is not None:
@@ -483,64 +484,3 @@ class Runner:
         if self.recorder is not None:
             self.recorder.finished("failed", {"error": message, "loop": loop})
         return GraphRecursionError(message, limit=self.limit, loop=loop)
-
-
-# -- Ray ----------------------------------------------------------------------------------------
-
-
-def _call_node(fn: Any, state: Any) -> Any:
-    """Run a node function inside a Ray worker (async functions get their own event loop)."""
-    result = fn(state)
-    if inspect.isawaitable(result):
-
-        async def _wait() -> Any:
-            return await result
-
-        return asyncio.run(_wait())
-    return result
-
-
-def _remote_call(node: NodeDef, state: Any, cache: dict[str, Any]) -> Any:
-    import ray
-
-    remote = cache.get(node.name)
-    if remote is None:
-        _ensure_ray()
-        res = node.resources
-        options: dict[str, Any] = {"max_retries": 0}  # retries follow the node's RetryPolicy
-        if res is not None:
-            if res.num_cpus is not None:
-                options["num_cpus"] = res.num_cpus
-            if res.num_gpus is not None:
-                options["num_gpus"] = res.num_gpus
-            if res.memory is not None:
-                options["memory"] = res.memory
-            if res.custom:
-                options["resources"] = dict(res.custom)
-        remote = cache[node.name] = ray.remote(_call_node).options(**options)
-    return _await_ref(remote.remote(node.fn, state))
-
-
-async def _await_ref(ref: Any) -> Any:
-    return await ref
-
-
-def _ensure_ray() -> None:
-    """Start a local Ray sized as ``engine.runtime.cluster`` does, unless this process has one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    import logging
-    import os
-
-    from engine.runtime.cluster import object_store_bytes
-
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(
-        address="local",
-        num_cpus=os.cpu_count() or 1,
-        object_store_memory=object_store_bytes(),
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-    )

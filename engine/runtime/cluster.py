@@ -44,6 +44,22 @@ def object_store_bytes() -> int:
     return int(os.environ.get("HEADRACE_OBJECT_STORE_BYTES", DEFAULT_OBJECT_STORE_BYTES))
 
 
+def start_local_ray() -> None:
+    """Start a new local Ray in this process, with every CPU and an explicitly sized object store."""
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    ray.init(
+        # "local" always starts a new instance; with no address Ray would join any cluster that
+        # `ray start` left running on the machine
+        address="local",
+        num_cpus=os.cpu_count() or 1,
+        object_store_memory=object_store_bytes(),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        configure_logging=True,
+    )
+
+
 @contextmanager
 def ray_session(address: str | None = None) -> Iterator[ClusterInfo]:
     """Use the Ray already initialised in this process, connect to ``address``, or start a local Ray.
@@ -70,18 +86,7 @@ def ray_session(address: str | None = None) -> Iterator[ClusterInfo]:
             log_to_driver=True,
         )
     else:
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        ray.init(
-            # "local" always starts a new instance; with no address Ray would join any cluster that
-            # `ray start` left running on the machine
-            address="local",
-            num_cpus=os.cpu_count() or 1,
-            object_store_memory=object_store_bytes(),
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-            configure_logging=True,
-        )
+        start_local_ray()
     try:
         yield ClusterInfo(address or "local", dict(ray.cluster_resources()), started_here=True)
     finally:
