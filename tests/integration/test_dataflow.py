@@ -260,7 +260,7 @@ nodes:
     assert "needs 64 CPU per task; the cluster has 2" in diag.message
 
 
-def test_ops_without_a_runtime_are_refused_at_their_line(tmp_path: Path) -> None:
+def test_an_llm_node_without_provider_or_price_is_refused_at_its_line(tmp_path: Path) -> None:
     path = write_pipeline(
         tmp_path,
         """version: 1
@@ -275,7 +275,16 @@ nodes:
         run_file(path)
     (diag,) = err.value.diagnostics
     assert (diag.line, diag.col) == (5, 15)
-    assert "op 'llm_map'" in diag.message
+    assert "LLM node 'first' has no provider" in diag.message and "offline" in (diag.hint or "")
+    # a model without a price is refused before anything is spent, at the node's provider
+    priced = path.read_text().replace(
+        'prompt: "Summarise', 'provider: anthropic, model: claude-9, prompt: "Summarise'
+    )
+    path.write_text(priced)
+    with pytest.raises(ConfigError) as err:
+        run_file(path)
+    (diag,) = [d for d in err.value.diagnostics if "price" in d.message or "claude-9" in d.message]
+    assert diag.line == 5 and "claude-9" in diag.message and "prices" in (diag.hint or "")
 
 
 def test_cli_run_json_starts_its_own_ray(tmp_path: Path) -> None:
