@@ -11,6 +11,7 @@ from engine.errors import ConfigError, Diagnostic
 from engine.plan import Plan, PlanProblems, Problem, build_plan
 from engine.spec.document import Document, format_path
 from engine.spec.loader import LoadedPipeline, load_pipeline
+from operators.pii import insert_pii_masks
 from operators.providers.cache import default_cache_url
 
 
@@ -57,6 +58,9 @@ def check_file(
     loaded = load_pipeline(path, content=content, overrides=overrides, env=env)
     try:
         plan, problems = build_plan(loaded.spec)
+        masked = insert_pii_masks(loaded.spec)
+        if masked is not loaded.spec:  # checked above as written, so problems point at the user's nodes
+            plan = build_plan(masked)[0]
     except PlanProblems as exc:
         located = [locate(p, loaded.document) for p in exc.problems]
         raise ConfigError(loaded.warnings + sorted(located, key=lambda d: (d.line, d.col))) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from operators.control import Call
 from operators.llm import LlmClassify, LlmExtract, LlmFilter, LlmMap, LlmSpec
+from operators.pii import PiiDetect, PiiMask
 from operators.stateful import Aggregate, Aggregation, Dedupe
 from operators.text import chunk_spans
 from operators.transforms import (
@@ -37,6 +38,8 @@ __all__ = [
     "LlmMap",
     "LlmSpec",
     "MapBatches",
+    "PiiDetect",
+    "PiiMask",
     "Rename",
     "Sample",
     "Select",

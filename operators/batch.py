@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from engine.errors import DataError
 from engine.spec.models import NodeSpec
+from operators.pii_batch import PII_BATCH_OPS
 from operators.text import chunk_spans
 from operators.transforms import (
     Cast,
@@ -243,6 +244,7 @@ BATCH_OPS: dict[str, Callable[[Any], BatchFn]] = {
     "explode": _explode,
     "sample": _sample,
     "chunk_text": _chunk_text,
+    **PII_BATCH_OPS,
 }
 """Per-batch ops the optimizer may fuse into one task, by op name."""
 

@@ -368,6 +368,9 @@ class Pipeline(Model):
         description="Settings per LLM provider name (`anthropic`, `gemini`, `offline`, `replay`, plugins).",
     )
     cache: CacheSettings = Field(default_factory=CacheSettings, description="The LLM response cache.")
+    pii: PiiSettings | None = Field(
+        None, description="Personal data handling, e.g. `{mask_before_llm: true}`; none when absent."
+    )
     state: StateSchema | None = Field(None, description="The typed state of a state graph.")
     nodes: dict[NodeName, NodeSpec] = Field(
         min_length=1, description="The nodes, keyed by name; each one's `op` says what it does."
@@ -400,3 +403,78 @@ class Pipeline(Model):
             inner = self.provider_config("replay").get("provider")
             return str(inner) if inner else provider
         return provider
+
+
+# --- PII settings (the pii_detect / pii_mask ops live in operators/pii.py) -------------------------------
+
+PiiType = Literal["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS", "PERSON"]
+"""A kind of personal data the PII detectors find."""
+
+PII_TYPES: tuple[PiiType, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS", "PERSON")
+"""Every PII type."""
+
+PiiDetector = Literal["patterns", "presidio"]
+PII_KEY_ENV = "HEADRACE_PII_KEY"
+EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+SpacyModel = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+
+
+class PiiSettings(Model):
+    """How the pipeline treats personal data before it leaves for an LLM provider."""
+
+    mask_before_llm: bool = Field(
+        False,
+        description="Mask every column an LLM prompt (or system prompt) reads before the prompt is "
+        "rendered: a `pii_mask` node named `<llm node>__pii_mask` is inserted in front of each LLM "
+        "node, in the same fused task, so unmasked values never reach the provider. The LLM node's "
+        "output holds the masked columns too.",
+    )
+    types: list[PiiType] = Field(
+        default_factory=lambda: list(PII_TYPES), min_length=1, description="The PII types to mask."
+    )
+    mode: Literal["mask", "hash"] = Field(
+        "mask",
+        description="`mask` replaces each finding with its type (`[EMAIL]`); `hash` with the type and a "
+        "keyed hash of the value (`[EMAIL:1a2b3c4d5e6f]`), so equal values stay equal.",
+    )
+    key_env: EnvVarName = Field(
+        PII_KEY_ENV,
+        description="With `mode: hash`, the environment variable holding the hash key (16 characters "
+        "or more) on every machine that runs tasks.",
+    )
+    detector: PiiDetector = Field(
+        "patterns",
+        description="`patterns` (built in, validated patterns; names by conservative cues) or "
+        "`presidio` (person names by Microsoft Presidio, which needs `presidio-analyzer` and a spaCy "
+        "model installed).",
+    )
+    presidio_model: SpacyModel = Field(
+        "en_core_web_lg", description="With `detector: presidio`, the spaCy model (an installed package)."
+    )
+
+    @model_validator(mode="after")
+    def _presidio_installed(self) -> PiiSettings:
+        problem = presidio_problem(self.presidio_model) if self.detector == "presidio" else None
+        if problem and "PERSON" in self.types:
+            raise ValueError(problem)
+        return self
+
+
+def presidio_problem(model: str) -> str | None:
+    """Why ``detector: presidio`` cannot run here (None when the package and model are installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("presidio_analyzer") is None:
+        return (
+            "`detector: presidio` needs the presidio-analyzer package: `pip install presidio-analyzer` "
+            "(or use `detector: patterns`, the default)"
+        )
+    if importlib.util.find_spec(model) is None:
+        return (
+            f"`detector: presidio` needs the spaCy model '{model}': `python -m spacy download {model}` "
+            "or install its wheel from your mirror (or name an installed model in `presidio_model`)"
+        )
+    return None
+
+
+Pipeline.model_rebuild()  # `pii` names PiiSettings, defined after Pipeline
