@@ -79,15 +79,28 @@ def optimize(plan: Plan) -> tuple[list[Stage], list[Problem]]:
             head, barriers = _segments(list(reversed(chain)))
             nodes = (node, *head, *[n for b in barriers for n in (b.node, *b.transforms)], sink)
             stages.append(Stage(node, head, sink, _combined(nodes), barriers))
-    for node in plan.nodes.values():
-        if node.kind == "state":
-            problems.append(
-                Problem(
-                    ("nodes", node.id, "op"),
-                    f"state node '{node.id}' cannot run from a pipeline file in this version of headrace",
-                    code="not_executable",
-                )
+    state_nodes = [n for n in plan.nodes.values() if n.kind == "state"]
+    if state_nodes and len(state_nodes) == len(plan.nodes):
+        # a pure state graph runs with engine.runtime.graphs (dispatched before optimize), not as stages
+        problems.append(
+            Problem(
+                ("nodes",),
+                "this pipeline is a state graph: it has no dataflow stages to plan",
+                "run it with `headrace run PATH --input JSON`",
+                code="not_executable",
+                at="key",
             )
+        )
+        return stages, problems
+    for node in state_nodes:
+        problems.append(
+            Problem(
+                ("nodes", node.id, "op"),
+                f"state node '{node.id}' is in a pipeline with dataflow nodes; a pipeline is either a "
+                "dataflow or a state graph in this version of headrace",
+                code="not_executable",
+            )
+        )
     if not stages and not problems:
         problems.append(
             Problem(

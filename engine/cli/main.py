@@ -223,10 +223,12 @@ def _register_run() -> None:
     from engine.cli.audit import audit
     from engine.cli.estimate import estimate
     from engine.cli.run import run
+    from engine.cli.runs import runs
 
     cli.add_command(run)
     cli.add_command(estimate)
     cli.add_command(audit)
+    cli.add_command(runs)
 
 
 _register_run()

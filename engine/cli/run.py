@@ -8,6 +8,7 @@ import sys
 import click
 
 from engine.cli.main import _friendly, _set_option
+from engine.cli.runs import parse_json_option
 
 
 @click.command()
@@ -25,6 +26,18 @@ from engine.cli.main import _friendly, _set_option
     help="Continue run RUN_ID of this pipeline (same file and --set values): committed splits are skipped.",
 )
 @click.option(
+    "--input",
+    "input_text",
+    metavar="JSON|@FILE",
+    help="A state graph's input state as JSON, or @file.json (default: the fields' defaults).",
+)
+@click.option(
+    "--checkpoint",
+    metavar="URL",
+    help="Where a state graph's checkpoints go (sqlite:///runs.db, a folder, s3://...); default: "
+    "$HEADRACE_CHECKPOINTS, else runs.db under $HEADRACE_HOME.",
+)
+@click.option(
     "--no-cache",
     is_flag=True,
     help="Neither read nor write the LLM response cache (every LLM row is asked afresh, and paid).",
@@ -37,9 +50,15 @@ def run(
     as_json: bool,
     run_id: str | None,
     resume: str | None,
+    input_text: str | None,
+    checkpoint: str | None,
     no_cache: bool,
 ) -> None:
-    """Validate, compile and run a pipeline (a local Ray is started when no --address is given)."""
+    """Validate, compile and run a pipeline (a local Ray is started when no --address is given).
+
+    A state graph (state nodes and edges) runs in this process from --input, checkpointed after
+    every node; `headrace runs` lists, resumes, replays and forks its runs.
+    """
     from engine.check import check_file
     from engine.runtime import run_checked
 
@@ -47,8 +66,20 @@ def run(
     checked = check_file(path, content=content, overrides=overrides)
     for warning in checked.warnings:
         click.echo(warning.format(), err=True)
+    graph_input = None
+    if input_text is not None:
+        graph_input = parse_json_option(input_text, "--input")
+        if not isinstance(graph_input, dict):
+            raise click.BadParameter("give the input state as a JSON object", param_hint="--input")
     summary = run_checked(
-        checked, address=address, run_id=run_id, resume=resume, progress=not as_json, cache=not no_cache
+        checked,
+        address=address,
+        run_id=run_id,
+        resume=resume,
+        progress=not as_json,
+        cache=not no_cache,
+        input=graph_input,
+        checkpoint=checkpoint,
     )
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=None))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic
 
 from engine.graph.errors import InvalidGraph
 from engine.graph.state import S, StateSchema
-from engine.spec.models import END, START, Resources, RetryPolicy
+from engine.spec.models import END, START, Pipeline, Resources, RetryPolicy
 
 if TYPE_CHECKING:
     from engine.graph.app import CompiledGraph
@@ -193,6 +193,19 @@ class Graph(Generic[S]):
     def set_entry_point(self, node: str) -> Graph[S]:
         """Same as ``add_edge(START, node)``."""
         return self.add_edge(START, node)
+
+    @classmethod
+    def from_spec(cls, pipeline: Pipeline) -> Graph[Any]:
+        """The graph a pipeline file's state, nodes and edges describe (see ``engine.graph.spec``)."""
+        from engine.graph.spec import graph_from_spec
+
+        return graph_from_spec(pipeline)
+
+    def to_spec(self, *, name: str | None = None, max_steps: int | None = None) -> Pipeline:
+        """This graph as a pipeline (see ``engine.graph.spec``); inverse of :meth:`from_spec`."""
+        from engine.graph.spec import graph_to_spec
+
+        return graph_to_spec(self, name=name, max_steps=max_steps)
 
     # -- compile --------------------------------------------------------------------------------
 

@@ -19,11 +19,12 @@ from connectors.readers import reader_for
 from connectors.writers import PartInfo
 from engine.audit import AuditLog, actor
 from engine.check import CheckedPipeline, locate
-from engine.errors import BudgetExceeded, ConfigError, DataError, HeadraceError, RunError
+from engine.errors import BudgetExceeded, ConfigError, DataError, Diagnostic, HeadraceError, RunError
 from engine.optimizer import optimize
 from engine.physical import PhysicalStage, build_physical, check_capacity, check_outputs, plan_pools
 from engine.plan import Problem
 from engine.runtime.cluster import ray_session
+from engine.runtime.graphs import GraphRunSummary, is_state_graph, run_graph
 from engine.runtime.llm.services import check_pools, start_services
 from engine.runtime.progress import Progress
 from engine.runtime.scheduler import Scheduler, StageRun
@@ -44,13 +45,25 @@ def run_checked(
     resume: str | None = None,
     progress: bool = True,
     cache: bool = True,
-) -> RunSummary:
+    input: Mapping[str, Any] | None = None,
+    checkpoint: str | None = None,
+) -> RunSummary | GraphRunSummary:
     """Run ``checked`` to completion on Ray and return its summary (failures are in the summary).
 
     With ``resume=RUN_ID`` the run continues an earlier one of the same pipeline: splits whose parts
     were committed are skipped, so the output ends up with exactly the rows of an uninterrupted run.
     ``cache=False`` neither reads nor writes the LLM response cache.
+
+    A state-graph pipeline (state nodes or ``edges``) runs in-process on ``input`` with checkpoints in
+    ``checkpoint`` (a store URL; see :mod:`engine.runtime.graphs`) and returns a ``GraphRunSummary``.
     """
+    if is_state_graph(checked.loaded.spec):
+        return run_graph(
+            checked, input=input, checkpoint=checkpoint, run_id=run_id, resume=resume, address=address
+        )
+    if input is not None or checkpoint is not None:
+        message = "--input and --checkpoint are for state graphs; a dataflow pipeline reads its sources"
+        raise ConfigError([Diagnostic(checked.loaded.document.path, 1, 1, message)])
     run_id = resume or run_id or new_run_id()
     plan = checked.plan
     pipeline = checked.loaded.spec

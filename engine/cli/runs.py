@@ -1,0 +1,379 @@
+"""``headrace runs``: the checkpointed runs of state graphs — list, show, history, resume, replay, fork.
+
+The store is ``--store URL``, else ``$HEADRACE_CHECKPOINTS``, else the default SQLite file under
+``$HEADRACE_HOME`` (where ``headrace run`` writes). ``list``, ``show`` and ``history`` read the store
+alone; ``resume``, ``replay``, ``fork`` (and ``history --state``) need the pipeline file to rebuild
+the graph, and refuse one that differs from the graph the run was started with.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engine.cli.main import _friendly, _set_option
+
+_STATUSES = ["running", "interrupted", "succeeded", "failed", "cancelled"]
+
+_store_option = click.option(
+    "--store",
+    metavar="URL",
+    help="The checkpoint store (sqlite:///runs.db, a folder, s3://...); default: "
+    "$HEADRACE_CHECKPOINTS, else runs.db under $HEADRACE_HOME.",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def parse_json_option(text: str, option: str) -> Any:
+    """The JSON value of a command-line option: inline JSON, or ``@path`` to read it from a file."""
+    where = option
+    if text.startswith("@"):
+        where = f"{option} file {text[1:]}"
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {text[1:]}: {exc.strerror}", param_hint=option) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(
+            f"{where} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", param_hint=option
+        ) from None
+
+
+@click.group()
+def runs() -> None:
+    """List, inspect, resume, replay and fork the checkpointed runs of state graphs."""
+
+
+@runs.command("list")
+@_store_option
+@click.option("--status", type=click.Choice(_STATUSES), help="Only runs with this status.")
+@click.option("--graph", "graph_name", metavar="NAME", help="Only runs of this graph (pipeline name).")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most N runs.")
+@_json_option
+@_friendly
+def list_runs(
+    store: str | None, status: str | None, graph_name: str | None, limit: int, as_json: bool
+) -> None:
+    """The runs in the store, newest first."""
+    with _open(store) as st:
+        found = st.list_runs(status=status, graph=graph_name, limit=limit)
+    if as_json:
+        click.echo(json.dumps([_run_json(r) for r in found]))
+        return
+    if not found:
+        click.echo("no runs" + (" match" if status or graph_name else " in this store"))
+        return
+    width = max(len(r.run_id) for r in found)
+    gwidth = max([len(r.graph) for r in found] + [5])
+    click.echo(f"{'RUN ID':<{width}}  {'GRAPH':<{gwidth}}  {'STATUS':<11}  {'CREATED (UTC)':<19}  PARENT")
+    for r in found:
+        parent = f"{r.parent[0]}@{r.parent[1]}" if r.parent else "-"
+        click.echo(
+            f"{r.run_id:<{width}}  {r.graph:<{gwidth}}  {r.status:<11}  {_time(r.created_at)}  {parent}"
+        )
+
+
+@runs.command()
+@click.argument("run_id")
+@_store_option
+@_json_option
+@_friendly
+def show(run_id: str, store: str | None, as_json: bool) -> None:
+    """A run's record, its last step and the nodes that run next."""
+    with _open(store) as st:
+        run = _need_run(st, run_id)
+        last = st.last_step(run_id)
+    if as_json:
+        click.echo(json.dumps({**_run_json(run), "last_step": None if last is None else _step_json(last)}))
+        return
+    click.echo(f"run {run.run_id}: {run.status}")
+    click.echo(f"  graph: {run.graph} (hash {run.graph_hash})")
+    click.echo(f"  created: {_time(run.created_at)} UTC")
+    if run.parent:
+        click.echo(f"  forked from: {run.parent[0]} at step {run.parent[1]}")
+    for key, value in run.meta.items():
+        click.echo(f"  {key}: {json.dumps(value, ensure_ascii=False)}")
+    if last is not None:
+        keys = ", ".join(last.delta) or "-"
+        click.echo(f"  last step: {last.step} {last.node} at {_time(last.created_at)} (updated: {keys})")
+        for info in last.meta.get("interrupts", []):
+            value = json.dumps(info.get("value"))
+            click.echo(f"  waiting {info.get('when', 'at')} node {info.get('node')!r}: {value}")
+        click.echo(f"  next: {', '.join(last.next) or '- (nothing: the run is at its end)'}")
+
+
+@runs.command()
+@click.argument("run_id")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@_set_option
+@_store_option
+@click.option(
+    "--state", "with_state", is_flag=True, help="Print the full state after each step (needs PATH)."
+)
+@_json_option
+@_friendly
+def history(
+    run_id: str,
+    path: str | None,
+    overrides: tuple[str, ...],
+    store: str | None,
+    with_state: bool,
+    as_json: bool,
+) -> None:
+    """Every step of a run (its fork parents' included): step, node, time and the keys it updated.
+
+    With --state (and the pipeline file PATH, whose reducers fold the updates) the state after each step.
+    """
+    if with_state and path is None:
+        raise click.UsageError("--state needs the pipeline file: headrace runs history RUN_ID PATH --state")
+    states: list[Any] | None = None
+    with _open(store) as st:
+        _need_run(st, run_id)
+        steps = st.steps(run_id)
+        if with_state and path is not None:
+            app = _compiled(path, overrides, st)
+            _check_same_graph(app, st, run_id, path)
+            states = [v.state.model_dump(mode="json") for v in app.history(run_id)]
+    if as_json:
+        rows = []
+        for i, rec in enumerate(steps):
+            row = {**_step_json(rec), "keys": list(rec.delta)}
+            if states is not None:
+                row["state"] = states[i]
+            rows.append(row)
+        click.echo(json.dumps(rows))
+        return
+    for i, rec in enumerate(steps):
+        own = "" if rec.run_id == run_id else f"  (from {rec.run_id})"
+        keys = ", ".join(rec.delta) or "-"
+        click.echo(f"{rec.step:>5}  {_time(rec.created_at)}  {rec.node:<20} {keys}{own}")
+        if states is not None:
+            click.echo("       " + json.dumps(states[i], ensure_ascii=False))
+
+
+@runs.command()
+@click.argument("run_id")
+@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
+@_set_option
+@_store_option
+@click.option("--value", metavar="JSON|@FILE", help="The answer to the run's pending interrupt().")
+@_json_option
+@_friendly
+def resume(
+    run_id: str, path: str, overrides: tuple[str, ...], store: str | None, value: str | None, as_json: bool
+) -> None:
+    """Continue a run from its last checkpoint (after a crash, a failure or an interrupt).
+
+    Nodes that finished are not run again; nodes in flight when the run stopped run from their start.
+    """
+    from engine.runtime.graphs import UNSET, resume_run
+
+    answer = UNSET if value is None else parse_json_option(value, "--value")
+    _continue(path, overrides, store, run_id, as_json, lambda app: resume_run(app, run_id, answer))
+
+
+@runs.command()
+@click.argument("run_id")
+@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--step", "step", type=click.IntRange(min=0), required=True, help="The step to replay from.")
+@_set_option
+@_store_option
+@_json_option
+@_friendly
+def replay(
+    run_id: str, path: str, step: int, overrides: tuple[str, ...], store: str | None, as_json: bool
+) -> None:
+    """Run again from step K: a new run (a fork with no edit) that shares the history up to K."""
+    _fork_and_go(run_id, path, step, None, overrides, store, as_json, go=True)
+
+
+@runs.command()
+@click.argument("run_id")
+@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--step", "step", type=click.IntRange(min=0), required=True, help="The step to fork from.")
+@click.option("--update", metavar="JSON|@FILE", help="State fields to set at the fork (through reducers).")
+@click.option("--resume", "go", is_flag=True, help="Continue the new run at once.")
+@_set_option
+@_store_option
+@_json_option
+@_friendly
+def fork(
+    run_id: str,
+    path: str,
+    step: int,
+    update: str | None,
+    go: bool,
+    overrides: tuple[str, ...],
+    store: str | None,
+    as_json: bool,
+) -> None:
+    """Start a new run from step K of RUN_ID with an edited state; prints the new run id.
+
+    The update goes through the fields' reducers (an `append` field gets the items appended). Continue
+    the new run with --resume, or later with `headrace runs resume NEW_ID PATH`.
+    """
+    edit = None if update is None else parse_json_option(update, "--update")
+    if edit is not None and not isinstance(edit, dict):
+        raise click.BadParameter("give the update as a JSON object of state fields", param_hint="--update")
+    _fork_and_go(run_id, path, step, edit, overrides, store, as_json, go=go)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _fork_and_go(
+    run_id: str,
+    path: str,
+    step: int,
+    edit: dict[str, Any] | None,
+    overrides: tuple[str, ...],
+    store: str | None,
+    as_json: bool,
+    *,
+    go: bool,
+) -> None:
+    checked = _checked(path, overrides)
+    url, app = _app(checked, store)
+    try:
+        _need_run(app.store, run_id)
+        _check_same_graph(app, app.store, run_id, path)
+        new_id = app.fork(run_id, step=step, update=edit)
+        if go:  # the summary names the new run
+            _report(_drive(app, new_id, lambda: app.resume(new_id), checked, url), as_json)
+        elif as_json:
+            click.echo(json.dumps({"run_id": new_id, "parent": {"run_id": run_id, "step": step}}))
+        else:
+            click.echo(new_id)
+    finally:
+        app.close()
+
+
+def _continue(
+    path: str,
+    overrides: tuple[str, ...],
+    store: str | None,
+    run_id: str,
+    as_json: bool,
+    start: Callable[[Any], Any],
+) -> None:
+    checked = _checked(path, overrides)
+    url, app = _app(checked, store)
+    try:
+        _need_run(app.store, run_id)
+        _check_same_graph(app, app.store, run_id, path)
+        _report(_drive(app, run_id, lambda: start(app), checked, url), as_json)
+    finally:
+        app.close()
+
+
+def _report(summary: Any, as_json: bool) -> None:
+    click.echo(json.dumps(summary.as_dict()) if as_json else summary.render())
+    sys.exit(summary.exit_code)
+
+
+def _drive(app: Any, run_id: str, start: Callable[[], Any], checked: Any, url: str) -> Any:
+    from engine.runtime.graphs import drive
+
+    return drive(app, run_id, start, checked, url)
+
+
+def _checked(path: str, overrides: tuple[str, ...]) -> Any:
+    from engine.check import check_file
+
+    content = sys.stdin.buffer.read() if path == "-" else None
+    checked = check_file(path, content=content, overrides=overrides)
+    for warning in checked.warnings:
+        click.echo(warning.format(), err=True)
+    return checked
+
+
+def _app(checked: Any, store: str | None) -> tuple[str, Any]:
+    from engine.runtime.graphs import compile_checked, is_state_graph, store_url
+
+    if not is_state_graph(checked.loaded.spec):
+        raise click.UsageError(f"{checked.loaded.document.path} is a dataflow pipeline, not a state graph")
+    url = store_url(store)
+    return url, compile_checked(checked, url)
+
+
+def _compiled(path: str, overrides: tuple[str, ...], store: Any) -> Any:
+    from engine.graph.spec import graph_from_spec
+
+    checked = _checked(path, overrides)
+    return graph_from_spec(checked.loaded.spec).compile(checkpoint=store)
+
+
+def _check_same_graph(app: Any, store: Any, run_id: str, path: str) -> None:
+    from engine.graph.errors import InvalidGraph
+
+    run = store.get_run(run_id)
+    if run.graph_hash != app.plan.graph_hash:
+        raise InvalidGraph(
+            f"run {run_id!r} was started by a different graph ({run.graph!r}, hash {run.graph_hash}) than "
+            f"{path} now describes (hash {app.plan.graph_hash}): its nodes, edges, conditions or state "
+            "changed; use the pipeline file (and --set values) the run was started with"
+        )
+
+
+def _need_run(store: Any, run_id: str) -> Any:
+    from engine.graph.checkpoints import RunNotFound
+
+    run = store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    return run
+
+
+class _open:
+    """The checkpoint store named by ``--store`` (or the default), closed on exit."""
+
+    def __init__(self, url: str | None) -> None:
+        from engine.graph.checkpoints import open_store
+        from engine.runtime.graphs import ensure_store_folder, store_url
+
+        full = store_url(url)
+        ensure_store_folder(full)
+        self.store = open_store(full)
+
+    def __enter__(self) -> Any:
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+
+
+def _run_json(run: Any) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "graph": run.graph,
+        "graph_hash": run.graph_hash,
+        "status": run.status,
+        "created_at": _time(run.created_at, iso=True),
+        "parent": None if run.parent is None else {"run_id": run.parent[0], "step": run.parent[1]},
+        "meta": dict(run.meta),
+    }
+
+
+def _step_json(rec: Any) -> dict[str, Any]:
+    return {
+        "run_id": rec.run_id,
+        "step": rec.step,
+        "node": rec.node,
+        "created_at": _time(rec.created_at, iso=True),
+        "delta": dict(rec.delta),
+        "next": list(rec.next),
+        "meta": dict(rec.meta),
+    }
+
+
+def _time(ts: float, *, iso: bool = False) -> str:
+    when = datetime.fromtimestamp(ts, timezone.utc)
+    return when.isoformat(timespec="milliseconds") if iso else f"{when:%Y-%m-%d %H:%M:%S}"
