@@ -424,7 +424,13 @@ def test_llm_classify_example_runs_on_either_provider_from_sdk_variables(
         "GEMINI_API_KEY": KEY,
     }
     proc = run_headrace(
-        "run", EXAMPLES / "llm_classify.yaml", "--json", f"--set=nodes.classify.provider={provider}", env=env
+        "run",
+        EXAMPLES / "llm_classify.yaml",
+        "--json",
+        f"--set=nodes.classify.provider={provider}",
+        # the example's limits suit a new account (50 requests a minute); the loopback server has none
+        f"--set=providers.{provider}.rate_limits.requests_per_minute=60000",
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -450,7 +456,13 @@ def test_llm_extract_example_writes_the_schema_as_a_struct(tmp_path: Path, serve
         "ANTHROPIC_BASE_URL": server.url,
         "ANTHROPIC_API_KEY": KEY,
     }
-    proc = run_headrace("run", EXAMPLES / "llm_extract.yaml", "--json", env=env)
+    proc = run_headrace(
+        "run",
+        EXAMPLES / "llm_extract.yaml",
+        "--json",
+        "--set=providers.anthropic.rate_limits.requests_per_minute=60000",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     table = pq.read_table(tmp_path / "out" / "llm_extract")
     assert (
