@@ -9,6 +9,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from engine.errors import DataError
+from engine.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ def resolve(path: str, base_dir: str) -> str:
 def expand(paths: list[str], *, node: str, suffixes: tuple[str, ...] = ()) -> list[FileRef]:
     """Every file the paths name, in a stable order; folders list their files recursively."""
     out: list[FileRef] = []
+    policy = Policy.from_env()
     for path in paths:
         fs, fs_path = url_to_fs(path)
         protocol = _protocol(fs)
@@ -45,6 +47,8 @@ def expand(paths: list[str], *, node: str, suffixes: tuple[str, ...] = ()) -> li
         for p in found:
             if fs.isdir(p):
                 continue
+            # a folder or glob may hold a symlink to somewhere the policy does not allow
+            policy.check_path(_url(protocol, p), node)
             out.append(FileRef(_url(protocol, p), int(fs.size(p) or 0)))
         if not found:
             raise DataError(f"node '{node}': {path} matches no files")

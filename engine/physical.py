@@ -12,6 +12,7 @@ from typing import Any
 
 from engine.optimizer import Stage
 from engine.plan import Problem
+from engine.policy import Policy
 from engine.spec.models import Defaults, ErrorPolicy, NodeSpec, Pipeline, Resources, RetryPolicy
 from operators.llm import LlmSpec
 from operators.llm_rows import Target
@@ -307,3 +308,24 @@ def check_prices(
                 hint = f"add its price under `providers.{target.provider}.prices` so spend is known"
                 problems.append(Problem(where, str(exc), hint, code="prices"))
     return prices, problems
+
+
+def check_policy(stages: list[PhysicalStage], plan_nodes: Iterable[Any], policy: Policy) -> list[Problem]:
+    """Problems for paths outside the allowed roots or schemes, and code from modules not allowed."""
+    problems: list[Problem] = []
+    for stage in stages:
+        job = stage.job
+        named = [(job.source_id, u) for u in stage.inputs] + [(job.sink_id, job.output)]
+        named += [(node, job.dead_letters) for node in job.on_error if job.dead_letters]
+        for node, url in named:
+            problem = policy.path_problem(url)
+            if problem is not None:
+                field = "path" if node in (job.source_id, job.sink_id) else "on_error"
+                problems.append(Problem(("nodes", node, field), problem, code="policy"))
+    for node in plan_nodes:
+        fn = getattr(node.spec, "fn", None)
+        if isinstance(fn, str):
+            problem = policy.module_problem(fn)
+            if problem is not None:
+                problems.append(Problem(("nodes", node.id, "fn"), problem, code="policy"))
+    return problems

@@ -5,7 +5,6 @@ Each factory runs once per task (inside a Ray worker); the function it returns r
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -13,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import DataError
+from engine.policy import import_object
 from engine.spec.models import NodeSpec
 from operators.pii_batch import PII_BATCH_OPS
 from operators.text import chunk_spans
@@ -84,11 +84,7 @@ def _arrow_type(name: str) -> pa.DataType:
 
 
 def _import(path: str) -> Any:
-    module_name, _, attr = path.partition(":")
-    target: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        target = getattr(target, part)
-    return target
+    return import_object(path)  # the operator's module allow-list applies in every worker
 
 
 def _map_batches(spec: MapBatches) -> BatchFn:

@@ -26,7 +26,6 @@ the graph was read from, if any. ``graph_to_spec(graph_from_spec(p)) == p``.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import re
@@ -41,6 +40,7 @@ from pydantic_core import PydanticUndefined
 from engine.graph.builder import Graph, NodeDef, Route
 from engine.graph.errors import GraphError, InvalidGraph
 from engine.graph.state import REDUCERS
+from engine.policy import PolicyViolation, import_object
 from engine.spec.expressions import condition
 from engine.spec.models import (
     END,
@@ -166,20 +166,18 @@ def _call_node(name: str, path: str, kwargs: dict[str, Any]) -> Callable[[Any], 
 
 
 def _import(path: str, who: str) -> Any:
-    module_name, _, attr = path.partition(":")
+    module_name = path.partition(":")[0]
     try:
-        target: Any = importlib.import_module(module_name)
+        return import_object(path)
+    except PolicyViolation as exc:
+        raise InvalidGraph(f"{who}: {exc}") from None
     except ImportError as exc:
         raise InvalidGraph(
             f"{who}: cannot import module {module_name!r} of fn {path!r} ({exc}); "
             "check the name and that its folder is on PYTHONPATH"
         ) from None
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise InvalidGraph(f"{who}: module {module_name!r} has no {attr!r} (fn {path!r})") from None
-    return target
+    except AttributeError as exc:
+        raise InvalidGraph(f"{who}: {exc} (fn {path!r})") from None
 
 
 def _branch_route(

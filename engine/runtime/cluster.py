@@ -19,9 +19,12 @@ PROVIDER_VARIABLES = (
     "GOOGLE_API_KEY",
     "GOOGLE_GEMINI_BASE_URL",
     "HEADRACE_CACHE_DIR",
+    "HEADRACE_ALLOWED_ROOTS",
+    "HEADRACE_ALLOWED_SCHEMES",
+    "HEADRACE_ALLOWED_MODULES",
 )
-"""Variables the LLM pools read on the machines they run on; shipped to a cluster's workers (a local
-Ray's workers inherit the driver's environment)."""
+"""Variables workers read on the machines they run on (provider keys and endpoints, the cache, the
+operator's policy); shipped to a cluster's workers (a local Ray's workers inherit the driver's)."""
 
 
 def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -21,10 +21,19 @@ from engine.audit import AuditLog, actor
 from engine.check import CheckedPipeline, locate
 from engine.errors import BudgetExceeded, ConfigError, DataError, Diagnostic, HeadraceError, RunError
 from engine.optimizer import optimize
-from engine.physical import PhysicalStage, build_physical, check_capacity, check_outputs, plan_pools
+from engine.physical import (
+    PhysicalStage,
+    build_physical,
+    check_capacity,
+    check_outputs,
+    check_policy,
+    plan_pools,
+)
 from engine.plan import Problem
+from engine.policy import Policy
 from engine.runtime.cluster import ray_session
 from engine.runtime.graphs import GraphRunSummary, is_state_graph, run_graph
+from engine.runtime.llm.ledger import TenantScope
 from engine.runtime.llm.services import check_pools, start_services
 from engine.runtime.progress import Progress
 from engine.runtime.scheduler import Scheduler, StageRun
@@ -47,6 +56,8 @@ def run_checked(
     cache: bool = True,
     input: Mapping[str, Any] | None = None,
     checkpoint: str | None = None,
+    tenant: TenantScope | None = None,
+    observe: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary | GraphRunSummary:
     """Run ``checked`` to completion on Ray and return its summary (failures are in the summary).
 
@@ -56,6 +67,9 @@ def run_checked(
 
     A state-graph pipeline (state nodes or ``edges``) runs in-process on ``input`` with checkpoints in
     ``checkpoint`` (a store URL; see :mod:`engine.runtime.graphs`) and returns a ``GraphRunSummary``.
+
+    ``tenant`` adds a tenant's cost quota to the run's ledger; ``observe`` is handed the live summary of
+    a dataflow run as it starts (the engine streams progress from it).
     """
     if is_state_graph(checked.loaded.spec):
         return run_graph(
@@ -71,19 +85,26 @@ def run_checked(
     _raise_located(problems, checked)
     physical = build_physical(stages, pipeline.defaults.batch_rows, checked.resolver())
     _raise_located(check_outputs(physical), checked)
+    policy = Policy.from_env()
+    _raise_located(check_policy(physical, plan.nodes.values(), policy), checked)
     pools, problems = plan_pools(stages, pipeline.defaults)
     _raise_located(problems, checked)
     _raise_located(check_pools(pools, pipeline), checked)
     cache_url = checked.cache_url() if cache else None
+    if cache_url is not None and pools and (problem := policy.path_problem(cache_url)) is not None:
+        hint = "set `cache.url` (or HEADRACE_CACHE_DIR) inside an allowed root, or run with --no-cache"
+        _raise_located([Problem(("cache",), problem, hint, code="policy", at="key")], checked)
     audit = AuditLog()
     audit.append("run_started", _audit_fields(run_id, checked, physical, resume))
     started = time.perf_counter()
     nodes: dict[str, NodeStats] = {n.id: NodeStats(n.op) for s in stages for n in s.nodes}
     summary = RunSummary(run_id, plan.name, "succeeded", 0.0, nodes)
+    if observe is not None:
+        observe(summary)
     with ray_session(address) as cluster:
         _raise_located(check_capacity(stages, cluster.resources), checked)
         report = Progress(summary, enabled=progress)
-        llm = start_services(pools, pipeline, run_id, cache_url)
+        llm = start_services(pools, pipeline, run_id, cache_url, tenant)
         physical = [_with_pools(stage, llm.pools, pipeline.params) for stage in physical]
 
         def tick() -> None:
