@@ -1,7 +1,9 @@
 """Prompt templates and edge conditions: Jinja2's sandbox, never Python ``eval``.
 
 Templates see a row's columns by name and ``params``; conditions see the state's fields and ``params``.
-The sandbox refuses attribute access to Python internals, so neither can become a way to run code.
+The sandbox refuses attribute access to Python internals, so neither can become a way to run code, and
+it bounds what a template can make: ``**`` with a large exponent, ``*`` or ``+`` building a string or list
+past ``MAX_OUTPUT_CHARS``, and rendered output past that size are errors, not a worker out of memory.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, Undefined, meta
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 RESERVED_NAMES = frozenset(
@@ -18,10 +21,34 @@ RESERVED_NAMES = frozenset(
 )
 
 
+MAX_OUTPUT_CHARS = 4_000_000
+"""The most characters a template may render, or a string or list it may build."""
+_MAX_EXPONENT = 256
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, with arithmetic that cannot exhaust memory."""
+
+    intercepted_binops = frozenset({"*", "**", "+"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > _MAX_EXPONENT:
+            raise SecurityError(f"exponent {right} is larger than {_MAX_EXPONENT}")
+        sized = (str, list, tuple)
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, sized) and isinstance(times, int) and len(seq) * times > MAX_OUTPUT_CHARS:
+                    raise SecurityError(f"repeating makes more than {MAX_OUTPUT_CHARS:,} items")
+        joined = isinstance(left, sized) and isinstance(right, sized)
+        if operator == "+" and joined and len(left) + len(right) > MAX_OUTPUT_CHARS:
+            raise SecurityError(f"joining makes more than {MAX_OUTPUT_CHARS:,} items")
+        return super().call_binop(context, operator, left, right)
+
+
 @lru_cache(maxsize=1)
 def sandbox() -> ImmutableSandboxedEnvironment:
     """The one Jinja2 environment headrace renders with."""
-    return ImmutableSandboxedEnvironment(
+    return _BoundedSandbox(
         undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_no_callables
     )
 
@@ -51,7 +78,18 @@ def condition_names(expression: str) -> set[str]:
 def render(source: str) -> Callable[[Mapping[str, Any]], str]:
     """Compile ``source`` once; the result renders it with a mapping of names."""
     template = sandbox().from_string(source)
-    return lambda names: template.render(**names)
+
+    def run(names: Mapping[str, Any]) -> str:
+        parts: list[str] = []
+        size = 0
+        for part in template.generate(**names):  # streamed, so a runaway loop stops at the limit
+            size += len(part)
+            if size > MAX_OUTPUT_CHARS:
+                raise SecurityError(f"the template renders more than {MAX_OUTPUT_CHARS:,} characters")
+            parts.append(part)
+        return "".join(parts)
+
+    return run
 
 
 def condition(expression: str) -> Callable[[Mapping[str, Any]], bool]:
