@@ -17,9 +17,11 @@ import ray
 from connectors.outputs import claim_output, clear_dead_letters, resume_output, write_manifest
 from connectors.readers import reader_for
 from connectors.writers import PartInfo
+from engine import metrics, telemetry
 from engine.audit import AuditLog, actor
 from engine.check import CheckedPipeline, locate
 from engine.errors import BudgetExceeded, ConfigError, DataError, Diagnostic, HeadraceError, RunError
+from engine.logs import get_logger, run_context
 from engine.optimizer import optimize
 from engine.physical import (
     PhysicalStage,
@@ -39,6 +41,8 @@ from engine.runtime.progress import Progress
 from engine.runtime.scheduler import Scheduler, StageRun
 from engine.runtime.summary import NodeStats, RunSummary
 from engine.runtime.worker import SplitResult
+
+_log = get_logger("runtime")
 
 
 def new_run_id() -> str:
@@ -70,11 +74,88 @@ def run_checked(
 
     ``tenant`` adds a tenant's cost quota to the run's ledger; ``observe`` is handed the live summary of
     a dataflow run as it starts (the engine streams progress from it).
+
+    When tracing is on (:mod:`engine.telemetry`) the run is one trace under a ``run`` span; when this
+    process serves metrics (:mod:`engine.metrics`) the run is reported live and counted by status.
     """
-    if is_state_graph(checked.loaded.spec):
-        return run_graph(
-            checked, input=input, checkpoint=checkpoint, run_id=run_id, resume=resume, address=address
-        )
+    started: list[RunSummary] = []
+
+    def watch(summary: RunSummary) -> None:
+        started.append(summary)
+        if observe is not None:
+            observe(summary)
+
+    graph = is_state_graph(checked.loaded.spec)
+    if not graph:
+        run_id = resume or run_id or new_run_id()
+    name = checked.loaded.spec.name
+    outcome: RunSummary | GraphRunSummary | None = None
+    with run_context(resume or run_id or "", name), telemetry.run_span(resume or run_id, name) as span:
+        try:
+            if graph:
+                outcome = run_graph(
+                    checked, input=input, checkpoint=checkpoint, run_id=run_id, resume=resume, address=address
+                )
+            else:
+                outcome = _run_dataflow(
+                    checked,
+                    address=address,
+                    run_id=run_id,
+                    resume=resume,
+                    progress=progress,
+                    cache=cache,
+                    input=input,
+                    checkpoint=checkpoint,
+                    tenant=tenant,
+                    observe=watch,
+                )
+        finally:
+            if metrics.serving() and (outcome is not None or started):
+                if outcome is None:  # refused after it started (e.g. the cluster is too small)
+                    started[0].status = "failed"
+                metrics.finish(outcome or started[0])
+        if span is not None:
+            _end_run_span(span, outcome)
+        _log_finished(outcome)
+        return outcome
+
+
+def _log_finished(summary: RunSummary | GraphRunSummary) -> None:
+    fields: dict[str, Any] = {"status": summary.status, "seconds": round(summary.seconds, 3)}
+    if isinstance(summary, RunSummary):
+        fields["rows"] = {n: s.rows for n, s in summary.nodes.items()}
+        fields["cost_usd"] = summary.total_cost_usd
+        fields["dead_letters"] = sorted(summary.dead_letters)
+    if summary.status in ("failed", "budget_exceeded"):
+        _log.warning("run %s %s: %s", summary.run_id, summary.status, summary.error, extra=fields)
+    else:
+        _log.info("run %s %s in %.2fs", summary.run_id, summary.status, summary.seconds, extra=fields)
+
+
+def _end_run_span(span: Any, summary: RunSummary | GraphRunSummary) -> None:
+    attributes: dict[str, Any] = {"headrace.run_id": summary.run_id, "headrace.status": summary.status}
+    if isinstance(summary, RunSummary):
+        attributes["headrace.cost_usd"] = summary.total_cost_usd
+        attributes["headrace.tokens"] = sum(s.tokens for s in summary.nodes.values())
+        attributes.update({f"headrace.rows.{n}": s.rows for n, s in summary.nodes.items()})
+    span.set_attributes(attributes)
+    if summary.status == "failed":
+        telemetry.set_error(span, summary.error or "the run failed")
+
+
+def _run_dataflow(
+    checked: CheckedPipeline,
+    *,
+    address: str | None,
+    run_id: str | None,
+    resume: str | None,
+    progress: bool,
+    cache: bool,
+    input: Mapping[str, Any] | None,
+    checkpoint: str | None,
+    tenant: TenantScope | None,
+    observe: Callable[[RunSummary], None],
+) -> RunSummary:
     if input is not None or checkpoint is not None:
         message = "--input and --checkpoint are for state graphs; a dataflow pipeline reads its sources"
         raise ConfigError([Diagnostic(checked.loaded.document.path, 1, 1, message)])
@@ -99,15 +180,29 @@ def run_checked(
     started = time.perf_counter()
     nodes: dict[str, NodeStats] = {n.id: NodeStats(n.op) for s in stages for n in s.nodes}
     summary = RunSummary(run_id, plan.name, "succeeded", 0.0, nodes)
-    if observe is not None:
-        observe(summary)
+    observe(summary)
+    if metrics.serving():
+        metrics.track(summary, {p.node: (p.targets[0].provider, p.targets[0].model) for p in pools})
     with ray_session(address) as cluster:
         _raise_located(check_capacity(stages, cluster.resources), checked)
         report = Progress(summary, enabled=progress)
         llm = start_services(pools, pipeline, run_id, cache_url, tenant)
         physical = [_with_pools(stage, llm.pools, pipeline.params) for stage in physical]
+        if trace := telemetry.carrier():
+            physical = [_with_trace(stage, trace) for stage in physical]
+
+        deadline = (
+            started + pipeline.budget.max_seconds
+            if pipeline.budget is not None and pipeline.budget.max_seconds is not None
+            else None
+        )
 
         def tick() -> None:
+            if deadline is not None and time.perf_counter() > deadline:
+                raise BudgetExceeded(
+                    f"the run passed budget max_seconds {pipeline.budget.max_seconds:g}",  # type: ignore[union-attr]
+                    scope="run",
+                )
             if llm.pools and llm.poll():
                 _apply_usage(summary, llm.usage)
             report.tick()
@@ -208,13 +303,18 @@ def _execute(
             stats.seconds += result.seconds.get(node, 0.0)
             stats.rows_in += result.rows_in.get(node, 0)
             stats.failed += result.failed.get(node, 0)
+        if result.bytes_read:
+            summary.nodes[run.stage.job.source_id].bytes_read += result.bytes_read
         if result.dead_letter_file:
             summary.dead_letters.append(result.dead_letter_file)
         _check_error_budget(run.stage, summary, final=False)
         if result.bytes_read:
             report.split_done(result.bytes_read)
 
-    Scheduler(summary, max(2, int(cpus * 2)), on_result).run(runs, tick)
+    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result)
+    if metrics.serving():
+        metrics.track_queue(summary.run_id, scheduler.queue_depth)
+    scheduler.run(runs, tick)
     return {r.stage.job.sink_id: r.parts for r in runs}
 
 
@@ -244,6 +344,13 @@ def _with_pools(
         return stage
     job = dataclasses.replace(stage.job, pools=pools)
     tails = tuple(dataclasses.replace(t, pools=pools, params=params) for t in stage.tails)
+    return dataclasses.replace(stage, job=job, tails=tails)
+
+
+def _with_trace(stage: PhysicalStage, trace: dict[str, str]) -> PhysicalStage:
+    """``stage`` with the run's trace context, so its tasks' spans join the run's trace."""
+    job = dataclasses.replace(stage.job, trace=trace)
+    tails = tuple(dataclasses.replace(t, trace=trace) for t in stage.tails)
     return dataclasses.replace(stage, job=job, tails=tails)
 
 

@@ -159,6 +159,12 @@ class Budget(Model):
     max_cost_usd: float | None = Field(None, ge=0, description="The most a run may spend, in US dollars.")
     max_input_tokens: int | None = Field(None, ge=0, description="The most input tokens a run may send.")
     max_output_tokens: int | None = Field(None, ge=0, description="The most output tokens a run may receive.")
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="The longest a run may take; past it, work in flight is stopped, committed parts are "
+        "kept and the run ends `budget_exceeded` (resume continues it).",
+    )
 
 
 class RateLimits(Model):

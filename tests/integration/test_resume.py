@@ -143,3 +143,27 @@ def test_kill_9_mid_run_then_resume_gives_exactly_the_rows_of_a_clean_run(tmp_pa
     assert summary["nodes"]["output"]["rows"] < len(data)  # the committed splits were not redone
     assert committed_before >= 3
     assert _rows(out) == Counter(data)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_run_past_max_seconds_stops_keeping_its_parts_and_resumes_to_the_exact_rows(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    data = _source(src, 3_000)
+    marker = tmp_path / "hold"
+    marker.touch()  # splits past the first wait while it exists, so the time limit always falls mid-run
+    path = _pipeline(tmp_path, src, 0.0)
+    text = path.read_text().replace("name: resumable", "name: resumable\nbudget: {max_seconds: 10}")
+    text = text.replace("fn: tests.integration.udfs:slow", "fn: tests.integration.udfs:hold_while")
+    limited = text.replace("kwargs: {seconds: 0.0}", f"kwargs: {{marker: '{marker}', from_id: 1000}}")
+    path.write_text(limited)
+    first = run_checked(check_file(str(path)), progress=False)
+    assert first.status == "budget_exceeded" and first.exit_code == 4
+    assert "max_seconds 10" in (first.error or "")
+    committed = sorted((tmp_path / "out").glob("part-*.parquet"))
+    assert committed  # the first split finished in time: kept, whole and readable
+    assert all(pq.read_table(p).num_rows > 0 for p in committed)
+    marker.unlink()
+    path.write_text(limited.replace("max_seconds: 10", "max_seconds: 600"))
+    resumed = run_checked(check_file(str(path)), resume=first.run_id, progress=False)
+    assert resumed.status == "succeeded", resumed.error
+    assert _rows(tmp_path / "out") == Counter(data)

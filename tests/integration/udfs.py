@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -46,4 +49,13 @@ def fail_on_id_seven(table: pa.Table) -> pa.Table:
     """Fail on the batch holding id 7, to test failures upstream of a barrier."""
     if 7 in table.column("id").to_pylist():
         raise ValueError("id 7 is not allowed")
+    return table
+
+
+def hold_while(table: pa.Table, marker: str, from_id: int) -> pa.Table:
+    """Wait while the file ``marker`` exists, for batches whose ids start at ``from_id`` or later."""
+    ids = [int(v) for v in table.column("id").to_pylist()]
+    deadline = time.monotonic() + 120
+    while ids and min(ids) >= from_id and os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return table
