@@ -16,16 +16,21 @@ if TYPE_CHECKING:
     from engine.check import CheckedPipeline, check_file
     from engine.graph import Command, Graph, Send
     from engine.runtime import RunSummary, run_checked
+    from engine.runtime.engine import Engine, EngineBusy, RunHandle, TenantQuota
     from engine.spec.loader import load_pipeline
 
 _LAZY = {
     "CheckedPipeline": "engine.check",
     "check_file": "engine.check",
     "Command": "engine.graph",
+    "Engine": "engine.runtime.engine",
+    "EngineBusy": "engine.runtime.engine",
     "Graph": "engine.graph",
     "Send": "engine.graph",
     "load_pipeline": "engine.spec.loader",
+    "RunHandle": "engine.runtime.engine",
     "RunSummary": "engine.runtime",
+    "TenantQuota": "engine.runtime.engine",
     "run_checked": "engine.runtime",
 }
 
@@ -38,14 +43,18 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Diagnostic",
+    "Engine",
+    "EngineBusy",
     "Graph",
     "HeadraceError",
     "NodeSpec",
     "Pipeline",
     "PlanError",
     "RunError",
+    "RunHandle",
     "RunSummary",
     "Send",
+    "TenantQuota",
     "check_file",
     "load_pipeline",
     "register_op",

@@ -42,6 +42,18 @@ from engine.cli.runs import parse_json_option
     is_flag=True,
     help="Neither read nor write the LLM response cache (every LLM row is asked afresh, and paid).",
 )
+@click.option(
+    "--trace",
+    type=click.Choice(["console", "otlp", "file", "none"]),
+    help="Export an OpenTelemetry trace of the run (default: $OTEL_TRACES_EXPORTER, else off); "
+    "`otlp` reads the OTEL_EXPORTER_OTLP_* variables, `file` appends JSON lines to $HEADRACE_TRACE_FILE.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics while the run lasts.",
+)
 @_friendly
 def run(
     path: str,
@@ -53,15 +65,25 @@ def run(
     input_text: str | None,
     checkpoint: str | None,
     no_cache: bool,
+    trace: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Validate, compile and run a pipeline (a local Ray is started when no --address is given).
 
     A state graph (state nodes and edges) runs in this process from --input, checkpointed after
     every node; `headrace runs` lists, resumes, replays and forks its runs.
     """
+    from engine import metrics, telemetry
     from engine.check import check_file
-    from engine.runtime import run_checked
+    from engine.logs import configure_logging
+    from engine.runtime.engine import Engine
+    from engine.runtime.graphs import is_state_graph
 
+    configure_logging()
+    telemetry.configure(trace)
+    if metrics_port is not None:
+        port = metrics.serve(metrics_port)
+        click.echo(f"metrics: http://localhost:{port}/metrics", err=True)
     content = sys.stdin.buffer.read() if path == "-" else None
     checked = check_file(path, content=content, overrides=overrides)
     for warning in checked.warnings:
@@ -71,16 +93,21 @@ def run(
         graph_input = parse_json_option(input_text, "--input")
         if not isinstance(graph_input, dict):
             raise click.BadParameter("give the input state as a JSON object", param_hint="--input")
-    summary = run_checked(
-        checked,
-        address=address,
-        run_id=run_id,
-        resume=resume,
-        progress=not as_json,
-        cache=not no_cache,
-        input=graph_input,
-        checkpoint=checkpoint,
-    )
+    # The same engine as a long-lived service, for one run. A dataflow's Ray is started here, in the
+    # main thread (where Ray installs its signal handlers); a state graph starts Ray only if one of
+    # its nodes runs on Ray, so a light graph never pays for it.
+    dataflow = not is_state_graph(checked.loaded.spec)
+    with Engine(address, start_ray=dataflow, max_concurrent_runs=1) as engine:
+        summary = engine.run(
+            checked,
+            graph_input,
+            run_id=run_id,
+            resume=resume,
+            progress=not as_json,
+            cache=not no_cache,
+            checkpoint=checkpoint,
+        )
+    telemetry.shutdown()  # export what a batching exporter still holds
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=None))
     else:

@@ -7,13 +7,17 @@ exceeds a budget by more than what calls in flight had reserved.
 
 The ledger is also where a run's token and cost figures come from (the progress display polls it), so
 they are sums over the provider's answers, not estimates.
+
+A run of a tenant with a cost quota also has a ``tenant`` scope (:mod:`engine.runtime.tenants`): a
+reservation that passes the run's own scopes is then reserved against the tenant's quota, shared by all
+of the tenant's runs, and settled there too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from engine.errors import BudgetExceeded
 from engine.spec.models import Budget
@@ -87,6 +91,17 @@ class _Scope:
         return None
 
 
+class TenantScope(Protocol):
+    """The tenant's quota, as a run's ledger sees it (see :mod:`engine.runtime.tenants`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def reserve(self, charge: Charge) -> str | None: ...
+
+    def settle(self, reserved: Charge, actual: Charge | None) -> None: ...
+
+
 def _add(a: Charge, b: Charge, sign: int = 1) -> Charge:
     return Charge(
         a.cost_usd + sign * b.cost_usd,
@@ -98,7 +113,13 @@ def _add(a: Charge, b: Charge, sign: int = 1) -> Charge:
 class Ledger:
     """Budgets and usage of one run; plain Python, wrapped by ``LedgerActor`` on a cluster."""
 
-    def __init__(self, run_budget: Budget | None, node_budgets: Mapping[str, Budget]) -> None:
+    def __init__(
+        self,
+        run_budget: Budget | None,
+        node_budgets: Mapping[str, Budget],
+        tenant: TenantScope | None = None,
+    ) -> None:
+        self._tenant = tenant
         self._scopes: dict[str, _Scope] = {}
         if run_budget is not None:
             self._scopes["run"] = _Scope("run", run_budget)
@@ -119,6 +140,12 @@ class Ledger:
                 self.stopped = f"no new LLM calls: {problem}"
                 self._stopped_scope = scope.name
                 raise BudgetExceeded(self.stopped, scope=scope.name)
+        if self._tenant is not None:
+            problem = self._tenant.reserve(charge)
+            if problem is not None:
+                self.stopped = f"no new LLM calls: {problem}"
+                self._stopped_scope = self._tenant.name
+                raise BudgetExceeded(self.stopped, scope=self._tenant.name)
         for scope in scopes:
             scope.reserved = _add(scope.reserved, charge)
         self._node(node).reserved_usd += charge.cost_usd
@@ -131,6 +158,8 @@ class Ledger:
             scope.reserved = _add(scope.reserved, reserved, -1)
             if actual is not None:
                 scope.spent = _add(scope.spent, actual)
+        if self._tenant is not None:
+            self._tenant.settle(reserved, actual)
         usage.reserved_usd -= reserved.cost_usd
         if actual is None:
             usage.failed_requests += requests

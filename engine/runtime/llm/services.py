@@ -19,7 +19,7 @@ import ray
 from engine.physical import PoolPlan, check_prices
 from engine.plan import Problem
 from engine.runtime.llm.calls import CallSettings, account_id
-from engine.runtime.llm.ledger import LedgerActor
+from engine.runtime.llm.ledger import LedgerActor, TenantScope
 from engine.runtime.llm.limiter import LIMITER_NAME, NAMESPACE, RateLimiterActor
 from engine.runtime.llm.pool import LlmPoolActor, PoolSetup
 from engine.spec.models import Budget, Pipeline
@@ -97,15 +97,20 @@ class LlmServices:
 
 
 def start_services(
-    pools: list[PoolPlan], pipeline: Pipeline, run_id: str, cache_url: str | None
+    pools: list[PoolPlan],
+    pipeline: Pipeline,
+    run_id: str,
+    cache_url: str | None,
+    tenant: TenantScope | None = None,
 ) -> LlmServices:
-    """The run's ledger and every pool's actors (call inside a Ray session)."""
+    """The run's ledger and every pool's actors (call inside a Ray session); ``tenant`` is the run's
+    tenant scope when its tenant has a cost quota."""
     node_budgets = {
         p.node: Budget(max_cost_usd=p.spec.budget.max_cost_usd)
         for p in pools
         if isinstance(p.spec, LlmSpec) and p.spec.budget is not None
     }
-    ledger = ray.remote(LedgerActor).options(num_cpus=0).remote(pipeline.budget, node_budgets)
+    ledger = ray.remote(LedgerActor).options(num_cpus=0).remote(pipeline.budget, node_budgets, tenant)
     services = LlmServices(ledger)
     if not pools:
         return services
@@ -129,7 +134,7 @@ def start_services(
             },
             accounts={name: account_id(name, configs[name], os.environ) for name in names},
             priced_as={name: pipeline.priced_as(name) for name in names},
-            budgeted=pipeline.budget is not None or pool.node in node_budgets,
+            budgeted=pipeline.budget is not None or pool.node in node_budgets or tenant is not None,
         )
         setup = PoolSetup(
             node=pool.node,

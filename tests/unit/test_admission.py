@@ -1,0 +1,191 @@
+"""Admission control and tenant quota bookkeeping, without Ray: priorities, FIFO, fairness across
+tenants, queue bounds, cancelling queued runs, and the tenant cost ledger (periods, the stop, and a run
+ledger's tenant scope)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from engine.errors import BudgetExceeded
+from engine.runtime.admission import Admission, EngineBusy
+from engine.runtime.llm.ledger import Charge, Ledger
+from engine.runtime.tenants import LocalTenant, TenantLedger, TenantQuota
+from engine.spec.models import Budget
+
+
+def _names(tickets: list) -> list[str]:
+    return [t.item for t in tickets]
+
+
+def test_higher_priority_starts_first_and_fifo_among_equals() -> None:
+    adm: Admission[str] = Admission(max_running=1, max_queued=10)
+    for name, prio in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", -1)]:
+        adm.offer("default", prio, name)
+    order = []
+    while adm.queued:
+        (ticket,) = adm.take()
+        order.append(ticket.item)
+        adm.finished(ticket)
+    assert order == ["b", "d", "a", "c", "e"]
+
+
+def test_running_bound_holds_runs_in_the_queue_until_slots_free() -> None:
+    adm: Admission[int] = Admission(max_running=3, max_queued=100)
+    for i in range(10):
+        adm.offer("default", 0, i)
+    first = adm.take()
+    assert _names(first) == [0, 1, 2] and adm.running == 3 and adm.queued == 7
+    assert adm.take() == []
+    adm.finished(first[1])
+    assert _names(adm.take()) == [3]
+    adm.finished(first[1])  # finishing twice frees one slot only
+    assert adm.take() == []
+
+
+def test_a_full_queue_refuses_with_engine_busy_and_accepts_again_after_draining() -> None:
+    adm: Admission[int] = Admission(max_running=1, max_queued=2)
+    adm.offer("default", 0, 1)
+    adm.offer("default", 0, 2)
+    with pytest.raises(EngineBusy, match="max_queued=2"):
+        adm.offer("default", 0, 3)
+    adm.take()
+    adm.offer("default", 0, 3)  # one started, one place free
+    assert adm.queued == 2
+
+
+def test_a_tenant_queue_bound_refuses_only_that_tenant() -> None:
+    adm: Admission[int] = Admission(10, 100, {"small": TenantQuota(max_queued=1)})
+    adm.offer("small", 0, 1)
+    with pytest.raises(EngineBusy, match="tenant 'small'"):
+        adm.offer("small", 0, 2)
+    adm.offer("other", 0, 3)
+
+
+def test_slots_are_shared_round_robin_between_tenants_whatever_their_queue_lengths() -> None:
+    adm: Admission[str] = Admission(max_running=1, max_queued=1_000)
+    for i in range(100):
+        adm.offer("big", 0, f"big{i}")
+    for i in range(3):
+        adm.offer("small", 0, f"small{i}")
+    order = []
+    for _ in range(8):
+        (ticket,) = adm.take()
+        order.append(ticket.tenant)
+        adm.finished(ticket)
+    # the small tenant is not starved behind the big one's hundred runs
+    assert order[:6].count("small") == 3
+    assert order[6:] == ["big", "big"]
+
+
+def test_weights_share_slots_in_proportion() -> None:
+    quotas = {"heavy": TenantQuota(weight=3), "light": TenantQuota(weight=1)}
+    adm: Admission[int] = Admission(1, 10_000, quotas)
+    for i in range(1_000):
+        adm.offer("heavy", 0, i)
+        adm.offer("light", 0, i)
+    started: Counter[str] = Counter()
+    for _ in range(400):
+        (ticket,) = adm.take()
+        started[ticket.tenant] += 1
+        adm.finished(ticket)
+    assert started["heavy"] == 300 and started["light"] == 100
+
+
+def test_a_tenant_concurrency_cap_leaves_free_slots_to_others() -> None:
+    adm: Admission[str] = Admission(4, 100, {"capped": TenantQuota(max_concurrent_runs=1)})
+    for i in range(5):
+        adm.offer("capped", 0, f"c{i}")
+    adm.offer("free", 0, "f0")
+    adm.offer("free", 0, "f1")
+    started = adm.take()
+    assert sorted(t.tenant for t in started) == ["capped", "free", "free"]
+    assert adm.running_of("capped") == 1 and adm.queued_of("capped") == 4
+
+
+def test_an_idle_tenant_earns_no_credit() -> None:
+    adm: Admission[str] = Admission(1, 1_000)
+    for i in range(50):
+        adm.offer("a", 0, f"a{i}")
+    for _ in range(20):
+        (t,) = adm.take()
+        adm.finished(t)
+    # b arrives late: it alternates with a, it does not get 20 runs in a row
+    for i in range(10):
+        adm.offer("b", 0, f"b{i}")
+    order = []
+    for _ in range(6):
+        (t,) = adm.take()
+        order.append(t.tenant)
+        adm.finished(t)
+    assert order.count("a") == 3 and order.count("b") == 3
+
+
+def test_withdrawn_and_drained_runs_leave_the_queue() -> None:
+    adm: Admission[str] = Admission(1, 10)
+    tickets = [adm.offer("t", 0, n) for n in "abcd"]
+    adm.offer("u", 0, "x")
+    assert adm.withdraw(tickets[1]) and not adm.withdraw(tickets[1])
+    assert adm.queued == 4
+    assert _names(adm.drain("t")) == ["a", "c", "d"]
+    assert adm.queued == 1 and _names(adm.take()) == ["x"]
+    assert not adm.withdraw(tickets[0])  # drained already
+
+
+# -- tenant cost quotas ----------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tenant_ledger_refuses_past_the_quota_then_stays_stopped_for_the_period() -> None:
+    clock = Clock()
+    quota = TenantQuota(max_cost_usd_per_period=1.0, period_s=60)
+    ledger = TenantLedger({"a": quota, "b": quota}, clock)
+    assert ledger.reserve("a", 0.6) is None
+    ledger.settle("a", 0.6, 0.5)
+    assert ledger.spent("a") == pytest.approx(0.5)
+    reason = ledger.reserve("a", 0.6)
+    assert reason is not None and "tenant 'a'" in reason and "max_cost_usd_per_period" in reason
+    assert ledger.reserve("a", 0.01) == reason  # stopped: even a small call is refused
+    assert ledger.exhausted("a") == reason
+    assert ledger.reserve("b", 0.9) is None  # other tenants are untouched
+    assert ledger.reserve("nobody", 1e9) is None  # no quota, no limit
+    clock.now += 60  # the period renews
+    assert ledger.exhausted("a") is None and ledger.spent("a") == 0.0
+    assert ledger.reserve("a", 0.6) is None
+
+
+def test_a_run_ledger_with_a_tenant_scope_stops_when_the_tenant_is_spent() -> None:
+    tenants = TenantLedger({"team": TenantQuota(max_cost_usd_per_period=1.0)})
+    one = Ledger(Budget(max_cost_usd=100), {}, LocalTenant(tenants, "team"))
+    two = Ledger(None, {}, LocalTenant(tenants, "team"))
+    one.reserve("n", Charge(0.5))
+    one.settle("n", Charge(0.5), Charge(0.4))
+    two.reserve("n", Charge(0.5))
+    with pytest.raises(BudgetExceeded) as info:
+        one.reserve("n", Charge(0.2))  # 0.4 spent + 0.5 reserved by the other run + 0.2 > 1.0
+    assert info.value.scope == "tenant 'team'"
+    assert "tenant 'team'" in str(info.value)
+    with pytest.raises(BudgetExceeded):
+        one.reserve("n", Charge(0.0))  # the run is stopped for good
+    two.settle("n", Charge(0.5), Charge(0.5))
+    with pytest.raises(BudgetExceeded):
+        two.reserve("n", Charge(0.01))  # the tenant is exhausted for this period: every run stops
+    assert tenants.spent("team") == pytest.approx(0.9)
+
+
+def test_a_run_budget_refusal_does_not_reserve_against_the_tenant() -> None:
+    tenants = TenantLedger({"team": TenantQuota(max_cost_usd_per_period=10.0)})
+    run = Ledger(Budget(max_cost_usd=0.1), {}, LocalTenant(tenants, "team"))
+    with pytest.raises(BudgetExceeded) as info:
+        run.reserve("n", Charge(0.5))
+    assert info.value.scope == "run"
+    assert tenants.exhausted("team") is None
+    assert tenants.reserve("team", 9.9) is None  # nothing was held for the refused call
