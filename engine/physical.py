@@ -43,6 +43,8 @@ class StageJob:
     """True when a barrier follows: the head returns its batches instead of writing a part."""
     pools: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     """Actor handles of each pooled (LLM) node's pool; filled in by the runtime once they exist."""
+    trace: Mapping[str, str] = field(default_factory=dict)
+    """The run's trace context for the task's spans (see engine.telemetry); empty: tracing is off."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class TailJob:
     pools: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
     """The pipeline's params (an LLM barrier renders templates with them)."""
+    trace: Mapping[str, str] = field(default_factory=dict)
+    """The run's trace context for the task's spans (see engine.telemetry); empty: tracing is off."""
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
+from engine import telemetry
 from engine.graph.builder import Command, GraphPlan, NodeDef, Send
 from engine.graph.errors import GraphError, GraphInterrupt, GraphRecursionError, InvalidUpdate, NodeFailed
 from engine.graph.remote import remote_call
@@ -129,6 +131,12 @@ def interrupt(value: Any = None) -> Any:
         scope.index += 1
         return scope.values[scope.index - 1]
     raise GraphInterrupt(value)
+
+
+def _metrics_served() -> bool:
+    # engine.metrics (and prometheus_client) is imported only by a process that serves metrics
+    module = sys.modules.get("engine.metrics")
+    return module is not None and bool(module.serving())
 
 
 class Runner:
@@ -274,6 +282,17 @@ class Runner:
     # -- one node -------------------------------------------------------------------------------
 
     async def _execute(self, task: Task, state: Any) -> Any:
+        if telemetry.recording():
+            attributes = {
+                "headrace.run_id": self.run_id,
+                "headrace.node": task.node,
+                "headrace.step": self._count,
+            }
+            with telemetry.span("graph.node", attributes):
+                return await self._execute_node(task, state)
+        return await self._execute_node(task, state)
+
+    async def _execute_node(self, task: Task, state: Any) -> Any:
         node = self.plan.nodes[task.node]
         if node.remote:
             return await self._attempts(node, state, None)
@@ -351,9 +370,28 @@ class Runner:
         if self.recorder is not None:
             pending = [*self._running.values(), *self.frontier]
             meta.update(self._join_meta())
-            self.recorder.step(self.step, task.node, update, pending, meta)
+            if _metrics_served() or telemetry.recording():
+                self._timed_step(task.node, update, pending, meta)
+            else:
+                self.recorder.step(self.step, task.node, update, pending, meta)
         if self.modes:
             self._emit(task, update)
+
+    def _timed_step(
+        self, node: str, update: dict[str, Any], pending: list[Task], meta: dict[str, Any]
+    ) -> None:
+        """Write a step's checkpoint, timed for the metrics and traced (only when either is on)."""
+        assert self.recorder is not None
+        began = time.perf_counter()
+        if telemetry.recording():
+            with telemetry.span("graph.checkpoint", {"headrace.node": node, "headrace.step": self.step}):
+                self.recorder.step(self.step, node, update, pending, meta)
+        else:
+            self.recorder.step(self.step, node, update, pending, meta)
+        if _metrics_served():
+            from engine import metrics
+
+            metrics.CHECKPOINT_SECONDS.labels(self.plan.name).observe(time.perf_counter() - began)
 
     def _advance(
         self, task: Task, result: Any, exc: BaseException | None, meta: dict[str, Any]

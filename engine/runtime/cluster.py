@@ -27,10 +27,17 @@ PROVIDER_VARIABLES = (
 operator's policy); shipped to a cluster's workers (a local Ray's workers inherit the driver's)."""
 
 
+TELEMETRY_PREFIXES = ("OTEL_",)
+"""OpenTelemetry's standard variables (OTLP endpoint and headers, service name, sampler): a worker's
+spans are exported with the driver's settings (see engine.telemetry)."""
+
+
 def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The provider variables set here, for a cluster's workers."""
+    """The provider and telemetry variables set here, for a cluster's workers."""
     env = os.environ if environ is None else environ
-    return {name: env[name] for name in PROVIDER_VARIABLES if env.get(name)}
+    shipped = {name: env[name] for name in PROVIDER_VARIABLES if env.get(name)}
+    shipped.update({k: v for k, v in env.items() if k.startswith(TELEMETRY_PREFIXES) and v})
+    return shipped
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ import ray
 from connectors.readers import Split
 from connectors.writers import PartInfo
 from engine.errors import BudgetExceeded, DataError, HeadraceError, TransientError
+from engine.logs import get_logger
 from engine.physical import PhysicalStage
 from engine.runtime.summary import RunSummary
 from engine.runtime.worker import BarrierActor, SplitResult, run_split, run_tail
 
 Handler = Callable[[Any], None]
+_log = get_logger("runtime")
 
 
 @dataclass
@@ -90,6 +93,10 @@ class Scheduler:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             raise
+
+    def queue_depth(self) -> tuple[int, int, int]:
+        """References in flight, the window, and the barrier backlog (read by the metrics thread)."""
+        return len(self.in_flight), self.window, self.backlog
 
     def _fill(self, drivers: list[_Driver]) -> None:
         progressed = True
@@ -177,8 +184,22 @@ class _Driver:
             if attempt >= policy.max_attempts:
                 raise DataError(f"{exc} (after {attempt} attempts)") from None
             self.attempts[split.index] = attempt + 1
-            self.retry_at.append((time.monotonic() + policy.backoff_s(attempt), split))
+            delay = policy.backoff_s(attempt)
+            self.retry_at.append((time.monotonic() + delay, split))
             self.s.summary.retries += 1
+            # the worker's message starts with the node that failed; else name the stage by its sink
+            named = re.match(r"node '([^']+)'", str(exc))
+            node = named.group(1) if named else self.run.stage.job.sink_id
+            _log.warning(
+                "split %d of %s failed (attempt %d of %d); retrying in %.2fs: %s",
+                split.index,
+                split.url,
+                attempt,
+                policy.max_attempts,
+                delay,
+                exc,
+                extra={"node": node, "split": split.index, "attempt": attempt},
+            )
             return None
 
     def submit_head(self) -> bool:

@@ -19,6 +19,8 @@ class NodeStats:
     seconds: float = 0.0
     rows_in: int = 0
     failed: int = 0
+    bytes_read: int = 0
+    """Input bytes a source node read (zero for other nodes)."""
     tokens: int = 0
     cost_usd: float = 0.0
     llm: dict[str, Any] | None = None

@@ -25,6 +25,7 @@ import ray
 from connectors.files import filesystem
 from connectors.readers import Split, reader_for
 from connectors.writers import PartInfo, open_part
+from engine import telemetry
 from engine.errors import BudgetExceeded, DataError, TransientError
 from engine.physical import StageJob, TailJob
 from engine.runtime.llm.pool import PoolResult
@@ -72,6 +73,14 @@ class _Where:
 
 def run_split(job: StageJob, split: Split) -> Any:
     """Run the head segment on ``split``: a SplitResult, or (SplitResult, tables) when ``job.emit``."""
+    if job.trace:
+        nodes = [job.source_id, *(n for n, _ in job.transforms), *([] if job.emit else [job.sink_id])]
+        where = {"headrace.input": split.url, "headrace.byte_range": [split.start, split.end]}
+        return _traced("split", job.trace, nodes, split.index, where, partial(_run_split, job, split))
+    return _run_split(job, split)
+
+
+def _run_split(job: StageJob, split: Split) -> Any:
     reader = reader_for(job.source)  # type: ignore[arg-type]
     where = _Where(split.url, split.index, split.start, split.end)
     failures: list[_Failure] = []
@@ -102,6 +111,38 @@ def run_split(job: StageJob, split: Split) -> Any:
 
 def run_tail(job: TailJob, tables: list[pa.Table], index: int) -> Any:
     """Run a tail segment on batches a barrier released: a SplitResult, or (SplitResult, tables)."""
+    if job.trace:
+        nodes = [n for n, _ in job.transforms] + ([job.sink_id] if job.sink is not None else [])
+        where = {"headrace.barrier": job.barrier_id}
+        return _traced("tail", job.trace, nodes, index, where, partial(_run_tail, job, tables, index))
+    return _run_tail(job, tables, index)
+
+
+def _traced(
+    name: str,
+    carrier: Mapping[str, str],
+    nodes: list[str],
+    index: int,
+    where: dict[str, Any],
+    run: Callable[[], Any],
+) -> Any:
+    """``run()`` inside a span of the run's trace, with the rows each node produced and bytes read."""
+    attributes = {"headrace.nodes": nodes, "headrace.split": index, **where}
+    with telemetry.worker_span(name, carrier, attributes) as span:
+        out = run()
+        result: SplitResult = out[0] if isinstance(out, tuple) else out
+        span.set_attributes(
+            {
+                "headrace.bytes": result.bytes_read,
+                "headrace.rows": sum(result.rows.get(n, 0) for n in nodes[-1:]),
+                **{f"headrace.rows.{n}": c for n, c in result.rows.items()},
+                **{f"headrace.failed_rows.{n}": c for n, c in result.failed.items()},
+            }
+        )
+        return out
+
+
+def _run_tail(job: TailJob, tables: list[pa.Table], index: int) -> Any:
     sink = (job.sink_id, job.sink) if job.sink is not None else None
     where = _Where(job.barrier_id, index, -1, -1)
     result, out = _run_segment(
@@ -275,7 +316,8 @@ def _write_dead_letters(
 def _ask_pool(actor: Any, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
     """Send prompt contexts to an LLM pool actor and wait for the answers (an LLM barrier's calls)."""
     try:
-        result: PoolResult = ray.get(actor.process.remote(table))
+        trace = telemetry.carrier() if telemetry.recording() else None
+        result: PoolResult = ray.get(actor.process.remote(table, trace))
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, (BudgetExceeded, DataError)):
             raise exc.cause from None

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from engine import telemetry
 from engine.runtime.llm.ledger import Charge, Ledger
 from engine.runtime.llm.limiter import RateBuckets
 from engine.spec.models import RateLimits, RetryPolicy
@@ -216,6 +217,8 @@ class RowCaller:
         if self.cache is not None:
             hit = self.cache.get(request)
             if hit is not None:
+                if telemetry.recording():
+                    self._cache_span(target, hit)
                 self.cached.requests += 1
                 self.cached.input_tokens += hit.input_tokens
                 self.cached.output_tokens += hit.output_tokens
@@ -244,12 +247,16 @@ class RowCaller:
             async with self._slots:
                 if self.settings.budgeted:
                     await self.services.reserve_budget(node, reserved)
+                delay = 0.0
                 if limits is not None:
                     delay = await self.services.reserve_rate(key, limits, estimate, request.max_tokens)
                     if delay > 0:
                         await asyncio.sleep(delay)
                 try:
-                    response = await provider.call(request)
+                    if telemetry.recording():
+                        response = await self._traced_call(provider, request, target, attempt, delay)
+                    else:
+                        response = await provider.call(request)
                 except ProviderError as exc:
                     await self._settle(reserved, None)
                     if limits is not None:
@@ -277,6 +284,56 @@ class RowCaller:
                         self.services.refund_rate(key, request.max_tokens - response.output_tokens)
                     return response
             await asyncio.sleep(wait)  # outside the slot: a backing-off row does not block others
+
+    async def _traced_call(
+        self, provider: Provider, request: LlmRequest, target: Target, attempt: int, waited: float
+    ) -> LlmResponse:
+        """``provider.call`` inside an ``llm.call`` span (only when the run is traced)."""
+        span = telemetry.start_span(
+            "llm.call",
+            {
+                "headrace.node": self.settings.node,
+                "llm.provider": target.provider,
+                "llm.model": target.model,
+                "llm.attempt": attempt,
+                "llm.cache_hit": False,
+                "llm.rate_limit_wait_s": waited,
+            },
+        )
+        try:
+            response = await provider.call(request)
+        except BaseException as exc:
+            status = getattr(exc, "status", None)
+            telemetry.end_span(span, {"llm.status": status}, error=f"{type(exc).__name__}: {exc}")
+            raise
+        billed = response.source == _PAID
+        price = self.prices.price(self.settings.priced_as.get(target.provider, target.provider), target.model)
+        telemetry.end_span(
+            span,
+            {
+                "llm.input_tokens": response.input_tokens,
+                "llm.output_tokens": response.output_tokens,
+                "llm.cost_usd": price.cost(response.input_tokens, response.output_tokens) if billed else 0.0,
+                "llm.stop_reason": response.stop_reason,
+                "llm.status": "ok",
+            },
+        )
+        return response
+
+    def _cache_span(self, target: Target, hit: LlmResponse) -> None:
+        attributes = {
+            "headrace.node": self.settings.node,
+            "llm.provider": target.provider,
+            "llm.model": target.model,
+            "llm.cache_hit": True,
+            "llm.attempt": 0,
+        }
+        usage = {
+            "llm.input_tokens": hit.input_tokens,
+            "llm.output_tokens": hit.output_tokens,
+            "llm.cost_usd": 0.0,
+        }
+        telemetry.end_span(telemetry.start_span("llm.call", attributes), {**usage, "llm.status": "ok"})
 
     async def _settle(self, reserved: Charge, actual: Charge | None) -> None:
         """Settle one call: at once when a budget covers the node (the next reservation must see it),

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from engine import telemetry
 from engine.errors import BudgetExceeded
 from engine.runtime.llm.batch import BatchRowCaller
 from engine.runtime.llm.calls import CallServices, CallSettings, RowCaller, RowFailed
@@ -131,8 +132,19 @@ class LlmPoolActor:
             )
         return self._batcher
 
-    async def process(self, table: pa.Table) -> PoolResult:
-        """Answer every row of ``table``; raises ``BudgetExceeded`` (after the calls in flight finish)."""
+    async def process(self, table: pa.Table, trace: Mapping[str, str] | None = None) -> PoolResult:
+        """Answer every row of ``table``; raises ``BudgetExceeded`` (after the calls in flight finish).
+
+        ``trace`` is the calling task's trace context (None: tracing is off)."""
+        if not trace:
+            return await self._process(table)
+        attributes = {"headrace.node": self.setup.node, "headrace.rows": table.num_rows}
+        with telemetry.worker_span("llm.batch", trace, attributes) as span:
+            result = await self._process(table)
+            span.set_attribute("headrace.failed_rows", len(result.failures))
+            return result
+
+    async def _process(self, table: pa.Table) -> PoolResult:
         rows = table.to_pylist()
         outcomes: list[Any]
         if self.setup.spec.mode == "batch":

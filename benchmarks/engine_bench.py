@@ -1,5 +1,5 @@
 """Engine overhead on a warm engine: submit-to-first-node latency, trivial-pipeline throughput, and
-1,000 concurrent pipelines whose nodes await 100 ms. ``python scripts/engine_bench.py [--json]``.
+1,000 concurrent pipelines whose nodes await 100 ms. ``python -m benchmarks.engine_bench [--json]``.
 
 A quick measurement for developers; the benchmark suite proper lives in ``benchmarks/``.
 """
