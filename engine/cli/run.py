@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -97,17 +98,20 @@ def run(
     # main thread (where Ray installs its signal handlers); a state graph starts Ray only if one of
     # its nodes runs on Ray, so a light graph never pays for it.
     dataflow = not is_state_graph(checked.loaded.spec)
-    with Engine(address, start_ray=dataflow, max_concurrent_runs=1) as engine:
-        summary = engine.run(
-            checked,
-            graph_input,
-            run_id=run_id,
-            resume=resume,
-            progress=not as_json,
-            cache=not no_cache,
-            checkpoint=checkpoint,
-        )
-    telemetry.shutdown()  # export what a batching exporter still holds
+    # With --json, stdout carries exactly one JSON object: whatever else prints to it meanwhile (Ray
+    # forwards its workers' and raylets' log lines to the driver's stdout) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with Engine(address, start_ray=dataflow, max_concurrent_runs=1) as engine:
+            summary = engine.run(
+                checked,
+                graph_input,
+                run_id=run_id,
+                resume=resume,
+                progress=not as_json,
+                cache=not no_cache,
+                checkpoint=checkpoint,
+            )
+        telemetry.shutdown()  # export what a batching exporter still holds
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=None))
     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from ray.cluster_utils import Cluster
 
-from tests.cli import run_headrace
+from tests.cli import HEADRACE, run_headrace
 from tests.loopback import LLMServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,3 +108,60 @@ nodes:
     assert len(answered) == 40 and all(r.api_key_present for r in answered)
     assert key not in proc.stdout + proc.stderr
     assert pq.read_table(tmp_path / "out").num_rows == 40
+
+
+def test_losing_a_worker_machine_mid_run_costs_retries_not_rows(tmp_path: Path) -> None:
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(ROOT)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": 128 * 1024 * 1024, "include_dashboard": False},
+    )
+    try:
+        doomed = cluster.add_node(num_cpus=2, resources={"worker": 1}, object_store_memory=128 * 1024 * 1024)
+        cluster.add_node(num_cpus=2, resources={"worker": 1}, object_store_memory=128 * 1024 * 1024)
+        cluster.wait_for_nodes()
+        src = tmp_path / "in.csv"
+        src.write_text("n\n" + "".join(f"{i}\n" for i in range(4_000)), encoding="utf-8")
+        path = tmp_path / "pipe.yaml"
+        path.write_text(
+            f"""version: 1
+name: survives
+nodes:
+  input: {{op: read_csv, path: {src}, split_bytes: 1KiB}}
+  where:
+    op: map_batches
+    input: input
+    fn: tests.integration.udfs_cluster:tag_node_slowly
+    resources: {{custom: {{worker: 0.25}}}}
+    retry: {{max_attempts: 5, initial_backoff_s: 0.1}}
+  output: {{op: write_parquet, input: where, path: {tmp_path / "out"}}}
+""",
+            encoding="utf-8",
+        )
+        proc = subprocess.Popen(
+            [*HEADRACE, "run", str(path), "--json", "--address", cluster.address],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        out = tmp_path / "out"
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("part-*.parquet"))) < 3:  # work is under way on both machines
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        cluster.remove_node(doomed)  # the machine goes away with tasks on it
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert json.loads(stdout)["status"] == "succeeded"
+        table = pq.read_table(out)
+        assert sorted(table["n"].to_pylist()) == list(range(4_000))  # none lost, none twice
+        assert doomed.node_id in set(table["node_id"].to_pylist())  # it did work before it went
+    finally:
+        cluster.shutdown()
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
