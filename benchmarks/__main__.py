@@ -1,4 +1,7 @@
-"""``python -m benchmarks run [--quick] [--only NAME]``: measure, write results, render the report."""
+"""``python -m benchmarks run [--quick] [--only NAME]``: measure, write results, render the report.
+
+``python -m benchmarks llm [--quick]`` runs the LLM-steps family (``benchmarks/llm.py``);
+``python -m benchmarks graphs [--quick]`` state graphs and concurrency (``benchmarks/graphs.py``)."""
 
 from __future__ import annotations
 
@@ -27,6 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("scaling", help="headrace's peak memory at 1 GB and 10 GB of input")
     one = commands.add_parser("measure-one", help=argparse.SUPPRESS)
     one.add_argument("spec")
+    llm = commands.add_parser("llm", help="LLM steps: rows/s against the bound N / latency, and a baseline")
+    llm.add_argument(
+        "--quick",
+        action="store_true",
+        help="throughput at 200 ms only (about 3 min); the full run adds 50 ms, 429s and overhead",
+    )
+    llm.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where results go")
+    graphs = commands.add_parser("graphs", help="state graphs vs LangGraph, the Engine vs raw Ray tasks")
+    graphs.add_argument("--quick", action="store_true", help="smaller counts and 3 repeats (about 1 min)")
+    graphs.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where results go")
     return parser
 
 
@@ -87,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.streaming import measure_from_spec
 
         measure_from_spec(args.spec)
+        return 0
+    if args.command == "llm":
+        from benchmarks.llm import run_family as run_llm_family
+
+        run_llm_family(args.quick, args.results_dir)
+        return 0
+    if args.command == "graphs":
+        from benchmarks.graphs import run_family as run_graphs_family
+
+        run_graphs_family(args.quick, args.results_dir)
         return 0
     if args.command == "scaling":
         from benchmarks.scaling import run_scaling

@@ -247,3 +247,273 @@ def render_plots(doc: dict[str, Any], folder: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
+
+
+# --- the LLM-steps family (benchmarks/llm.py) ------------------------------------------------------
+
+_LLM_ROLES = (
+    "pool actor",
+    "ledger actor",
+    "limiter actor",
+    "ray workers (tasks)",
+    "ray system (raylet, gcs, agents)",
+    "driver + loopback server",
+    "baseline client",
+)
+
+
+def _measured(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in results if "systems" in r]
+
+
+def _llm_setting(r: dict[str, Any]) -> str:
+    parts = [f"{r['latency_s'] * 1000:g} ms", f"N={r['in_flight']}"]
+    if r["actors"] > 1:
+        parts.append(f"{r['actors']} actors × {r['in_flight'] // r['actors']}")
+    if r["rate_429"]:
+        parts.append(f"{r['rate_429']:.0%} 429s")
+    if r["limiter"]:
+        parts.append("rate limit 1e6 rpm")
+    if r["budget"]:
+        parts.append("budget $1e6")
+    return ", ".join(parts)
+
+
+def evaluate_llm_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The 90%-of-the-bound target at 200 ms, judged on the call phase and on the whole run."""
+    from benchmarks.llm import TARGET_SHARE
+
+    out = []
+    for r in _measured(results):
+        if r["kind"] != "throughput" or r["latency_s"] != 0.2:
+            continue
+        h = r["systems"]["headrace"]
+        for phase, key in (("call phase", "call_ratio_to_ideal"), ("whole run", "ratio_to_ideal")):
+            out.append(
+                {
+                    "target": f"{_llm_setting(r)}: headrace ≥ {TARGET_SHARE:.0%} of "
+                    f"{r['ideal_rows_per_s']:g} rows/s ({phase})",
+                    "source": "issue",
+                    "measured": f"{h[key]:.0%} ({h[key.replace('ratio_to_ideal', 'rows_per_s')]:.0f} rows/s; "
+                    f"baseline {r['systems']['baseline'][key]:.0%})",
+                    "status": _met(h[key] >= TARGET_SHARE),
+                }
+            )
+    return out
+
+
+def _span(s: dict[str, Any], key: str) -> str:
+    """A median rate with its min–max, e.g. ``283 (270–290)``."""
+    return f"{s[key]:.0f} ({s[key + '_min']:.0f}–{s[key + '_max']:.0f})"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0%}"
+
+
+def _times(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
+def render_llm_markdown(doc: dict[str, Any]) -> str:
+    """The LLM-steps results as markdown: rates against the bound, overhead, CPU by process, targets."""
+    m = doc["machine"]
+    v = m["versions"]
+    gate = m.get("load_gate", {})
+    results = _measured(doc["results"])
+    skipped = [r for r in doc["results"] if "skipped" in r]
+    lines = [
+        f"# Benchmarks: {doc['family']} ({doc['mode']})",
+        "",
+        f"`{doc['command']}` on {m['date'][:10]}; results file `{doc['results_file']}`; "
+        f"wall time {doc.get('wall_seconds', 0):.0f} s.",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']:g} GB RAM, {m['os']}; "
+        f"load average at start {', '.join(str(x) for x in m['load_average_at_start'])}"
+        + (f" (waited {gate['waited_s']:.0f} s for it to fall to ≤ 1.5)" if gate.get("waited_s") else "")
+        + f". Python {m['python']}, Ray {v.get('ray')}, anthropic {v.get('anthropic')}"
+        + (f"; commit {m['source']['commit']}" if m.get("source") else "")
+        + ".",
+        "",
+        "The loopback server (`tests/loopback`, a threaded stdlib HTTP server) runs in the driver "
+        "process and shares the cores with Ray, the pool actor and the baseline client. "
+        "Bound = N in flight / latency. **run**: rows / wall seconds of the whole run (headrace: "
+        "check + `run_checked`, including starting the run's ledger and pool actors); **calls**: "
+        "rows answered / seconds from the first request the server received to its last answer. "
+        "Median of the repeats, min–max in brackets. **1st request after**: seconds from the start of "
+        "the run to the first request (actor start-up); **last 5% of answers**: seconds the last 5% "
+        "of the answers took (a tail of retries shows here). The baseline is one process with "
+        "`anthropic.AsyncAnthropic(max_retries=0)` and `asyncio.Semaphore(N)` sending the same "
+        "requests (429s re-sent at once).",
+        "",
+        "## Rows/s against the bound",
+        "",
+        "| setting | rows | bound rows/s | headrace run | % | headrace calls | % | baseline run | % | "
+        "baseline calls | % | headrace ÷ baseline (run / calls) | 1st request after s | "
+        "last 5% of answers s (headrace / baseline) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        if r["kind"] == "overhead":
+            continue
+        h, b = r["systems"]["headrace"], r["systems"]["baseline"]
+        lines.append(
+            f"| {_llm_setting(r)} | {r['rows']:,} | {r['ideal_rows_per_s']:g} | "
+            f"{_span(h, 'rows_per_s')} | {_pct(h['ratio_to_ideal'])} | "
+            f"{_span(h, 'call_rows_per_s')} | {_pct(h['call_ratio_to_ideal'])} | "
+            f"{b['rows_per_s']:.0f} | {_pct(b['ratio_to_ideal'])} | {b['call_rows_per_s']:.0f} | "
+            f"{_pct(b['call_ratio_to_ideal'])} | {_times(r['headrace_over_baseline'])} / "
+            f"{_times(r['call_headrace_over_baseline'])} | {h['first_request_after_s']:.1f} | "
+            f"{h['last_5pct_s']:.2f} / {b['last_5pct_s']:.2f} |"
+        )
+    if skipped:
+        lines.append("")
+    for r in skipped:
+        lines.append(f"- {_llm_setting(r)}: not measured, {r['skipped']}.")
+    plain = next(
+        (
+            r
+            for r in results
+            if r["latency_s"] == 0.05
+            and r["in_flight"] == 64
+            and r["actors"] == 1
+            and not (r["limiter"] or r["budget"] or r["rate_429"])
+        ),
+        None,
+    )
+    overhead = [r for r in results if r["kind"] == "overhead"]
+    if plain is not None and overhead:
+        p = plain["systems"]["headrace"]
+        lines += [
+            "",
+            "## Overhead of the shared rate limiter and the budget ledger (50 ms, N=64)",
+            "",
+            "A rate limit too high to bind still costs, per call, a reservation awaited from the "
+            "cluster's limiter actor and a refund sent to it; a budget costs a reservation and a "
+            "settlement awaited from the run's ledger actor (without one, usage reaches the ledger in "
+            "batches a few times a second).",
+            "",
+            "| setting | headrace run rows/s | × plain | headrace calls rows/s | × plain | CPU ms/row |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| plain | {_span(p, 'rows_per_s')} | 1.00× | {_span(p, 'call_rows_per_s')} | "
+            f"1.00× | {p['cpu_ms_per_row']:.2f} |",
+        ]
+        for r in overhead:
+            h = r["systems"]["headrace"]
+            label = "rate limit 1e6 rpm" if r["limiter"] else "budget $1e6"
+            lines.append(
+                f"| {label} | {_span(h, 'rows_per_s')} | {_times(h['rows_per_s'] / p['rows_per_s'])} | "
+                f"{_span(h, 'call_rows_per_s')} | {_times(h['call_rows_per_s'] / p['call_rows_per_s'])} | "
+                f"{h['cpu_ms_per_row']:.2f} |"
+            )
+    lines += [
+        "",
+        "## Where the CPU goes",
+        "",
+        "CPU milliseconds per row by process (median repeat; actors' start-up included), and the largest "
+        "share of the machine's CPU that processes outside the benchmark took during a repeat.",
+        "",
+        "| setting | system | " + " | ".join(_LLM_ROLES) + " | total | others' CPU |",
+        "| --- | --- | " + " | ".join("---" for _ in _LLM_ROLES) + " | --- | --- |",
+    ]
+    for r in results:
+        for system, s in r["systems"].items():
+            cells = [
+                f"{s['cpu_s_by_role'][role] / r['rows'] * 1000:.2f}" if role in s["cpu_s_by_role"] else "—"
+                for role in _LLM_ROLES
+            ]
+            lines.append(
+                f"| {_llm_setting(r)} | {system} | "
+                + " | ".join(cells)
+                + f" | {s['cpu_ms_per_row']:.2f} | {s['other_cpu_share_max']:.0%} |"
+            )
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| target | source | measured in this run | status |",
+        "| --- | --- | --- | --- |",
+    ]
+    for t in doc["targets"]:
+        lines.append(f"| {t['target']} | {t['source']} | {t['measured']} | **{t['status']}** |")
+    lines += ["", "![rows/s against the bound](llm.png)", ""]
+    return "\n".join(lines)
+
+
+def render_llm_plot(doc: dict[str, Any], folder: Path) -> Path:
+    """``llm.png``: rows/s of headrace and the baseline (run and call phase) next to the bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.llm import TARGET_SHARE
+
+    groups: dict[float, list[dict[str, Any]]] = {}
+    for r in _measured(doc["results"]):
+        groups.setdefault(r["latency_s"], []).append(r)
+    latencies = sorted(groups, reverse=True)
+    fig, axes = plt.subplots(
+        1,
+        len(latencies),
+        figsize=(max(6.0, 1.9 * max(len(g) for g in groups.values())) * len(latencies) / 1.4, 4.8),
+        squeeze=False,
+    )
+    bars = (
+        ("headrace", "rows_per_s", "headrace (run)", "tab:blue", ""),
+        ("headrace", "call_rows_per_s", "headrace (calls)", "tab:blue", "//"),
+        ("baseline", "rows_per_s", "asyncio baseline (run)", "tab:orange", ""),
+        ("baseline", "call_rows_per_s", "asyncio baseline (calls)", "tab:orange", "//"),
+    )
+    width = 0.8 / len(bars)
+    for ax, latency in zip(axes[0], latencies, strict=True):
+        rows = groups[latency]
+        for i, (system, key, label, color, hatch) in enumerate(bars):
+            xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(rows))]
+            ys = [r["systems"][system][key] for r in rows]
+            lo = [y - r["systems"][system][f"{key}_min"] for y, r in zip(ys, rows, strict=True)]
+            hi = [r["systems"][system][f"{key}_max"] - y for y, r in zip(ys, rows, strict=True)]
+            ax.bar(
+                xs,
+                ys,
+                width,
+                yerr=[lo, hi],
+                capsize=2,
+                label=label,
+                color=color,
+                hatch=hatch,
+                alpha=0.55 if hatch else 0.9,
+                edgecolor=color,
+            )
+        for j, r in enumerate(rows):
+            ideal = r["ideal_rows_per_s"]
+            ax.hlines(
+                ideal,
+                j - 0.45,
+                j + 0.45,
+                colors="black",
+                linestyles="--",
+                linewidth=1,
+                label="bound N / latency" if j == 0 else None,
+            )
+            ax.hlines(
+                TARGET_SHARE * ideal,
+                j - 0.45,
+                j + 0.45,
+                colors="grey",
+                linestyles=":",
+                linewidth=1,
+                label=f"{TARGET_SHARE:.0%} of the bound" if j == 0 else None,
+            )
+        ax.set_xticks(
+            range(len(rows)), [_llm_setting(r).split(", ", 1)[1] for r in rows], fontsize=7, rotation=15
+        )
+        ax.set_ylabel("rows/s")
+        ax.set_title(f"server latency {latency * 1000:g} ms")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"llm_classify rows/s against N / latency, {doc['machine']['cores']} cores ({doc['mode']})")
+    fig.tight_layout()
+    path = folder / "llm.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

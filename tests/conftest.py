@@ -16,3 +16,6 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HEADRACE_HOME", home)
     os.environ.setdefault("HEADRACE_CACHE_DIR", os.path.join(home, "cache"))
     os.environ.pop("HEADRACE_AUDIT_LOG", None)
+    # Pipelines in tests name their (fake) provider key as ${HEADRACE_TEST_KEY}, as users must: a key
+    # written into a pipeline is refused. Tests that grep artefacts for the key use this value.
+    os.environ.setdefault("HEADRACE_TEST_KEY", "sk-ant-test-SECRET-9f8e7d")

@@ -69,3 +69,41 @@ def interpolate(doc: Document, env: Mapping[str, str]) -> Document:
     if problems:
         raise ConfigError(problems)
     return Document(doc.path, data, doc.source_map, doc.format)
+
+
+_SECRET_KEY = re.compile(r"(^|_)(api_?key|key|token|secret|password)$", re.IGNORECASE)
+_ONE_VARIABLE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")  # no `:-default`: that would be a literal
+
+
+def refuse_literal_secrets(doc: Document) -> None:
+    """Refuse a provider secret written into the pipeline (or an override) instead of read from the
+    environment: files get shared, committed and logged; ``api_key: ${MY_KEY}`` keeps the key out of them."""
+    providers = doc.data.get("providers") if isinstance(doc.data, dict) else None
+    if not isinstance(providers, dict):
+        return
+    problems: list[Diagnostic] = []
+    for name, settings in providers.items():
+        config = settings.get("config") if isinstance(settings, dict) else None
+        if not isinstance(config, dict):
+            continue
+        for key, value in config.items():
+            if isinstance(key, str) and _SECRET_KEY.search(key) and isinstance(value, str) and value:
+                if _ONE_VARIABLE.match(value):
+                    continue
+                where = ("providers", name, "config", key)
+                span = doc.source_map.locate(where)
+                problems.append(
+                    Diagnostic(
+                        doc.path,
+                        span.line,
+                        span.col,
+                        f"providers.{name}.config.{key} holds a secret written into the pipeline",
+                        code="literal_secret",
+                        json_path=format_path(where),
+                        hint=f"put it in the environment and write `{key}: ${{MY_VARIABLE}}` (the SDKs' own "
+                        "variables, e.g. ANTHROPIC_API_KEY, are read when the key is absent)",
+                        origin=doc.source_map.origin(where),
+                    )
+                )
+    if problems:
+        raise ConfigError(problems)

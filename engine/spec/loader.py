@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from engine.errors import ConfigError, Diagnostic
 from engine.spec.document import Document, Limits, read_document
 from engine.spec.explain import explain
-from engine.spec.interpolate import interpolate
+from engine.spec.interpolate import interpolate, refuse_literal_secrets
 from engine.spec.migrations import VersionProblem, migrate
 from engine.spec.models import Pipeline
 from engine.spec.overrides import apply_overrides
@@ -41,6 +41,7 @@ def load_pipeline(
     doc = read_document(path, content, limits=limits)
     doc = apply_overrides(doc, tuple(overrides))
     doc, warnings = _upgrade(doc)
+    refuse_literal_secrets(doc)
     doc = interpolate(doc, os.environ if env is None else env)
     return LoadedPipeline(validate_document(doc), doc, warnings)
 

@@ -46,6 +46,12 @@ def label_responder(request: dict[str, Any]) -> Any:
     return {"value": label} if request["provider"] == "anthropic" else label
 
 
+@pytest.fixture(autouse=True)
+def _key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelines read the key as ${HEADRACE_TEST_KEY}: a literal key in a pipeline is refused."""
+    monkeypatch.setenv("HEADRACE_TEST_KEY", KEY)
+
+
 @pytest.fixture
 def server() -> Iterator[LLMServer]:
     with LLMServer(responder=label_responder) as srv:
@@ -79,9 +85,9 @@ name: llm-test
 {extra_top}
 providers:
   anthropic:
-    config: {{base_url: "{server.url}", api_key: "{KEY}"}}
+    config: {{base_url: "{server.url}", api_key: "${{HEADRACE_TEST_KEY}}"}}
   gemini:
-    config: {{base_url: "{server.url}", api_key: "{KEY}"}}
+    config: {{base_url: "{server.url}", api_key: "${{HEADRACE_TEST_KEY}}"}}
 nodes:
   input: {{op: read_csv, path: {tmp_path}/rows.csv, column_types: {{id: int64, text: string}}}}
   classify:
@@ -302,7 +308,7 @@ def test_extract_retries_invalid_answers_with_the_error_fed_back(
 version: 1
 name: extract-test
 providers:
-  anthropic: {{config: {{base_url: "{server.url}", api_key: "{KEY}"}}}}
+  anthropic: {{config: {{base_url: "{server.url}", api_key: "${{HEADRACE_TEST_KEY}}"}}}}
 nodes:
   input: {{op: read_csv, path: {tmp_path}/rows.csv, column_types: {{id: int64, text: string}}}}
   extract:
@@ -375,7 +381,7 @@ def test_llm_reduce_summarises_each_group_in_rounds_that_fit_the_context(
 version: 1
 name: reduce-test
 providers:
-  anthropic: {{config: {{base_url: "{server.url}", api_key: "{KEY}"}}}}
+  anthropic: {{config: {{base_url: "{server.url}", api_key: "${{HEADRACE_TEST_KEY}}"}}}}
 nodes:
   input: {{op: read_csv, path: {tmp_path}/reviews.csv}}
   summarise:

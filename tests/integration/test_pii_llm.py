@@ -28,6 +28,12 @@ def _answer(request: dict[str, Any]) -> Any:
     return {"value": "other"} if request["provider"] == "anthropic" else "other"
 
 
+@pytest.fixture(autouse=True)
+def _key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelines read the key as ${HEADRACE_TEST_KEY}: a literal key in a pipeline is refused."""
+    monkeypatch.setenv("HEADRACE_TEST_KEY", KEY)
+
+
 @pytest.fixture
 def server() -> Iterator[LLMServer]:
     with LLMServer(responder=_answer) as srv:
@@ -86,7 +92,7 @@ name: pii-before-llm
 pii: {{mask_before_llm: true}}
 providers:
   {provider}:
-    config: {{base_url: "{server.url}", api_key: "{KEY}"}}
+    config: {{base_url: "{server.url}", api_key: "${{HEADRACE_TEST_KEY}}"}}
 nodes:
   input: {{op: read_csv, path: {tmp_path}/tickets.csv, column_types: {{id: int64}}}}
   classify:

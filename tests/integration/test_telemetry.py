@@ -93,6 +93,7 @@ def test_spans_from_driver_tasks_and_llm_actors_join_one_trace(
         assert again.status == "succeeded", again.error
     calls = [s for s in read_spans(trace_file) if s["name"] == "llm.call"]
     assert len(calls) == 60 and all(c["attributes"]["llm.cache_hit"] for c in calls)
+    assert os.environ["HEADRACE_TEST_KEY"] not in trace_file.read_text(encoding="utf-8")  # no key in any span
 
 
 @pytest.mark.usefixtures("ray_cluster", "tracing_off")

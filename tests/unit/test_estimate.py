@@ -63,6 +63,12 @@ nodes:
 ANTHROPIC = ("--set", "defaults.provider=anthropic", "--set", "defaults.model=claude-haiku-4-5")
 
 
+@pytest.fixture(autouse=True)
+def _key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelines read keys as ${HEADRACE_TEST_KEY}: a literal key in a pipeline is refused."""
+    monkeypatch.setenv("HEADRACE_TEST_KEY", "test-key")
+
+
 def _csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -313,7 +319,10 @@ def test_the_table_names_each_node_and_the_assumptions(pipeline: Path) -> None:
 
 def test_count_tokens_api_asks_the_anthropic_endpoint(pipeline: Path) -> None:
     with LLMServer() as server:
-        config = ("--set", f"providers.anthropic.config={{base_url: '{server.url}', api_key: test-key}}")
+        config = (
+            "--set",
+            f"providers.anthropic.config={{base_url: '{server.url}', api_key: '${{HEADRACE_TEST_KEY}}'}}",
+        )
         result = invoke("estimate", str(pipeline), *ANTHROPIC, *config, "--count-tokens", "api", "--json")
         assert result.exit_code == 0, result.output
         asked = [r for r in server.requests if r.endpoint == "count_tokens"]
@@ -425,7 +434,10 @@ def test_rows_whose_prompt_cannot_render_are_a_located_warning(pipeline: Path) -
 def test_count_tokens_api_asks_the_gemini_endpoint(pipeline: Path) -> None:
     gemini = ("--set", "defaults.provider=gemini", "--set", "defaults.model=gemini-2.5-flash")
     with LLMServer() as server:
-        config = ("--set", f"providers.gemini.config={{base_url: '{server.url}', api_key: test-key}}")
+        config = (
+            "--set",
+            f"providers.gemini.config={{base_url: '{server.url}', api_key: '${{HEADRACE_TEST_KEY}}'}}",
+        )
         result = invoke("estimate", str(pipeline), *gemini, *config, "--count-tokens", "api", "--json")
         assert result.exit_code == 0, result.output
         assert [r.endpoint for r in server.requests] == ["countTokens"] * 60

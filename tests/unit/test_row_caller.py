@@ -560,3 +560,15 @@ def test_the_account_id_is_stable_and_keeps_the_key_secret():
     assert one != account_id("anthropic", {"api_key": key, "base_url": "http://127.0.0.1:9"}, {})
     assert one != account_id("gemini", {"api_key": key}, {})
     assert account_id("gemini", {}, {"GOOGLE_API_KEY": key}) == account_id("gemini", {"api_key": key}, {})
+
+
+def test_an_answer_no_model_could_write_fails_its_row_and_is_not_cached(tmp_path: Path):
+    from engine.runtime.llm.calls import MAX_RESPONSE_CHARS
+
+    cache = ResponseCache(str(tmp_path))
+    provider = ScriptedProvider(reply("x" * (MAX_RESPONSE_CHARS + 1)))
+    caller = make_caller(MAP, {"anthropic": provider}, cache=cache)
+
+    with pytest.raises(RowFailed, match="more than"):
+        asyncio.run(caller.answer(ROW))
+    assert cache.get(RowTask(MAP, {}).request(ROW, CLAUDE)) is None

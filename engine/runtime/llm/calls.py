@@ -37,6 +37,8 @@ from operators.providers.errors import ProviderError, RateLimited
 from operators.providers.pricing import PriceTable
 
 _PAID = "live"
+MAX_RESPONSE_CHARS = 4_000_000
+"""An answer longer than this fails its row (and is not cached): no model writes that much in one call."""
 _FLUSH_S = 0.25
 """How often a pool reports usage that no budget needs at once (the progress display's resolution)."""
 _THROTTLED_PER_ATTEMPT = 10
@@ -224,6 +226,11 @@ class RowCaller:
                 self.cached.output_tokens += hit.output_tokens
                 return hit
         response = await self._call(request, target)
+        size = len(response.text or "") + (
+            len(json.dumps(response.parsed)) if response.parsed is not None else 0
+        )
+        if size > MAX_RESPONSE_CHARS:  # a model's answer is bounded by max_tokens; a bigger body is not one
+            raise RowFailed(f"the answer has {size:,} characters, more than {MAX_RESPONSE_CHARS:,}")
         if self.cache is not None and response.source != "offline":
             self.cache.put(request, response)
         return response
