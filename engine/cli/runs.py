@@ -81,6 +81,47 @@ def list_runs(
         )
 
 
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _seconds(text: str) -> float:
+    """``90s``, ``15m``, ``12h``, ``7d``, ``2w`` (or a plain number of seconds)."""
+    text = text.strip().lower()
+    try:
+        return float(text[:-1]) * _DURATION[text[-1]] if text and text[-1] in _DURATION else float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 7d, 12h or 90s") from None
+
+
+@runs.command()
+@_store_option
+@click.option("--older-than", metavar="DURATION", help="Delete runs created longer ago than this (7d, 12h).")
+@click.option("--keep-last", type=click.IntRange(min=0), help="Keep this many of the newest matching runs.")
+@click.option(
+    "--status", type=click.Choice(_STATUSES), help="Only runs with this status (default: all but running)."
+)
+@click.option("--graph", "graph_name", metavar="NAME", help="Only runs of this graph (pipeline name).")
+@_friendly
+def prune(
+    store: str | None,
+    older_than: str | None,
+    keep_last: int | None,
+    status: str | None,
+    graph_name: str | None,
+) -> None:
+    """Retention: delete old runs and their checkpoints (never a run that another was forked from)."""
+    if older_than is None and keep_last is None:
+        raise click.UsageError("give --older-than, --keep-last or both")
+    with _open(store) as st:
+        deleted = st.prune(
+            older_than_s=_seconds(older_than) if older_than is not None else None,
+            keep_last=keep_last,
+            status=status,
+            graph=graph_name,
+        )
+    click.echo(f"deleted {deleted} run{'s' if deleted != 1 else ''}")
+
+
 @runs.command()
 @click.argument("run_id")
 @_store_option

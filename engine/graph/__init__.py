@@ -32,7 +32,7 @@ from engine.graph.errors import (
     InvalidUpdate,
     NodeFailed,
 )
-from engine.graph.runner import interrupt
+from engine.graph.runner import interrupt, once
 from engine.graph.state import REDUCERS
 from engine.spec.models import END, START
 
@@ -53,4 +53,5 @@ __all__ = [
     "Send",
     "StepView",
     "interrupt",
+    "once",
 ]

@@ -38,7 +38,7 @@ import inspect
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
@@ -66,6 +66,9 @@ class Task:
     interrupted: Any = None
     """The value of the ``interrupt(value)`` that paused this task, if any."""
     paused: bool = False
+    done: dict[str, Any] = field(default_factory=dict)
+    """Results of ``once(key, ...)`` calls this node already made: kept across its re-runs (a resume
+    after ``interrupt()``, a retry), so their side effects happen once."""
 
     def to_json(self, plan: GraphPlan[Any]) -> dict[str, Any]:
         """JSON for a step's ``meta['pending']``: declared types only."""
@@ -78,6 +81,8 @@ class Task:
             out["skip_before"] = True
         if self.paused:
             out["interrupt"] = self.interrupted
+        if self.done:
+            out["done"] = self.done
         return out
 
     @classmethod
@@ -93,6 +98,7 @@ class Task:
             skip_before=bool(data.get("skip_before", False)),
             interrupted=data.get("interrupt"),
             paused="interrupt" in data,
+            done=dict(data.get("done", {})),
         )
 
 
@@ -107,22 +113,39 @@ class Recorder(Protocol):
 
 
 class _Scope:
-    __slots__ = ("index", "values")
+    __slots__ = ("done", "index", "values")
 
-    def __init__(self, values: list[Any]) -> None:
+    def __init__(self, values: list[Any], done: dict[str, Any] | None = None) -> None:
         self.values = values
         self.index = 0
+        self.done = {} if done is None else done  # the task's own dict: results outlive this attempt
 
 
 _SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("headrace_interrupt", default=None)
 
 
+def once(key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` the first time this node reaches ``once(key, ...)``; its result after that.
+
+    A node that calls ``interrupt()`` re-runs from its start on resume (and a failed attempt re-runs on
+    retry): wrap the side effects it makes before that point (sending an email, charging a card, an
+    expensive call) in ``once`` and they happen once. The result is kept in the node's checkpoint, so it
+    must be JSON when the graph is checkpointed, and survives a crash and a resume in a new process.
+    """
+    scope = _SCOPE.get()
+    if scope is None:
+        raise GraphError("once() was called outside a graph node (or inside a Ray-task node)")
+    if key not in scope.done:
+        scope.done[key] = fn(*args, **kwargs)
+    return scope.done[key]
+
+
 def interrupt(value: Any = None) -> Any:
     """Pause the run from inside a node, showing ``value``; on ``resume(run_id, value=v)`` returns ``v``.
 
-    The node re-runs from its start when resumed, so code before ``interrupt()`` runs again: keep side
-    effects after it (or in a separate node). With checkpoints, ``value`` and the resume value must be
-    JSON. Not available in nodes that run as Ray tasks.
+    The node re-runs from its start when resumed, so code before ``interrupt()`` runs again: wrap side
+    effects before it in :func:`once` (or move them after it, or into a separate node). With checkpoints,
+    ``value`` and the resume value must be JSON. Not available in nodes that run as Ray tasks.
     """
     scope = _SCOPE.get()
     if scope is None:
@@ -296,7 +319,7 @@ class Runner:
         node = self.plan.nodes[task.node]
         if node.remote:
             return await self._attempts(node, state, None)
-        token = _SCOPE.set(_Scope(task.resume))
+        token = _SCOPE.set(_Scope(task.resume, task.done))
         try:
             if node.retry is None and node.timeout_s is None:
                 if node.is_async:
@@ -312,7 +335,7 @@ class Runner:
         while True:
             attempt += 1
             if task is not None:
-                _SCOPE.set(_Scope(task.resume))  # each attempt re-runs the node from its start
+                _SCOPE.set(_Scope(task.resume, task.done))  # each attempt re-runs the node from its start
             try:
                 return await self._attempt(node, state)
             except GraphInterrupt:

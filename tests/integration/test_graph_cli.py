@@ -135,6 +135,14 @@ def test_a_yaml_loop_runs_and_its_steps_are_listed(tmp_path: Path) -> None:
     )
     assert more["state"]["found"] == ["a", "b", "c", "item3"]
 
+    # retention: keep the newest run, delete the others with their checkpoints
+    pruned = run_headrace("runs", "prune", "--store", store, "--keep-last", "1", env=env)
+    assert pruned.returncode == 0 and "deleted 1 run" in pruned.stdout, pruned.stderr
+    left = ok_json(run_headrace("runs", "list", "--store", store, "--json", env=env))
+    assert [r["run_id"] for r in left] == [more["run_id"]]
+    refused = run_headrace("runs", "prune", "--store", store, env=env)
+    assert refused.returncode == 2 and "--older-than" in refused.stderr
+
 
 def test_a_run_killed_with_sigkill_resumes_in_another_process_without_rerunning_finished_nodes(
     tmp_path: Path,

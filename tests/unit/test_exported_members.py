@@ -50,6 +50,7 @@ EXPORTED = {
         "Send",
         "StepView",
         "interrupt",
+        "once",
     ],
     "engine.runtime": ["NodeStats", "RunStatus", "RunSummary", "new_run_id", "run_checked"],
     "engine.plan": ["NodeId", "Plan", "PlanNode", "PlanProblems", "Problem", "build_plan", "spec_hash"],

@@ -18,6 +18,7 @@ from engine.graph import (
     InvalidUpdate,
     NodeFailed,
     interrupt,
+    once,
 )
 from engine.graph.checkpoints import MemoryStore, RunNotFound
 from engine.spec.models import RetryPolicy
@@ -387,6 +388,30 @@ def test_interrupt_inside_a_node_resumes_with_a_value() -> None:
     final = app.resume("h1", value="yes")
     assert final.log == ["prepare", "answer=yes"]
     assert calls == {"prepare": 1, "ask": 2}  # the asking node re-runs from its start; prepare does not
+
+
+def test_side_effects_in_once_before_an_interrupt_happen_once_even_in_a_new_process(tmp_path: Any) -> None:
+    sent: list[str] = []
+
+    def send_email(to: str) -> str:
+        sent.append(to)
+        return f"message-{len(sent)}"
+
+    def ask(s: S) -> dict[str, Any]:
+        receipt = once("notify", send_email, "reviewer@example.com")  # before the pause: must not repeat
+        answer = interrupt({"question": "approve?", "receipt": receipt})
+        return {"log": [f"{receipt}:{answer}"]}
+
+    def build() -> Any:
+        g = Graph(S)
+        g.add_node("ask", ask).add_edge(START, "ask").add_edge("ask", END)
+        return g.compile(checkpoint=f"sqlite:///{tmp_path}/runs.db")
+
+    build().invoke({}, run_id="o1")
+    assert sent == ["reviewer@example.com"]
+    final = build().resume("o1", value="yes")  # a fresh app on the same store, as a new process would be
+    assert final.log == ["message-1:yes"]
+    assert sent == ["reviewer@example.com"]  # the node re-ran from its start, the email went once
 
 
 def test_interrupt_lets_running_branches_finish() -> None:
