@@ -177,7 +177,8 @@ def run_cases(
         if system == "baseline":
             result = measure_baseline(case, repeats, work, MAX_EXTRA_REPEATS if gate else 0)
         else:
-            result = measure_headrace(case, repeats, work, MAX_EXTRA_REPEATS if gate else 0)
+            extra = MAX_EXTRA_REPEATS if gate else 0
+            result = measure_headrace(case, repeats, work, extra, wait_for_others)
         result["before"] = before
         result["harness_seconds"] = round(time.perf_counter() - began, 1)
         _print_line(case, system, result)
@@ -273,8 +274,8 @@ def run_family(quick: bool, results_dir: Path) -> dict[str, Any]:
             "load": f"before the family starts the 1-minute load average must be <= {MAX_LOAD} (waits up to "
             f"{LOAD_WAITS} x {LOAD_WAIT_S:.0f} s; machine.load_gate); before each measurement other "
             f"processes' share of the CPU over 1.5 s must be <= {DISTURBED_SHARE} (same waits; 'before'), "
-            f"and a headrace repeat during which they took more is run again (at most {MAX_EXTRA_REPEATS} "
-            "times; discarded_repeats)",
+            f"and a repeat during which they took more is run again (at most {MAX_EXTRA_REPEATS} times, "
+            "a headrace one after the same wait; discarded_repeats)",
             "cpu_s_by_role": "CPU seconds of the driver's process tree by process role (Ray process titles), "
             "sampled at 5 Hz over the run; the driver's share includes the loopback server",
         },

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -359,12 +359,17 @@ def _summarise(case: LlmCase, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure_headrace(
-    case: LlmCase, repeats: int, work: Path, extra_repeats: int = MAX_EXTRA_REPEATS
+    case: LlmCase,
+    repeats: int,
+    work: Path,
+    extra_repeats: int = MAX_EXTRA_REPEATS,
+    before_rerun: Callable[[], object] = lambda: None,
 ) -> dict[str, Any]:
     """Run ``case`` on headrace ``repeats`` times (in this process's Ray session) and summarise.
 
     A repeat during which other processes took more than :data:`DISTURBED_SHARE` of the machine's CPU
-    is run again (at most ``extra_repeats`` times); the discarded runs are kept.
+    is run again (at most ``extra_repeats`` times, each after ``before_rerun``, which may wait for the
+    machine to quieten); the discarded runs are kept.
     """
     runs: list[dict[str, Any]] = []
     discarded: list[dict[str, Any]] = []
@@ -375,6 +380,7 @@ def measure_headrace(
                 discarded.append(
                     {"seconds": round(run["seconds"], 3), "other_cpu_share": run["other_cpu_share"]}
                 )
+                before_rerun()
                 continue
             runs.append(run)
     result = _summarise(case, runs)
