@@ -195,6 +195,18 @@ def test_a_429_waits_its_retry_after_and_does_not_use_up_attempts(slept):
     assert all(wait >= 5.0 for wait in slept)
 
 
+def test_a_429_that_says_come_back_now_is_sent_again_without_our_backoff(slept):
+    now = RateLimited("slow down", provider="anthropic", status=429, retry_after_s=0.0)
+    provider = ScriptedProvider(now, now, reply("done"))
+    caller = make_caller(
+        MAP, {"anthropic": provider}, retry=FAST.model_copy(update={"initial_backoff_s": 9.0})
+    )
+
+    assert asyncio.run(caller.answer(ROW)) == "done"
+
+    assert slept == [0.0, 0.0]  # the server's word, not 9 s of our own backoff
+
+
 def test_a_429_without_retry_after_still_backs_off(slept):
     provider = ScriptedProvider(RateLimited("slow down", provider="anthropic", status=429), reply())
     caller = make_caller(MAP, {"anthropic": provider})

@@ -277,7 +277,11 @@ class RowCaller:
                         attempt -= 1
                     elif not exc.retryable or attempt >= policy.max_attempts:
                         raise RowFailed(f"{exc} (attempt {attempt} of {policy.max_attempts})") from None
-                    wait = policy.backoff_s(attempt + throttled, exc.retry_after_s)
+                    if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+                        # the server said when to come back: that, not our own growing backoff
+                        wait = exc.retry_after_s
+                    else:
+                        wait = policy.backoff_s(attempt + throttled, exc.retry_after_s)
                 except BaseException:
                     # a provider's bug or a cancelled run: release the reservation before going
                     await asyncio.shield(self._settle(reserved, None))
