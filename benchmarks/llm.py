@@ -237,7 +237,8 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def run_family(quick: bool, results_dir: Path) -> dict[str, Any]:
-    """Run the family; write ``<date>-llm[-quick].json`` and ``.md``, ``latest-llm.md`` and ``llm.png``."""
+    """Run the family; write ``<date>-llm[-quick]`` ``.json``, ``.md`` and ``.png``, and copies of the
+    last two as ``latest-llm.md`` and ``llm.png``."""
     from benchmarks.harness import machine_info
     from benchmarks.report import evaluate_llm_targets, render_llm_markdown, render_llm_plot
 
@@ -284,11 +285,12 @@ def run_family(quick: bool, results_dir: Path) -> dict[str, Any]:
     doc["targets"] = evaluate_llm_targets(results)
     doc["wall_seconds"] = round(time.perf_counter() - began, 1)
     path = write_llm_results(doc, name, results_dir)
-    markdown = render_llm_markdown(doc)
-    path.with_suffix(".md").write_text(markdown)
-    (results_dir / "latest-llm.md").write_text(markdown)
-    plot = render_llm_plot(doc, results_dir)
-    print(f"results: {path} (and {path.with_suffix('.md')}, {results_dir / 'latest-llm.md'}); plot: {plot}")
+    # the dated files keep this run's report and plot; latest-llm.md and llm.png show the last run
+    dated_plot = render_llm_plot(doc, path.with_suffix(".png"))
+    path.with_suffix(".md").write_text(render_llm_markdown(doc, dated_plot.name))
+    shutil.copyfile(dated_plot, results_dir / "llm.png")
+    (results_dir / "latest-llm.md").write_text(render_llm_markdown(doc))
+    print(f"results: {path} and .md, .png; {results_dir / 'latest-llm.md'}, {results_dir / 'llm.png'}")
     for t in doc["targets"]:
         print(f"  [{t['status']}] {t['target']}: {t['measured']}")
     print(f"wall time {doc['wall_seconds']:.0f} s")

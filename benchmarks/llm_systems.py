@@ -97,18 +97,17 @@ class LlmCase:
 # --- inputs and the pipeline ----------------------------------------------------------------------
 
 
+def _texts(rows: int) -> list[str]:
+    return [f"message number {i} about {'a crash' if i % 7 == 0 else 'invoices'}" for i in range(rows)]
+
+
 def write_rows(path: Path, rows: int) -> int:
     """A CSV of ``id`` and ``text`` (about 40 characters a row); returns its size in bytes."""
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "text"])
-        for i in range(rows):
-            writer.writerow([i, f"message number {i} about {'a crash' if i % 7 == 0 else 'invoices'}"])
+        writer.writerows(enumerate(_texts(rows)))
     return path.stat().st_size
-
-
-def _texts(rows: int) -> list[str]:
-    return [f"message number {i} about {'a crash' if i % 7 == 0 else 'invoices'}" for i in range(rows)]
 
 
 def pipeline_yaml(case: LlmCase, csv_path: Path, out: Path, url: str, csv_bytes: int) -> str:
@@ -310,8 +309,9 @@ _RUN_ACTORS = ("pool actor", "ledger actor")
 def _wait_for_run_actors_to_exit(timeout_s: float = 15.0) -> float:
     """Wait until the run's pool and ledger actors have exited; returns the seconds waited.
 
-    Ray kills them once the run drops their handles; a dying actor still spends CPU (about a second:
-    its worker imports ``ray.dag`` on shutdown), which must not land in the next run's measurement.
+    Ray kills them once the run drops their handles; a dying actor still spends CPU (about half a
+    CPU-second: its worker imports ``ray.dag`` in ``ray.shutdown``), which must not land in the next
+    run's measurement.
     """
     began = time.perf_counter()
     root = psutil.Process()

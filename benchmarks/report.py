@@ -315,8 +315,9 @@ def _times(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}×"
 
 
-def render_llm_markdown(doc: dict[str, Any]) -> str:
-    """The LLM-steps results as markdown: rates against the bound, overhead, CPU by process, targets."""
+def render_llm_markdown(doc: dict[str, Any], plot: str = "llm.png") -> str:
+    """The LLM-steps results as markdown: rates against the bound, overhead, CPU by process, targets;
+    ``plot`` names the PNG to show (in the same folder)."""
     m = doc["machine"]
     v = m["versions"]
     gate = m.get("load_gate", {})
@@ -436,12 +437,12 @@ def render_llm_markdown(doc: dict[str, Any]) -> str:
     ]
     for t in doc["targets"]:
         lines.append(f"| {t['target']} | {t['source']} | {t['measured']} | **{t['status']}** |")
-    lines += ["", "![rows/s against the bound](llm.png)", ""]
+    lines += ["", f"![rows/s against the bound]({plot})", ""]
     return "\n".join(lines)
 
 
-def render_llm_plot(doc: dict[str, Any], folder: Path) -> Path:
-    """``llm.png``: rows/s of headrace and the baseline (run and call phase) next to the bound."""
+def render_llm_plot(doc: dict[str, Any], path: Path) -> Path:
+    """A PNG at ``path``: rows/s of headrace and the baseline (run and call phase) next to the bound."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -513,7 +514,6 @@ def render_llm_plot(doc: dict[str, Any], folder: Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"llm_classify rows/s against N / latency, {doc['machine']['cores']} cores ({doc['mode']})")
     fig.tight_layout()
-    path = folder / "llm.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
