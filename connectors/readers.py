@@ -203,7 +203,9 @@ class _CsvReader:
                     "the first file: declare the column's type there (e.g. string)"
                 )
             raise DataError(
-                f"node '{split.node}': {split.url} (bytes {split.start}-{split.end}): {exc}{hint}"
+                f"node '{split.node}': {split.url} (bytes {split.start}-{split.end}): {exc}{hint}",
+                node=split.node,
+                input={"url": split.url, "split": split.index, "start": split.start, "end": split.end},
             ) from None
 
 
@@ -250,7 +252,16 @@ class _JsonlReader:
                 except ValueError as exc:
                     message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
                     if bad_row is None:
-                        raise DataError(self._where(split, seen) + f"not a JSON object: {message}") from None
+                        raise DataError(
+                            self._where(split, seen) + f"not a JSON object: {message}",
+                            node=split.node,
+                            input={
+                                "url": split.url,
+                                "split": split.index,
+                                "start": split.start,
+                                "line": seen,
+                            },
+                        ) from None
                     bad_row(f"line {seen} of the split: {message}", {"text": line})
                     continue
                 rows.append(row)

@@ -96,10 +96,29 @@ class PlanError(HeadraceError):
 
 
 class DataError(HeadraceError):
-    """Input data that a node cannot process; the message names node, file and offset or row."""
+    """Input data that a node cannot process; the message names node, file and offset or row.
+
+    ``node`` and ``input`` (url, split, start, end, row: whichever are known) say the same in fields,
+    so the driver can place the node in the pipeline file and a run record can keep them apart.
+    """
 
     code = "data_invalid"
     exit_code = 3
+
+    def __init__(
+        self, message: str, *, node: str | None = None, input: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.node = node
+        self.input = input or {}
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # keyword-only arguments do not survive the default pickling across Ray processes
+        return (_data_error, (type(self), str(self), self.node, self.input))
+
+
+def _data_error(kind: type[DataError], message: str, node: str | None, input: dict[str, object]) -> DataError:
+    return kind(message, node=node, input=input)
 
 
 class TransientError(DataError):

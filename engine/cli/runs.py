@@ -11,15 +11,23 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import click
 
 from engine.cli.main import _friendly, _set_option
+from engine.cli.run_records import (
+    header_json,
+    moment,
+    prune_records,
+    records_at,
+    render,
+    seconds_of,
+    utc,
+)
 
-_STATUSES = ["running", "interrupted", "succeeded", "failed", "cancelled"]
+_STATUSES = ["running", "interrupted", "succeeded", "failed", "budget_exceeded", "cancelled"]
 
 _store_option = click.option(
     "--store",
@@ -55,42 +63,93 @@ def runs() -> None:
 @runs.command("list")
 @_store_option
 @click.option("--status", type=click.Choice(_STATUSES), help="Only runs with this status.")
-@click.option("--graph", "graph_name", metavar="NAME", help="Only runs of this graph (pipeline name).")
+@click.option("--pipeline", "--graph", "pipeline", metavar="NAME", help="Only runs of this pipeline.")
+@click.option("--tenant", metavar="NAME", help="Only runs of this tenant.")
+@click.option(
+    "--since", metavar="WHEN", help="Only runs started since WHEN: a duration ago (7d, 12h) or a date."
+)
+@click.option("--until", metavar="WHEN", help="Only runs started before WHEN (a duration ago or a date).")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most N runs.")
 @_json_option
 @_friendly
 def list_runs(
-    store: str | None, status: str | None, graph_name: str | None, limit: int, as_json: bool
+    store: str | None,
+    status: str | None,
+    pipeline: str | None,
+    tenant: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """The runs in the store, newest first."""
-    with _open(store) as st:
-        found = st.list_runs(status=status, graph=graph_name, limit=limit)
+    """Every run in the store (dataflow and state graph), newest first."""
+    filters: dict[str, Any] = {
+        "status": status,
+        "pipeline": pipeline,
+        "tenant": tenant,
+        "since": moment(since, "--since"),
+        "until": moment(until, "--until"),
+    }
+    found = _listing(store, filters, limit)
     if as_json:
-        click.echo(json.dumps([_run_json(r) for r in found]))
+        click.echo(json.dumps(found))
         return
     if not found:
-        click.echo("no runs" + (" match" if status or graph_name else " in this store"))
+        filtered = any(v is not None for v in filters.values())
+        click.echo("no runs" + (" match" if filtered else " in this store"))
         return
-    width = max(len(r.run_id) for r in found)
-    gwidth = max([len(r.graph) for r in found] + [5])
-    click.echo(f"{'RUN ID':<{width}}  {'GRAPH':<{gwidth}}  {'STATUS':<11}  {'CREATED (UTC)':<19}  PARENT")
+    width = max(len(r["run_id"]) for r in found)
+    pwidth = max([len(r["pipeline"]) for r in found] + [8])
+    click.echo(
+        f"{'RUN ID':<{width}}  {'PIPELINE':<{pwidth}}  {'KIND':<8}  {'TENANT':<10}  {'STATUS':<15}  "
+        f"{'STARTED (UTC)':<19}  {'SECONDS':>8}  {'COST $':>8}  PARENT"
+    )
     for r in found:
-        parent = f"{r.parent[0]}@{r.parent[1]}" if r.parent else "-"
+        parent = f"{r['parent']['run_id']}@{r['parent']['step']}" if r.get("parent") else "-"
+        took = f"{r['finished_at'] - r['started_at']:.2f}" if r.get("finished_at") else "-"
         click.echo(
-            f"{r.run_id:<{width}}  {r.graph:<{gwidth}}  {r.status:<11}  {_time(r.created_at)}  {parent}"
+            f"{r['run_id']:<{width}}  {r['pipeline']:<{pwidth}}  {r['kind']:<8}  {r['tenant']:<10}  "
+            f"{r['status']:<15}  {utc(r['started_at'])}  {took:>8}  {r['cost_usd']:>8.4f}  {parent}"
         )
 
 
-_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _seconds(text: str) -> float:
-    """``90s``, ``15m``, ``12h``, ``7d``, ``2w`` (or a plain number of seconds)."""
-    text = text.strip().lower()
+def _listing(store: str | None, filters: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """Records' headers merged with the checkpoint store's graph runs (status and parent from there)."""
+    records = records_at(store)
     try:
-        return float(text[:-1]) * _DURATION[text[-1]] if text and text[-1] in _DURATION else float(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration like 7d, 12h or 90s") from None
+        rows = {h.run_id: header_json(h) for h in records.list_runs(**filters, limit=limit)}
+    finally:
+        records.close()
+    if filters["tenant"] is None or filters["tenant"] == "default":
+        with _open(store) as st:
+            graph_runs = st.list_runs(status=filters["status"], graph=filters["pipeline"], limit=limit)
+        for run in graph_runs:
+            since, until = filters["since"], filters["until"]
+            if (since is not None and run.created_at < since) or (
+                until is not None and run.created_at >= until
+            ):
+                continue
+            row = rows.setdefault(run.run_id, _graph_row(run))
+            row.update(status=run.status, parent=_run_json(run)["parent"])
+    ordered = sorted(rows.values(), key=lambda r: (r["started_at"], r["run_id"]), reverse=True)
+    return ordered[:limit]
+
+
+def _graph_row(run: Any) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "pipeline": run.graph,
+        "graph": run.graph,
+        "tenant": "default",
+        "kind": "graph",
+        "status": run.status,
+        "started_at": run.created_at,
+        "created_at": utc(run.created_at, iso=True),
+        "updated_at": run.created_at,
+        "finished_at": None,
+        "cost_usd": 0.0,
+        "error": None,
+    }
 
 
 @runs.command()
@@ -100,25 +159,33 @@ def _seconds(text: str) -> float:
 @click.option(
     "--status", type=click.Choice(_STATUSES), help="Only runs with this status (default: all but running)."
 )
-@click.option("--graph", "graph_name", metavar="NAME", help="Only runs of this graph (pipeline name).")
+@click.option("--pipeline", "--graph", "pipeline", metavar="NAME", help="Only runs of this pipeline.")
 @_friendly
 def prune(
     store: str | None,
     older_than: str | None,
     keep_last: int | None,
     status: str | None,
-    graph_name: str | None,
+    pipeline: str | None,
 ) -> None:
-    """Retention: delete old runs and their checkpoints (never a run that another was forked from)."""
+    """Retention: delete old runs, their records and checkpoints (never a run another was forked from)."""
     if older_than is None and keep_last is None:
         raise click.UsageError("give --older-than, --keep-last or both")
-    with _open(store) as st:
-        deleted = st.prune(
-            older_than_s=_seconds(older_than) if older_than is not None else None,
-            keep_last=keep_last,
-            status=status,
-            graph=graph_name,
+    age = seconds_of(older_than) if older_than is not None else None
+    deleted = 0
+    graph_runs: set[str] = set()
+    if status != "budget_exceeded":  # a status only dataflow runs have
+        with _open(store) as st:
+            deleted = st.prune(older_than_s=age, keep_last=keep_last, status=status, graph=pipeline)
+            graph_runs = {r.run_id for r in st.list_runs(limit=1 << 30)}
+    records = records_at(store)
+    try:
+        gone = prune_records(
+            records, older_than_s=age, keep_last=keep_last, status=status, pipeline=pipeline, keep=graph_runs
         )
+    finally:
+        records.close()
+    deleted += sum(1 for h in gone if h.kind != "graph")  # graph runs were counted by the checkpoints
     click.echo(f"deleted {deleted} run{'s' if deleted != 1 else ''}")
 
 
@@ -128,23 +195,46 @@ def prune(
 @_json_option
 @_friendly
 def show(run_id: str, store: str | None, as_json: bool) -> None:
-    """A run's record, its last step and the nodes that run next."""
+    """A run's outcome and per-node table (rows, seconds, tokens, cost, retries, dead letters, errors
+    with their place in the pipeline file and the input); for a state graph also its last step and the
+    nodes that run next."""
+    from engine.graph.checkpoints import RunNotFound
+    from engine.records import RunView
+
+    records = records_at(store)
+    try:
+        view = RunView.of(records.events(run_id)) if records.header(run_id) is not None else None
+    finally:
+        records.close()
     with _open(store) as st:
-        run = _need_run(st, run_id)
-        last = st.last_step(run_id)
+        run = st.get_run(run_id)
+        last = st.last_step(run_id) if run is not None else None
+    if view is None and run is None:
+        raise RunNotFound(run_id)
+    if view is not None and run is not None:
+        view.status = run.status  # the checkpoint store decides a graph run's status (interrupted...)
     if as_json:
-        click.echo(json.dumps({**_run_json(run), "last_step": None if last is None else _step_json(last)}))
+        out: dict[str, Any] = {}
+        if run is not None:
+            out.update(_run_json(run), last_step=None if last is None else _step_json(last))
+        if view is not None:
+            out.setdefault("run_id", view.run_id)
+            out.setdefault("status", view.status)
+            out["record"] = view.as_dict()
+        click.echo(json.dumps(out))
         return
-    click.echo(f"run {run.run_id}: {run.status}")
+    click.echo(render(view) if view is not None else f"run {run.run_id}: {run.status}")
+    if run is None:
+        return
     click.echo(f"  graph: {run.graph} (hash {run.graph_hash})")
-    click.echo(f"  created: {_time(run.created_at)} UTC")
+    click.echo(f"  created: {utc(run.created_at)} UTC")
     if run.parent:
         click.echo(f"  forked from: {run.parent[0]} at step {run.parent[1]}")
     for key, value in run.meta.items():
         click.echo(f"  {key}: {json.dumps(value, ensure_ascii=False)}")
     if last is not None:
         keys = ", ".join(last.delta) or "-"
-        click.echo(f"  last step: {last.step} {last.node} at {_time(last.created_at)} (updated: {keys})")
+        click.echo(f"  last step: {last.step} {last.node} at {utc(last.created_at)} (updated: {keys})")
         for info in last.meta.get("interrupts", []):
             value = json.dumps(info.get("value"))
             click.echo(f"  waiting {info.get('when', 'at')} node {info.get('node')!r}: {value}")
@@ -195,7 +285,7 @@ def history(
     for i, rec in enumerate(steps):
         own = "" if rec.run_id == run_id else f"  (from {rec.run_id})"
         keys = ", ".join(rec.delta) or "-"
-        click.echo(f"{rec.step:>5}  {_time(rec.created_at)}  {rec.node:<20} {keys}{own}")
+        click.echo(f"{rec.step:>5}  {utc(rec.created_at)}  {rec.node:<20} {keys}{own}")
         if states is not None:
             click.echo("       " + json.dumps(states[i], ensure_ascii=False))
 
@@ -397,7 +487,7 @@ def _run_json(run: Any) -> dict[str, Any]:
         "graph": run.graph,
         "graph_hash": run.graph_hash,
         "status": run.status,
-        "created_at": _time(run.created_at, iso=True),
+        "created_at": utc(run.created_at, iso=True),
         "parent": None if run.parent is None else {"run_id": run.parent[0], "step": run.parent[1]},
         "meta": dict(run.meta),
     }
@@ -408,13 +498,8 @@ def _step_json(rec: Any) -> dict[str, Any]:
         "run_id": rec.run_id,
         "step": rec.step,
         "node": rec.node,
-        "created_at": _time(rec.created_at, iso=True),
+        "created_at": utc(rec.created_at, iso=True),
         "delta": dict(rec.delta),
         "next": list(rec.next),
         "meta": dict(rec.meta),
     }
-
-
-def _time(ts: float, *, iso: bool = False) -> str:
-    when = datetime.fromtimestamp(ts, timezone.utc)
-    return when.isoformat(timespec="milliseconds") if iso else f"{when:%Y-%m-%d %H:%M:%S}"

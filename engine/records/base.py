@@ -48,6 +48,10 @@ class RecordStore(Protocol):
         """Runs started in ``[since, until)`` matching the filters, newest first, at most ``limit``."""
         ...
 
+    def delete(self, run_ids: Collection[str]) -> None:
+        """Retention: remove these runs' records whole (unknown ids are ignored)."""
+        ...
+
     def close(self) -> None:
         """Release files and connections; the store is unusable afterwards."""
         ...

@@ -37,10 +37,11 @@ class Recorder:
         self._thread = threading.Thread(target=self._loop, name=f"records-{run_id}", daemon=True)
         self._thread.start()
 
-    def emit(self, kind: str, node: str | None = None, **data: Any) -> None:
-        """Record that ``kind`` happened now (to ``node``), with ``data``."""
+    def emit(self, kind: str, node: str | None = None, at: float | None = None, /, **data: Any) -> None:
+        """Record that ``kind`` happened (to ``node``) at unix time ``at`` (default: now), with ``data``."""
         with self._lock:
-            self._pending.append(Event(self.run_id, self._next, time.time(), kind, node, data))
+            stamp = time.time() if at is None else at
+            self._pending.append(Event(self.run_id, self._next, stamp, kind, node, data))
             self._next += 1
             if len(self._pending) > _MAX_PENDING:
                 del self._pending[0]

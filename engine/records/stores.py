@@ -69,6 +69,13 @@ class MemoryRecords:
             found = [h for h in self._headers.values() if _passes(h, filters)]
         return newest_first(found, limit)
 
+    def delete(self, run_ids: Collection[str]) -> None:
+        """See :meth:`RecordStore.delete`."""
+        with self._lock:
+            for run_id in run_ids:
+                self._events.pop(run_id, None)
+                self._headers.pop(run_id, None)
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -191,6 +198,20 @@ class SqliteRecords:
             rows = self._db.execute(sql, (status, pipeline, tenant, since, until, max(limit, 0))).fetchall()
         return [RunHeader(*row) for row in rows]
 
+    def delete(self, run_ids: Collection[str]) -> None:
+        """See :meth:`RecordStore.delete`."""
+        ids = [(r,) for r in run_ids]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM record_events WHERE run_id = ?", ids)
+                self._db.executemany("DELETE FROM record_runs WHERE run_id = ?", ids)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
@@ -265,6 +286,17 @@ class FsspecRecords:
             paths = self._fs.glob(posixpath.join(self._root, "*", "header.json"))
             headers = [self._read_header(p) for p in paths]
         return newest_first([h for h in headers if _passes(h, filters)], limit)
+
+    def delete(self, run_ids: Collection[str]) -> None:
+        """See :meth:`RecordStore.delete` (the header goes first, so a half-deleted run is not listed)."""
+        with self._lock:
+            for run_id in run_ids:
+                folder = self._run_dir(run_id)
+                header = posixpath.join(folder, "header.json")
+                if self._fs.exists(header):
+                    self._fs.rm(header)
+                if self._fs.exists(folder):
+                    self._fs.rm(folder, recursive=True)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from connectors.outputs import claim_output, clear_dead_letters, resume_output, write_manifest
-from connectors.readers import reader_for
+from connectors.readers import Split, reader_for
 from connectors.writers import PartInfo
 from engine import metrics, telemetry
 from engine.audit import AuditLog, actor
@@ -34,10 +34,12 @@ from engine.physical import (
 from engine.plan import Problem
 from engine.policy import Policy
 from engine.runtime.cluster import ray_session
-from engine.runtime.graphs import GraphRunSummary, is_state_graph, run_graph
+from engine.runtime.failures import explain
+from engine.runtime.graphs import GraphRunSummary, default_url, is_state_graph, run_graph
 from engine.runtime.llm.ledger import TenantScope
 from engine.runtime.llm.services import check_pools, start_services
 from engine.runtime.progress import Progress
+from engine.runtime.recording import RunRecording
 from engine.runtime.scheduler import Scheduler, StageRun
 from engine.runtime.summary import NodeStats, RunSummary
 from engine.runtime.worker import SplitResult
@@ -62,6 +64,7 @@ def run_checked(
     checkpoint: str | None = None,
     tenant: TenantScope | None = None,
     observe: Callable[[RunSummary], None] | None = None,
+    tenant_name: str | None = None,
 ) -> RunSummary | GraphRunSummary:
     """Run ``checked`` to completion on Ray and return its summary (failures are in the summary).
 
@@ -73,7 +76,11 @@ def run_checked(
     ``checkpoint`` (a store URL; see :mod:`engine.runtime.graphs`) and returns a ``GraphRunSummary``.
 
     ``tenant`` adds a tenant's cost quota to the run's ledger; ``observe`` is handed the live summary of
-    a dataflow run as it starts (the engine streams progress from it).
+    a dataflow run as it starts (the engine streams progress from it). ``tenant_name`` is the tenant the
+    run's record names (default: the pipeline's ``tenant`` label, else ``default``).
+
+    Every dataflow run writes its record (:mod:`engine.records`) to the runs store: ``$HEADRACE_CHECKPOINTS``,
+    else ``runs.db`` under ``$HEADRACE_HOME``; ``headrace runs list/show/report`` read it.
 
     When tracing is on (:mod:`engine.telemetry`) the run is one trace under a ``run`` span; when this
     process serves metrics (:mod:`engine.metrics`) the run is reported live and counted by status.
@@ -107,6 +114,7 @@ def run_checked(
                     input=input,
                     checkpoint=checkpoint,
                     tenant=tenant,
+                    tenant_name=tenant_name,
                     observe=watch,
                 )
         finally:
@@ -154,6 +162,7 @@ def _run_dataflow(
     input: Mapping[str, Any] | None,
     checkpoint: str | None,
     tenant: TenantScope | None,
+    tenant_name: str | None,
     observe: Callable[[RunSummary], None],
 ) -> RunSummary:
     if input is not None or checkpoint is not None:
@@ -183,66 +192,42 @@ def _run_dataflow(
     observe(summary)
     if metrics.serving():
         metrics.track(summary, {p.node: (p.targets[0].provider, p.targets[0].model) for p in pools})
-    with ray_session(address) as cluster:
-        _raise_located(check_capacity(stages, cluster.resources), checked)
-        report = Progress(summary, enabled=progress)
-        llm = start_services(pools, pipeline, run_id, cache_url, tenant)
-        physical = [_with_pools(stage, llm.pools, pipeline.params) for stage in physical]
-        if trace := telemetry.carrier():
-            physical = [_with_trace(stage, trace) for stage in physical]
-
-        deadline = (
-            started + pipeline.budget.max_seconds
-            if pipeline.budget is not None and pipeline.budget.max_seconds is not None
-            else None
-        )
-
-        def tick() -> None:
-            if deadline is not None and time.perf_counter() > deadline:
-                raise BudgetExceeded(
-                    f"the run passed budget max_seconds {pipeline.budget.max_seconds:g}",  # type: ignore[union-attr]
-                    scope="run",
-                )
-            if llm.pools and llm.poll():
-                _apply_usage(summary, llm.usage)
-            report.tick()
-
-        try:
-            parts = _execute(
+    recording = RunRecording(default_url(), run_id)
+    recording.started(
+        checked,
+        kind="dataflow",
+        tenant=tenant_name or pipeline.labels.get("tenant", "default"),
+        resume_of=resume,
+        inputs=sorted({url for s in physical for url in s.inputs}),
+        outputs=sorted({s.job.output for s in physical}),
+    )
+    try:
+        with ray_session(address) as cluster:
+            _raise_located(check_capacity(stages, cluster.resources), checked)
+            _drive(
+                checked,
                 physical,
-                cluster.resources.get("CPU", 1.0),
+                pools,
                 summary,
-                report,
-                tick,
+                recording,
+                cluster.resources.get("CPU", 1.0),
                 run_id=run_id,
-                spec_hash=plan.spec_hash,
-                resume=resume is not None,
+                resume=resume,
+                progress=progress,
+                cache_url=cache_url,
+                tenant=tenant,
+                started=started,
             )
-            for stage in physical:
-                _check_error_budget(stage, summary, final=True)
-            for stage in physical:
-                url = write_manifest(
-                    stage.job.output, run_id, plan.name, plan.spec_hash, parts[stage.job.sink_id]
-                )
-                summary.outputs[stage.job.sink_id] = url
-        except BudgetExceeded as exc:
-            summary.status = "budget_exceeded"
-            summary.error = (
-                f"{exc}; calls in flight finished and parts committed so far are kept; continue with "
-                f"`--resume {run_id}` and a larger budget (answered rows come from the cache)"
-            )
-        except HeadraceError as exc:
-            summary.status = "failed"
-            summary.error = str(exc)
-        except KeyboardInterrupt:
-            summary.status = "cancelled"
-            summary.error = "interrupted; parts committed so far are kept"
-        finally:
-            if llm.pools:
-                with contextlib.suppress(Exception):
-                    _apply_usage(summary, llm.final_usage())
-            summary.seconds = time.perf_counter() - started
-            report.close()
+    except HeadraceError as exc:  # refused before any work (e.g. the cluster is too small for a node)
+        summary.status, summary.error = "failed", str(exc)
+        recording.failed({"code": exc.code, "message": str(exc)}, None)
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - started
+        recording.finished(summary)
+        recording.close()
+        if recording.problem:
+            _log.warning("run %s: %s", run_id, recording.problem)
     audit.append(
         "run_finished",
         {
@@ -260,12 +245,96 @@ def _run_dataflow(
     return summary
 
 
+def _drive(
+    checked: CheckedPipeline,
+    physical: list[PhysicalStage],
+    pools: list[Any],
+    summary: RunSummary,
+    recording: RunRecording,
+    cpus: float,
+    *,
+    run_id: str,
+    resume: str | None,
+    progress: bool,
+    cache_url: str | None,
+    tenant: TenantScope | None,
+    started: float,
+) -> None:
+    """Run the compiled stages on the connected cluster; the outcome goes into ``summary``."""
+    pipeline = checked.loaded.spec
+    plan = checked.plan
+    report = Progress(summary, enabled=progress)
+    llm = start_services(pools, pipeline, run_id, cache_url, tenant)
+    physical = [_with_pools(stage, llm.pools, pipeline.params) for stage in physical]
+    if trace := telemetry.carrier():
+        physical = [_with_trace(stage, trace) for stage in physical]
+    deadline = (
+        started + pipeline.budget.max_seconds
+        if pipeline.budget is not None and pipeline.budget.max_seconds is not None
+        else None
+    )
+
+    def tick() -> None:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise BudgetExceeded(
+                f"the run passed budget max_seconds {pipeline.budget.max_seconds:g}",  # type: ignore[union-attr]
+                scope="run",
+            )
+        if llm.pools and llm.poll():
+            _apply_usage(summary, llm.usage)
+            recording.usage(llm.usage)
+        report.tick()
+
+    try:
+        parts = _execute(
+            physical,
+            cpus,
+            summary,
+            report,
+            tick,
+            recording,
+            run_id=run_id,
+            spec_hash=plan.spec_hash,
+            resume=resume is not None,
+        )
+        for stage in physical:
+            _check_error_budget(stage, summary, final=True)
+        for stage in physical:
+            url = write_manifest(
+                stage.job.output, run_id, plan.name, plan.spec_hash, parts[stage.job.sink_id]
+            )
+            summary.outputs[stage.job.sink_id] = url
+    except BudgetExceeded as exc:
+        summary.status = "budget_exceeded"
+        summary.error = (
+            f"{exc}; calls in flight finished and parts committed so far are kept; continue with "
+            f"`--resume {run_id}` and a larger budget (answered rows come from the cache)"
+        )
+        recording.emit("budget", None, refused=str(exc), scope=exc.scope)
+    except HeadraceError as exc:
+        failure = explain(exc, checked, run_id)
+        summary.status, summary.error = "failed", failure.message
+        recording.failed(failure.data, failure.node)
+    except KeyboardInterrupt:
+        summary.status = "cancelled"
+        summary.error = "interrupted; parts committed so far are kept"
+    finally:
+        if llm.pools:
+            with contextlib.suppress(Exception):
+                final = llm.final_usage()
+                _apply_usage(summary, final)
+                recording.usage(final)
+        summary.seconds = time.perf_counter() - started
+        report.close()
+
+
 def _execute(
     stages: list[PhysicalStage],
     cpus: float,
     summary: RunSummary,
     report: Progress,
     tick: Callable[[], None],
+    recording: RunRecording,
     *,
     run_id: str,
     spec_hash: str,
@@ -307,11 +376,15 @@ def _execute(
             summary.nodes[run.stage.job.source_id].bytes_read += result.bytes_read
         if result.dead_letter_file:
             summary.dead_letters.append(result.dead_letter_file)
+        recording.batch(result, run.stage.job.sink_id if result.part is not None else None)
         _check_error_budget(run.stage, summary, final=False)
         if result.bytes_read:
             report.split_done(result.bytes_read)
 
-    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result)
+    def on_retry(node: str, split: Split, attempt: int, limit: int, delay: float, error: str) -> None:
+        recording.retry(node, split.index, attempt, limit, delay, error)
+
+    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result, on_retry)
     if metrics.serving():
         metrics.track_queue(summary.run_id, scheduler.queue_depth)
     scheduler.run(runs, tick)

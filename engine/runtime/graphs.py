@@ -26,6 +26,7 @@ from engine.audit import AuditLog, actor
 from engine.check import CheckedPipeline, locate
 from engine.errors import ConfigError, HeadraceError
 from engine.plan import Problem
+from engine.runtime.recording import RunRecording
 from engine.spec.models import Pipeline
 
 GraphRunStatus = Literal["succeeded", "failed", "interrupted", "cancelled"]
@@ -200,6 +201,15 @@ def drive(
 
     audit = AuditLog()
     audit.append("run_started", _audit_started(run_id, checked, app, url))
+    recording = RunRecording(url, run_id)
+    last = app.store.last_step(run_id) if app.store.get_run(run_id) is not None else None
+    recording.started(
+        checked,
+        kind="graph",
+        tenant=checked.loaded.spec.labels.get("tenant", "default"),
+        resume_of=run_id if last is not None else None,
+    )
+    began = time.time()
     started = time.perf_counter()
     error: str | None = None
     failure: GraphError | None = None
@@ -222,6 +232,10 @@ def drive(
             summary.status = "cancelled"
         summary.pipeline_path = _path_of(checked)
     refused = failure is not None and (summary is None or summary.status != "failed")
+    _record_steps(recording, app, run_id, -1 if last is None else last.step, began)
+    status = "failed" if refused or summary is None else summary.status
+    recording.graph_finished(status, seconds, error, {"checkpoint": url})
+    recording.close()
     audit.append(
         "run_finished",
         {
@@ -240,6 +254,14 @@ def drive(
     if refused and failure is not None:
         raise failure  # refused before the run went on (e.g. no interrupt to answer): not a run failure
     return summary
+
+
+def _record_steps(recording: RunRecording, app: Any, run_id: str, after: int, began: float) -> None:
+    """Record the node steps of ``run_id`` after step ``after`` (this invocation's)."""
+    if app.store.get_run(run_id) is None:
+        return
+    steps = [s for s in app.store.steps(run_id) if s.step > after and s.node not in _MARKERS]
+    recording.graph_steps(steps, began)
 
 
 def summarize(

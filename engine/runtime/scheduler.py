@@ -46,11 +46,17 @@ class Scheduler:
     """Submits stage work with a bounded window and dispatches finished references to handlers."""
 
     def __init__(
-        self, summary: RunSummary, window: int, on_result: Callable[[StageRun, SplitResult], None]
+        self,
+        summary: RunSummary,
+        window: int,
+        on_result: Callable[[StageRun, SplitResult], None],
+        on_retry: Callable[[str, Split, int, int, float, str], None] | None = None,
     ) -> None:
         self.summary = summary
         self.window = window
         self.on_result = on_result
+        self.on_retry = on_retry
+        """Told (node, split, attempt, max_attempts, delay_s, error) when a split is retried."""
         self.in_flight: dict[Any, Handler] = {}
         self.heads = 0
         self.backlog = 0  # batches handed to a barrier whose output is not yet through its tail task
@@ -200,6 +206,8 @@ class _Driver:
                 exc,
                 extra={"node": node, "split": split.index, "attempt": attempt},
             )
+            if self.s.on_retry is not None:
+                self.s.on_retry(node, split, attempt, policy.max_attempts, delay, str(exc))
             return None
 
     def submit_head(self) -> bool:

@@ -47,6 +47,16 @@ class SplitResult:
     failed: dict[str, int] = field(default_factory=dict)
     rows_in: dict[str, int] = field(default_factory=dict)
     dead_letter_file: str | None = None
+    split: int = -1
+    """The split (or tail batch) index."""
+    input: str | None = None
+    """The file a head split read; ``None`` for a tail batch."""
+    start: int | None = None
+    end: int | None = None
+    """The byte range of ``input`` the split covered."""
+    began: float = 0.0
+    ended: float = 0.0
+    """Wall-clock (unix) times the segment started and finished on its worker."""
 
 
 @dataclass
@@ -64,6 +74,17 @@ class _Where:
     index: int
     start: int
     end: int
+
+    def fields(self, row: int | None = None) -> dict[str, object]:
+        """The location as fields of an error: input url, split, byte range (and row, when known)."""
+        place: dict[str, object] = {"split": self.index}
+        if self.start >= 0:
+            place.update(url=self.url, start=self.start, end=self.end)
+        else:
+            place["barrier"] = self.url
+        if row is not None:
+            place["row"] = row
+        return place
 
     def describe(self) -> str:
         if self.start < 0:
@@ -105,7 +126,9 @@ def _run_split(job: StageJob, split: Split) -> Any:
         failures,
         job.pools,
     )
-    result = dataclasses.replace(result, bytes_read=split.end - split.start)
+    result = dataclasses.replace(
+        result, bytes_read=split.end - split.start, input=split.url, start=split.start, end=split.end
+    )
     return (result, out) if job.emit else result
 
 
@@ -187,6 +210,7 @@ def _run_segment(
     part = open_part(sink[1], output or "", index, part_id) if sink else None  # type: ignore[arg-type]
     out: list[pa.Table] = []
     current = source_id or (fns[0][0] if fns else sink[0] if sink else "")
+    began = time.time()
     try:
         clock = time.perf_counter()
         for table in tables:
@@ -204,6 +228,7 @@ def _run_segment(
             if part is not None and sink is not None:
                 current = sink[0]
                 part.write(table)
+                rows_in[sink[0]] += table.num_rows
                 rows[sink[0]] += table.num_rows
             elif table.num_rows:
                 out.append(table)
@@ -213,7 +238,16 @@ def _run_segment(
             current = source_id or current
         dead = _write_dead_letters(dead_letters, sink[0] if sink else "segment", where, failures)
         info = part.commit() if part is not None else None
-    except (DataError, BudgetExceeded):
+    except DataError as exc:
+        if part is not None:
+            part.abort()
+        if exc.node is not None:
+            raise
+        # an operator's own error: name the node and the input it was reading
+        raise type(exc)(
+            f"node '{current}': {where.describe()}: {exc}", node=current, input=where.fields()
+        ) from None
+    except BudgetExceeded:
         if part is not None:
             part.abort()
         raise
@@ -221,11 +255,17 @@ def _run_segment(
         if part is not None:
             part.abort()
         kind = TransientError if isinstance(exc, OSError) else DataError
-        raise kind(f"node '{current}': {where.describe()}: {type(exc).__name__}: {exc}") from None
+        raise kind(
+            f"node '{current}': {where.describe()}: {type(exc).__name__}: {exc}",
+            node=current,
+            input=where.fields(),
+        ) from None
     failed: dict[str, int] = {}
     for f in failures:
         failed[f.node] = failed.get(f.node, 0) + 1
-    return SplitResult(info, rows, seconds, 0, failed, rows_in, dead), out
+    return SplitResult(
+        info, rows, seconds, 0, failed, rows_in, dead, split=index, began=began, ended=time.time()
+    ), out
 
 
 def _node_fn(
@@ -257,8 +297,9 @@ def _pooled(
             row, error = failed[0]
             raise DataError(
                 f"node '{node}': {where.describe()}: row {seen + row}: {error}; "
-                f"{len(failed)} rows of this batch failed (set `on_error` to skip or "
-                "dead-letter failed rows instead of failing the run)"
+                f"{len(failed)} rows of this batch failed",
+                node=node,
+                input=where.fields(seen + row),
             )
         failures.extend(_Failure(node, error, table.slice(row, 1).to_pylist()[0]) for row, error in failed)
         seen += table.num_rows
