@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the streaming-transform benchmarks")
-    run.add_argument("--quick", action="store_true", help="sizes 0.2 and 1 GB instead of 1, 4 and 10 GB")
+    run.add_argument("--quick", action="store_true", help="sizes 0.2 and 0.5 GB instead of 1, 4 and 10 GB")
     run.add_argument("--only", choices=sorted(CASES), metavar="NAME", help=f"one case: {', '.join(CASES)}")
     run.add_argument("--keep-data", action="store_true", help="keep generated datasets of 1 GB and more")
     run.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where to generate input data")
