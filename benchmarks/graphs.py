@@ -1,4 +1,4 @@
-"""State graphs and concurrency against LangGraph and raw Ray, in one run: ``python -m benchmarks graphs``.
+"""The "state graphs" family: identical graphs in headrace and LangGraph, in one process, in one run.
 
 Cases (headrace next to its baseline, same process, same run; median of the repeats, min and max kept):
 
@@ -12,16 +12,14 @@ Cases (headrace next to its baseline, same process, same run; median of the repe
    when the saver is installed, else the bytes of the serialised values ``InMemorySaver`` keeps
    (checkpoints, metadata, channel blobs, pending writes; the serde's output, keys and Python
    overhead not counted).
-4. ``engine``: on a warm ``Engine``, submit-to-first-node latency (p50, p99) and trivial 3-node
-   pipelines/s, against a trivial ``ray.remote`` task (round-trip latency of ``ray.get(f.remote())``
-   one at a time, and tasks/s of a batch); then 1,000 concurrent 3-node pipelines whose nodes
-   ``await asyncio.sleep(0.1)``, against LangGraph ``ainvoke`` + ``asyncio.gather``.
+
+The Engine against raw Ray tasks and 1,000 concurrent runs are the "concurrency" family
+(``benchmarks.concurrency``), which builds its graphs with the functions here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import operator
 import os
 import shutil
@@ -36,7 +34,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel
 from typing_extensions import TypedDict
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.harness import Mode, RunOptions
+
 MAX_START_LOAD = 2.0
 LOAD_WAIT_S = 60.0
 
@@ -49,25 +48,21 @@ class Sizes:
     """3-node invocations per repeat (without checkpoints; a third of it with SQLite)."""
     chain_invocations: int
     loop_steps: int
-    latency_samples: int
-    pipelines: int
-    concurrent: int
-    ray_tasks: int
 
 
-QUICK = Sizes(invocations=1500, chain_invocations=60, loop_steps=500, latency_samples=300, pipelines=3000,
-              concurrent=1000, ray_tasks=3000)  # fmt: skip
-FULL = Sizes(invocations=5000, chain_invocations=200, loop_steps=500, latency_samples=1000, pipelines=10_000,
-             concurrent=1000, ray_tasks=10_000)  # fmt: skip
-TINY = Sizes(invocations=30, chain_invocations=3, loop_steps=20, latency_samples=20, pipelines=50,
-             concurrent=20, ray_tasks=50)  # fmt: skip
+QUICK = Sizes(invocations=1500, chain_invocations=60, loop_steps=500)
+FULL = Sizes(invocations=5000, chain_invocations=200, loop_steps=500)
+TINY = Sizes(invocations=30, chain_invocations=3, loop_steps=20)
 """For the smoke test."""
+
+SCALES: dict[Mode, tuple[Sizes, int]] = {"full": (FULL, 5), "quick": (QUICK, 3), "tiny": (TINY, 1)}
+"""The sizes and repeats of each mode."""
 
 
 # --- the graphs, built the same way in both libraries ----------------------------------------------
 
 
-class _S(BaseModel):
+class ChainState(BaseModel):
     n: int = 0
     t0: float = 0.0
 
@@ -85,10 +80,10 @@ class _LLoop(TypedDict):
 
 
 def _bump(s: Any) -> dict[str, int]:
-    return {"n": (s.n if isinstance(s, _S) else s["n"]) + 1}
+    return {"n": (s.n if isinstance(s, ChainState) else s["n"]) + 1}
 
 
-async def _sleepy(s: Any) -> dict[str, int]:
+async def sleepy_node(s: Any) -> dict[str, int]:
     await asyncio.sleep(0.1)
     return _bump(s)
 
@@ -97,10 +92,10 @@ def _names(length: int) -> list[str]:
     return [f"n{i}" for i in range(length)]
 
 
-def _headrace_chain(length: int, node: Callable[..., Any] = _bump) -> Any:
+def headrace_chain(length: int, node: Callable[..., Any] = _bump) -> Any:
     from engine import END, START, Graph
 
-    g = Graph(_S)
+    g = Graph(ChainState)
     names = _names(length)
     for name in names:
         g.add_node(name, node)
@@ -109,7 +104,7 @@ def _headrace_chain(length: int, node: Callable[..., Any] = _bump) -> Any:
     return g
 
 
-def _langgraph_chain(length: int, node: Callable[..., Any] = _bump, checkpointer: Any = None) -> Any:
+def langgraph_chain(length: int, node: Callable[..., Any] = _bump, checkpointer: Any = None) -> Any:
     from langgraph.graph import END, START, StateGraph
 
     g = StateGraph(_LS)
@@ -121,7 +116,7 @@ def _langgraph_chain(length: int, node: Callable[..., Any] = _bump, checkpointer
     return g.compile(checkpointer=checkpointer)
 
 
-def _spread(values: list[float], digits: int = 1) -> dict[str, Any]:
+def spread(values: list[float], digits: int = 1) -> dict[str, Any]:
     return {
         "median": round(statistics.median(values), digits),
         "min": round(min(values), digits),
@@ -155,11 +150,11 @@ def _invocation_systems(
     """``name -> (invoke(i), close())`` for each system of case 1, fresh for each repeat."""
     from langgraph.checkpoint.memory import InMemorySaver
 
-    hr_none = _headrace_chain(3).compile()
-    hr_mem = _headrace_chain(3).compile(checkpoint="memory://")
-    hr_sql = _headrace_chain(3).compile(checkpoint=f"sqlite:///{work / f'hr-{repeat}.db'}")
-    lg_none = _langgraph_chain(3)
-    lg_mem = _langgraph_chain(3, checkpointer=InMemorySaver())
+    hr_none = headrace_chain(3).compile()
+    hr_mem = headrace_chain(3).compile(checkpoint="memory://")
+    hr_sql = headrace_chain(3).compile(checkpoint=f"sqlite:///{work / f'hr-{repeat}.db'}")
+    lg_none = langgraph_chain(3)
+    lg_mem = langgraph_chain(3, checkpointer=InMemorySaver())
     tag = f"r{repeat}-"
     systems: dict[str, tuple[Callable[[int], Any], Callable[[], None]]] = {
         "headrace": (lambda i: hr_none.invoke({"n": 0}), hr_none.close),
@@ -177,7 +172,7 @@ def _invocation_systems(
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         conn = sqlite3.connect(work / f"lg-{repeat}.db", check_same_thread=False)
-        lg_sql = _langgraph_chain(3, checkpointer=SqliteSaver(conn))
+        lg_sql = langgraph_chain(3, checkpointer=SqliteSaver(conn))
         systems["langgraph_sqlite"] = (
             lambda i: lg_sql.invoke({"n": 0}, {"configurable": {"thread_id": f"{tag}{i}"}}),
             conn.close,
@@ -195,7 +190,7 @@ def measure_invocations(sizes: Sizes, repeats: int, work: Path) -> dict[str, Any
                 rates.setdefault(name, []).append(_rate(invoke, count))
             finally:
                 close()
-    out: dict[str, Any] = {"unit": "invocations/s", "systems": {k: _spread(v) for k, v in rates.items()}}
+    out: dict[str, Any] = {"unit": "invocations/s", "systems": {k: spread(v) for k, v in rates.items()}}
     if "langgraph_sqlite" not in rates:
         out["langgraph_sqlite"] = "not measured: langgraph-checkpoint-sqlite is not installed"
     pairs = [("headrace", "langgraph"), ("headrace_memory", "langgraph_memory")]
@@ -206,8 +201,8 @@ def measure_invocations(sizes: Sizes, repeats: int, work: Path) -> dict[str, Any
 
 def measure_chain(sizes: Sizes, repeats: int, length: int = 50) -> dict[str, Any]:
     """Case 2: µs per step of a ``length``-node chain without checkpoints."""
-    hr = _headrace_chain(length).compile(recursion_limit=length + 10)
-    lg = _langgraph_chain(length)
+    hr = headrace_chain(length).compile(recursion_limit=length + 10)
+    lg = langgraph_chain(length)
     config = {"recursion_limit": length + 10}
     per_step: dict[str, list[float]] = {"headrace": [], "langgraph": []}
     try:
@@ -227,13 +222,13 @@ def measure_chain(sizes: Sizes, repeats: int, length: int = 50) -> dict[str, Any
     return {
         "unit": "µs/step",
         "nodes": length,
-        "systems": {k: _spread(v) for k, v in per_step.items()},
+        "systems": {k: spread(v) for k, v in per_step.items()},
         "ratios": {"langgraph/headrace": _ratio(per_step["langgraph"], per_step["headrace"])},
     }
 
 
 def _final_n(final: Any) -> int:
-    return int(final.n if isinstance(final, _S) else final["n"])
+    return int(final.n if isinstance(final, ChainState) else final["n"])
 
 
 def _ratio(a: list[float], b: list[float]) -> float:
@@ -317,117 +312,11 @@ def measure_checkpoint_bytes(sizes: Sizes, work: Path) -> dict[str, Any]:
     }
 
 
-# --- case 4: the Engine against raw Ray tasks, and 1,000 concurrent runs ------------------------------
-
-
-def _noop() -> int:
-    return 1
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
-
-
-def measure_engine(sizes: Sizes, repeats: int) -> dict[str, Any]:
-    """Case 4 on a warm Engine inside the current Ray session (started by the caller)."""
-    import ray
-
-    from engine import Engine
-
-    first: dict[int, float] = {}
-
-    def stamp(s: _S) -> dict[str, int]:
-        if s.n == 0:
-            first[int(s.t0 * 1e9)] = time.perf_counter()
-        return {"n": s.n + 1}
-
-    noop = ray.remote(_noop)  # one CPU each, Ray's default: at most one worker per core
-    lat: dict[str, dict[str, list[float]]] = {s: {"p50": [], "p99": []} for s in ("headrace", "ray_tasks")}
-    rates: dict[str, list[float]] = {"headrace": [], "ray_tasks": []}
-    walls: dict[str, list[float]] = {"headrace": [], "langgraph": []}
-    with Engine() as engine:
-        latency_app = _headrace_chain(3, stamp).compile()
-        trivial = _headrace_chain(3).compile()
-        slow = _headrace_chain(3, _sleepy).compile()
-        for _ in range(100):  # warm-up of both sides
-            engine.submit(latency_app, {"t0": time.perf_counter()}).result()
-            ray.get(noop.remote())
-        ray.get([noop.remote() for _ in range(sizes.ray_tasks)])  # start the workers a batch needs
-        for _ in range(repeats):
-            samples = []
-            for _ in range(sizes.latency_samples):
-                t0 = time.perf_counter()
-                engine.submit(latency_app, {"t0": t0}).result()
-                samples.append(first.pop(int(t0 * 1e9)) - t0)
-            _add_percentiles(lat["headrace"], samples)
-            samples = []
-            for _ in range(sizes.latency_samples):
-                t0 = time.perf_counter()
-                ray.get(noop.remote())
-                samples.append(time.perf_counter() - t0)
-            _add_percentiles(lat["ray_tasks"], samples)
-
-            t = time.perf_counter()
-            handles = [engine.submit(trivial, {"n": 0}) for _ in range(sizes.pipelines)]
-            assert all(h.result().n == 3 for h in handles)
-            rates["headrace"].append(sizes.pipelines / (time.perf_counter() - t))
-            t = time.perf_counter()
-            assert sum(ray.get([noop.remote() for _ in range(sizes.ray_tasks)])) == sizes.ray_tasks
-            rates["ray_tasks"].append(sizes.ray_tasks / (time.perf_counter() - t))
-
-            t = time.perf_counter()
-            handles = [engine.submit(slow, {"n": 0}) for _ in range(sizes.concurrent)]
-            assert all(h.result().n == 3 for h in handles)
-            walls["headrace"].append(time.perf_counter() - t)
-            walls["langgraph"].append(_langgraph_gather(sizes.concurrent))
-    return {
-        "submit_to_first_node_ms": {
-            "note": "headrace: engine.submit() to the first node's start; ray_tasks: ray.get(f.remote()) "
-            "round trip of a trivial task, one at a time",
-            "systems": {s: {k: _spread(v, 3) for k, v in d.items()} for s, d in lat.items()},
-            "samples_per_repeat": sizes.latency_samples,
-        },
-        "throughput_per_s": {
-            "note": "headrace: trivial 3-node pipelines submitted at once, until all results are in; "
-            "ray_tasks: trivial tasks submitted at once, then ray.get of all",
-            "systems": {k: _spread(v) for k, v in rates.items()},
-            "counts": {"headrace": sizes.pipelines, "ray_tasks": sizes.ray_tasks},
-        },
-        "concurrent_sleepy_wall_s": {
-            "note": f"{sizes.concurrent} 3-node runs, each node awaits asyncio.sleep(0.1); headrace: "
-            "Engine.submit each then wait for every result; langgraph: asyncio.gather of ainvoke",
-            "systems": {k: _spread(v, 3) for k, v in walls.items()},
-            "ideal_s": 0.3,
-            "runs": sizes.concurrent,
-        },
-    }
-
-
-def _add_percentiles(into: dict[str, list[float]], seconds: list[float]) -> None:
-    seconds.sort()
-    into["p50"].append(statistics.median(seconds) * 1e3)
-    into["p99"].append(_percentile(seconds, 0.99) * 1e3)
-
-
-def _langgraph_gather(count: int) -> float:
-    app = _langgraph_chain(3, _sleepy)
-
-    async def go() -> float:
-        t = time.perf_counter()
-        finals = await asyncio.gather(*(app.ainvoke({"n": 0}) for _ in range(count)))
-        assert all(f["n"] == 3 for f in finals)
-        return time.perf_counter() - t
-
-    return asyncio.run(go())
-
-
 # --- the family ---------------------------------------------------------------------------------------
 
 
 def run_cases(sizes: Sizes, repeats: int) -> dict[str, Any]:
-    """Every case; Ray is started for case 4 unless a session is already up."""
-    from benchmarks.harness import ray_running
-
+    """Every case, in this process (no Ray)."""
     work = Path(tempfile.mkdtemp(prefix="headrace-graphs-"))
     try:
         results: dict[str, Any] = {}
@@ -439,23 +328,15 @@ def run_cases(sizes: Sizes, repeats: int) -> dict[str, Any]:
             t = time.perf_counter()
             results[name] = fn()
             print(f"  {name}: {time.perf_counter() - t:.1f} s", flush=True)
-        t = time.perf_counter()
-        with ray_running():
-            results["engine"] = measure_engine(sizes, repeats)
-        print(f"  engine: {time.perf_counter() - t:.1f} s", flush=True)
         return results
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 7's cases 3 and 4 with the measured figure and met / not met / not measured."""
+    """Each target of issue 7's state-graph case with the measured figure and met / not met / not measured."""
     inv = results["invocations"]
     med = {k: v["median"] for k, v in inv["systems"].items()}
-    eng = results["engine"]
-    p50 = eng["submit_to_first_node_ms"]["systems"]["headrace"]["p50"]["median"]
-    rate = eng["throughput_per_s"]["systems"]["headrace"]["median"]
-    wall = eng["concurrent_sleepy_wall_s"]["systems"]["headrace"]["median"]
     step = results["chain_50"]["systems"]["headrace"]["median"]
     rows: list[tuple[str, str, bool | None]] = [
         ("3-node invocations/s ≥ 2× LangGraph (no checkpoints)", f"{inv['ratios']['headrace/langgraph']}×",
@@ -471,14 +352,14 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(("with SQLite checkpoints ≥ 2× LangGraph SqliteSaver", f"{x}×", x >= 2))
     else:
         rows.append(("with SQLite checkpoints ≥ 2× LangGraph SqliteSaver", "-", None))
-    rows += [
-        ("50-node chain ≤ 50 µs/step", f"{step:g} µs", step <= 50),
-        ("submit-to-first-node p50 ≤ 10 ms", f"{p50:g} ms", p50 <= 10),
-        ("≥ 2,000 trivial pipelines/s", f"{rate:,.0f}/s", rate >= 2000),
-        ("1,000 concurrent 3×100 ms pipelines ≤ 0.6 s", f"{wall:g} s", wall <= 0.6),
-    ]
+    rows.append(("50-node chain ≤ 50 µs/step", f"{step:g} µs", step <= 50))
+    return judged(rows)
+
+
+def judged(rows: list[tuple[str, str, bool | None]]) -> list[dict[str, Any]]:
+    """``(target, measured, met)`` rows as results-file targets (``met`` None: not measured)."""
     status = {True: "met", False: "not met", None: "not measured"}
-    return [{"target": t, "measured": m, "status": status[ok]} for t, m, ok in rows]
+    return [{"target": t, "source": "issue", "measured": m, "status": status[ok]} for t, m, ok in rows]
 
 
 def wait_for_quiet() -> dict[str, Any]:
@@ -491,46 +372,61 @@ def wait_for_quiet() -> dict[str, Any]:
     return {"load_1min": readings, "waited_s": round(time.monotonic() - began), "quiet": readings[-1] <= 2}
 
 
-def run_family(quick: bool, results_dir: Path) -> dict[str, Any]:
-    """Run the family; write ``<date>-graphs[-quick].json``, ``latest-graphs.md`` and ``graphs.png``."""
+def measure_family(
+    options: RunOptions, family: str, name: str, method: str, measure: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """The results document of a family measured in this process (this one or ``concurrency``): the
+    machine and its quiet-machine check, the CPU other processes took while ``measure`` ran, and its
+    results. ``targets`` and ``wall_seconds`` are the caller's to add."""
     from benchmarks.harness import MemorySampler, machine_info, shmem_bytes
 
-    began = time.perf_counter()
-    gate = wait_for_quiet()
+    gate = options.gate if options.gate is not None else wait_for_quiet()
     machine = machine_info()
     machine["load_gate"] = gate
-    sizes, repeats = (QUICK, 3) if quick else (FULL, 5)
-    print(f"state graphs and concurrency: {repeats} repeats", flush=True)
     with MemorySampler(shmem_bytes(), interval=0.5) as sampler:
-        results = run_cases(sizes, repeats)
-    name = "graphs" + ("-quick" if quick else "")
-    doc: dict[str, Any] = {
-        "family": "state graphs and concurrency",
-        "name": name,
-        "mode": "quick" if quick else "full",
-        "command": "python -m benchmarks graphs" + (" --quick" if quick else ""),
+        results = measure()
+    return {
+        "family": family,
+        "name": name + ("" if options.mode == "full" else f"-{options.mode}"),
+        "mode": options.mode,
+        "command": options.command,
         "machine": machine,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "others_cpu_share": round(sampler.peaks.other_cpu_share, 3),
         "tree_cpu_s": round(sampler.peaks.tree_cpu_s, 1),
-        "sizes": asdict(sizes),
-        "repeats": repeats,
-        "method": __doc__,
+        "method": method,
         "results": results,
     }
-    doc["targets"] = evaluate_targets(results)
-    doc["wall_seconds"] = round(time.perf_counter() - began, 1)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{str(machine['date'])[:10]}-{name}.json"
-    resolved = path.resolve()
-    doc["results_file"] = str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def write_family(
+    doc: dict[str, Any],
+    results_dir: Path,
+    report: str,
+    render_markdown: Callable[[dict[str, Any]], str],
+    render_plot: Callable[[dict[str, Any], Path], Path],
+) -> None:
+    """Write the document's ``<date>-<name>.json``, its markdown as ``report`` and its plot, and print
+    the targets."""
+    from benchmarks.harness import print_targets, write_json
+
+    path = write_json(doc, doc["name"], results_dir)
+    (results_dir / report).write_text(render_markdown(doc))
+    plot = render_plot(doc, results_dir)
+    print(f"results: {path} (and {results_dir / report}); plot: {plot}")
+    print_targets(doc)
+
+
+def run_family(options: RunOptions) -> dict[str, Any]:
+    """Run the family in the options' mode; write ``<date>-graphs[-mode].json``, ``latest-graphs.md``
+    and ``graphs.png``; returns the results document."""
     from benchmarks.graphs_report import render_graphs_markdown, render_graphs_plot
 
-    (results_dir / "latest-graphs.md").write_text(render_graphs_markdown(doc))
-    plot = render_graphs_plot(doc, results_dir)
-    print(f"results: {path} (and {results_dir / 'latest-graphs.md'}); plot: {plot}")
-    for t in doc["targets"]:
-        print(f"  [{t['status']}] {t['target']}: {t['measured']}")
-    print(f"wall time {doc['wall_seconds']:.0f} s")
+    began = time.perf_counter()
+    sizes, repeats = SCALES[options.mode]
+    print(f"state graphs: {repeats} repeats", flush=True)
+    doc = measure_family(options, "state graphs", "graphs", __doc__ or "", lambda: run_cases(sizes, repeats))
+    doc |= {"sizes": asdict(sizes), "repeats": repeats, "targets": evaluate_targets(doc["results"])}
+    doc["wall_seconds"] = round(time.perf_counter() - began, 1)
+    write_family(doc, options.results_dir, "latest-graphs.md", render_graphs_markdown, render_graphs_plot)
     return doc

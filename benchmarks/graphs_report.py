@@ -1,4 +1,4 @@
-"""The state-graphs family as people read it: a markdown table with targets, and one PNG."""
+"""The state-graphs and concurrency families as people read them: markdown with targets, a PNG each."""
 
 from __future__ import annotations
 
@@ -19,12 +19,11 @@ def _fig(s: dict[str, Any], fmt: str = ",.0f") -> str:
     return f"{s['median']:{fmt}} ({s['min']:{fmt}}–{s['max']:{fmt}})"
 
 
-def render_graphs_markdown(doc: dict[str, Any]) -> str:
-    """The family's results: one table per case (median, min–max) and the targets, met or not."""
-    m, r = doc["machine"], doc["results"]
+def _header(doc: dict[str, Any]) -> list[str]:
+    """Title, command, results file, machine and load, then the targets table."""
+    m = doc["machine"]
     v = m["versions"]
-    inv, chain, size, eng = r["invocations"], r["chain_50"], r["checkpoint_bytes"], r["engine"]
-    lines = [
+    return [
         f"# Benchmarks: {doc['family']} ({doc['mode']})",
         "",
         f"`{doc['command']}` on {m['date'][:10]}; results file `{doc['results_file']}`; "
@@ -42,6 +41,15 @@ def render_graphs_markdown(doc: dict[str, Any]) -> str:
         "| --- | --- | --- |",
         *(f"| {t['target']} | {t['measured']} | {t['status']} |" for t in doc["targets"]),
         "",
+    ]
+
+
+def render_graphs_markdown(doc: dict[str, Any]) -> str:
+    """The state-graphs results: one table per case (median, min–max) and the targets, met or not."""
+    r = doc["results"]
+    inv, chain, size = r["invocations"], r["chain_50"], r["checkpoint_bytes"]
+    lines = [
+        *_header(doc),
         "## 3-node chain, invocations/s (one after another, in one thread)",
         "",
         "| system | invocations/s |",
@@ -53,8 +61,6 @@ def render_graphs_markdown(doc: dict[str, Any]) -> str:
     ratios = ", ".join(f"{k}: {x}×" for k, x in inv["ratios"].items())
     h, lg = chain["systems"]["headrace"], chain["systems"]["langgraph"]
     hb, lb = size["systems"]["headrace"], size["systems"]["langgraph"]
-    lat, rate = eng["submit_to_first_node_ms"]["systems"], eng["throughput_per_s"]["systems"]
-    wall = eng["concurrent_sleepy_wall_s"]
     lines += [
         "",
         f"Ratios of medians: {ratios}.",
@@ -73,6 +79,20 @@ def render_graphs_markdown(doc: dict[str, Any]) -> str:
         "",
         f"LangGraph figure: {lb['how']}.",
         "",
+        "![headrace advantage over LangGraph](graphs.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_concurrency_markdown(doc: dict[str, Any]) -> str:
+    """The concurrency results: the Engine against a raw Ray task, the concurrent runs against LangGraph,
+    and the targets, met or not."""
+    eng = doc["results"]["engine"]
+    lat, rate = eng["submit_to_first_node_ms"]["systems"], eng["throughput_per_s"]["systems"]
+    wall = eng["concurrent_sleepy_wall_s"]
+    lines = [
+        *_header(doc),
         "## Engine against raw Ray tasks",
         "",
         "| figure | headrace Engine | raw Ray task |",
@@ -93,38 +113,53 @@ def render_graphs_markdown(doc: dict[str, Any]) -> str:
         "| --- | --- |",
         f"| {_fig(wall['systems']['headrace'], '.3f')} | {_fig(wall['systems']['langgraph'], '.3f')} |",
         "",
+        "![headrace advantage over Ray tasks and LangGraph](concurrency.png)",
+        "",
     ]
     return "\n".join(lines)
 
 
 def render_graphs_plot(doc: dict[str, Any], results_dir: Path) -> Path:
-    """``graphs.png``: headrace ÷ baseline for every compared figure (above 1: headrace is better)."""
+    """``graphs.png``: LangGraph ÷ headrace for every compared figure (above 1: headrace is better)."""
+    r = doc["results"]
+    kinds = {"headrace": "no checkpoints", "headrace_memory": "memory", "headrace_sqlite": "SQLite"}
+    bars = {f"invocations/s\n{kinds[k.split('/')[0]]}": x for k, x in r["invocations"]["ratios"].items()}
+    bars["50-node chain\nµs/step"] = r["chain_50"]["ratios"]["langgraph/headrace"]
+    bars["checkpoint\nbytes"] = r["checkpoint_bytes"]["ratios"]["langgraph/headrace"]
+    title = f"State graphs vs LangGraph ({doc['machine']['date'][:10]}, {doc['mode']})"
+    return _advantage_plot(bars, title, results_dir / "graphs.png")
+
+
+def render_concurrency_plot(doc: dict[str, Any], results_dir: Path) -> Path:
+    """``concurrency.png``: baseline ÷ headrace for the latency and the concurrent runs' wall time."""
+    eng = doc["results"]["engine"]
+    wall = eng["concurrent_sleepy_wall_s"]
+    lat = eng["submit_to_first_node_ms"]["systems"]
+    bars = {
+        "latency p50\nvs Ray task": lat["ray_tasks"]["p50"]["median"] / lat["headrace"]["p50"]["median"],
+        f"{wall['runs']:,} concurrent\nwall vs LangGraph": wall["systems"]["langgraph"]["median"]
+        / wall["systems"]["headrace"]["median"],
+    }
+    title = f"Concurrency vs Ray tasks / LangGraph ({doc['machine']['date'][:10]}, {doc['mode']})"
+    return _advantage_plot(bars, title, results_dir / "concurrency.png")
+
+
+def _advantage_plot(bars: dict[str, float], title: str, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    r = doc["results"]
-    inv, eng = r["invocations"], r["engine"]
-    wall = eng["concurrent_sleepy_wall_s"]["systems"]
-    lat = eng["submit_to_first_node_ms"]["systems"]
-    kinds = {"headrace": "no checkpoints", "headrace_memory": "memory", "headrace_sqlite": "SQLite"}
-    bars = {f"invocations/s\n{kinds[k.split('/')[0]]}": x for k, x in inv["ratios"].items()}
-    bars["50-node chain\nµs/step"] = r["chain_50"]["ratios"]["langgraph/headrace"]
-    bars["checkpoint\nbytes"] = r["checkpoint_bytes"]["ratios"]["langgraph/headrace"]
-    bars["latency p50\nvs Ray task"] = lat["ray_tasks"]["p50"]["median"] / lat["headrace"]["p50"]["median"]
-    bars["1,000 concurrent\nwall"] = wall["langgraph"]["median"] / wall["headrace"]["median"]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.5 * len(bars) + 1.5), 4))
     ax.bar(list(bars), list(bars.values()), color="tab:blue")
     ax.axhline(1.0, color="grey", linewidth=1)
     ax.set_yscale("log")
     ax.set_ylabel("headrace advantage (×, log)")
-    ax.set_title(f"State graphs vs LangGraph / Ray ({doc['machine']['date'][:10]}, {doc['mode']})")
+    ax.set_title(title, fontsize=10)
     for i, x in enumerate(bars.values()):
         ax.text(i, x, f"{x:.2g}×", ha="center", va="bottom", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
-    path = results_dir / "graphs.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

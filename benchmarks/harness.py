@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import threading
 import time
@@ -37,11 +38,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
 OBJECT_STORE_BYTES = 1024**3
 """Object store size of every Ray session the harness starts."""
 
@@ -263,6 +266,30 @@ def sync_disks() -> None:
         os.sync()
 
 
+Mode = Literal["full", "quick", "tiny"]
+"""How much a family measures: the full run, ``--quick``, or ``tiny`` (the hidden ``--tiny``: every part
+once on the smallest input, to check the plumbing; its figures mean nothing)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What one ``python -m benchmarks run`` session asks of each family it runs."""
+
+    mode: Mode
+    results_dir: Path = RESULTS_DIR
+    """Where the family writes its JSON, markdown and plots."""
+    command: str = "python -m benchmarks run"
+    """The command line of the session, recorded in every results file."""
+    data_dir: Path | None = None
+    """Where the streaming family generates its input data (None: ``benchmarks/data``)."""
+    keep_data: bool = False
+    """Keep generated datasets of 1 GB and more (the streaming family deletes them once measured)."""
+    gate: dict[str, Any] | None = None
+    """The quiet-machine check the session made before this family, recorded as is; None: the family
+    checks the machine itself (the first family of a session, when our own processes are not yet in
+    the load average)."""
+
+
 @dataclass
 class ResultsFiles:
     """Where one run's results went."""
@@ -272,17 +299,29 @@ class ResultsFiles:
     extra: list[Path] = field(default_factory=list)
 
 
-def write_results(doc: dict[str, Any], name: str, results_dir: Path | None = None) -> ResultsFiles:
-    """Write ``<date>-<name>.json`` and ``latest.json`` into the results folder."""
+def write_json(doc: dict[str, Any], name: str, results_dir: Path | None = None) -> Path:
+    """Write ``<date>-<name>.json`` (the date of ``doc["machine"]``) into the results folder, after
+    setting ``doc["results_file"]`` to its path (relative to the repository when inside it)."""
     folder = results_dir or RESULTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    day = str(doc["machine"]["date"])[:10]
-    path = folder / f"{day}-{name}.json"
-    root = Path(__file__).resolve().parents[1]
+    path = folder / f"{str(doc['machine']['date'])[:10]}-{name}.json"
     resolved = path.resolve()
-    doc["results_file"] = str(resolved.relative_to(root) if resolved.is_relative_to(root) else resolved)
-    text = json.dumps(doc, indent=2) + "\n"
-    path.write_text(text)
-    latest = folder / "latest.json"
-    latest.write_text(text)
+    doc["results_file"] = str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def write_results(doc: dict[str, Any], name: str, results_dir: Path | None = None) -> ResultsFiles:
+    """Write ``<date>-<name>.json`` and a copy as ``latest.json`` (the streaming family's) into the
+    results folder."""
+    path = write_json(doc, name, results_dir)
+    latest = path.with_name("latest.json")
+    shutil.copyfile(path, latest)
     return ResultsFiles(path, latest)
+
+
+def print_targets(doc: dict[str, Any]) -> None:
+    """Print each target of a results document with what was measured, and the family's wall time."""
+    for t in doc["targets"]:
+        print(f"  [{t['status']}] {t['target']}: {t['measured']}", flush=True)
+    print(f"wall time {doc['wall_seconds']:.0f} s", flush=True)

@@ -31,7 +31,6 @@ The server runs in this (the driver's) process, on the same 2 cores as Ray and t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -42,7 +41,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ray_running
+from benchmarks.harness import Mode, RunOptions, ray_running
 from benchmarks.llm_systems import (
     DISTURBED_SHARE,
     MAX_EXTRA_REPEATS,
@@ -88,6 +87,19 @@ FULL_CASES = (
     LlmCase("overhead", 0.05, 64, 3_000, budget=True),
 )
 """The full family: both latencies, and the overhead of the limiter and the ledger at 50 ms."""
+
+TINY_CASES = (
+    # one short case through every part: 429s, the shared limiter and the budget ledger
+    LlmCase("faults_429", 0.05, 8, 40, rate_429=0.1, limiter=True, budget=True),
+)
+"""The hidden ``--tiny`` plumbing check: one repeat, no warm-up, no waiting for a quiet machine."""
+
+SCALES: dict[Mode, tuple[tuple[LlmCase, ...], int]] = {
+    "full": (FULL_CASES, REPEATS),
+    "quick": (QUICK_CASES, REPEATS),
+    "tiny": (TINY_CASES, 1),
+}
+"""The cases and repeats of each mode."""
 
 
 # --- a quiet machine -------------------------------------------------------------------------------
@@ -236,26 +248,27 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def run_family(quick: bool, results_dir: Path) -> dict[str, Any]:
-    """Run the family; write ``<date>-llm[-quick]`` ``.json``, ``.md`` and ``.png``, and copies of the
-    last two as ``latest-llm.md`` and ``llm.png``."""
-    from benchmarks.harness import machine_info
+def run_family(options: RunOptions) -> dict[str, Any]:
+    """Run the family in the options' mode; write ``<date>-llm[-mode]`` ``.json``, ``.md`` and ``.png``,
+    and copies of the last two as ``latest-llm.md`` and ``llm.png``; returns the results document."""
+    from benchmarks.harness import machine_info, print_targets, write_json
     from benchmarks.report import evaluate_llm_targets, render_llm_markdown, render_llm_plot
 
     began = time.perf_counter()
     machine = machine_info()
     machine["versions"]["anthropic"] = _version("anthropic")
     machine["source"] = _source_state()
-    cases = QUICK_CASES if quick else FULL_CASES
-    print(f"LLM steps: {len(cases)} cases, {REPEATS} repeats each", flush=True)
-    machine["load_gate"] = wait_for_quiet()
-    results = run_cases(cases, REPEATS)
-    name = "llm" + ("-quick" if quick else "")
+    cases, repeats = SCALES[options.mode]
+    tiny = options.mode == "tiny"
+    print(f"LLM steps: {len(cases)} cases, {repeats} repeats each", flush=True)
+    machine["load_gate"] = options.gate if options.gate is not None else wait_for_quiet()
+    results = run_cases(cases, repeats, warm_up=not tiny, gate=not tiny)
+    name = "llm" + ("" if options.mode == "full" else f"-{options.mode}")
     doc: dict[str, Any] = {
         "family": "LLM steps",
         "name": name,
-        "mode": "quick" if quick else "full",
-        "command": "python -m benchmarks llm" + (" --quick" if quick else ""),
+        "mode": options.mode,
+        "command": options.command,
         "machine": machine,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "method": {
@@ -272,8 +285,14 @@ def run_family(quick: bool, results_dir: Path) -> dict[str, Any]:
             "the same request bodies; 429s re-sent at once",
             "headrace_session": "one Ray session for every headrace case (num_cpus = cores), one untimed "
             "warm-up run first; baselines run before it, with no Ray session up",
-            "load": f"before the family starts the 1-minute load average must be <= {MAX_LOAD} (waits up to "
-            f"{LOAD_WAITS} x {LOAD_WAIT_S:.0f} s; machine.load_gate); before each measurement other "
+            "load": (
+                f"before the family starts the 1-minute load average must be <= {MAX_LOAD} (waits up to "
+                f"{LOAD_WAITS} x {LOAD_WAIT_S:.0f} s; machine.load_gate)"
+                if options.gate is None
+                else "the family ran after another of the same session, which the load average still "
+                "counts, so the session checked other processes' CPU instead (machine.load_gate)"
+            )
+            + "; before each measurement other "
             f"processes' share of the CPU over 1.5 s must be <= {DISTURBED_SHARE} (same waits; 'before'), "
             f"and a repeat during which they took more is run again (at most {MAX_EXTRA_REPEATS} times, "
             "a headrace one after the same wait; discarded_repeats)",
@@ -284,27 +303,16 @@ def run_family(quick: bool, results_dir: Path) -> dict[str, Any]:
     }
     doc["targets"] = evaluate_llm_targets(results)
     doc["wall_seconds"] = round(time.perf_counter() - began, 1)
-    path = write_llm_results(doc, name, results_dir)
+    results_dir = options.results_dir
+    path = write_json(doc, name, results_dir)
     # the dated files keep this run's report and plot; latest-llm.md and llm.png show the last run
     dated_plot = render_llm_plot(doc, path.with_suffix(".png"))
     path.with_suffix(".md").write_text(render_llm_markdown(doc, dated_plot.name))
     shutil.copyfile(dated_plot, results_dir / "llm.png")
     (results_dir / "latest-llm.md").write_text(render_llm_markdown(doc))
     print(f"results: {path} and .md, .png; {results_dir / 'latest-llm.md'}, {results_dir / 'llm.png'}")
-    for t in doc["targets"]:
-        print(f"  [{t['status']}] {t['target']}: {t['measured']}")
-    print(f"wall time {doc['wall_seconds']:.0f} s")
+    print_targets(doc)
     return doc
-
-
-def write_llm_results(doc: dict[str, Any], name: str, results_dir: Path) -> Path:
-    """Write ``<date>-<name>.json`` (``latest.json`` stays the streaming family's)."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{str(doc['machine']['date'])[:10]}-{name}.json"
-    resolved = path.resolve()
-    doc["results_file"] = str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    return path
 
 
 def _source_state() -> dict[str, Any]:
