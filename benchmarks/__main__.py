@@ -27,7 +27,7 @@ from benchmarks.streaming import CASES
 
 _QUICK_HELP = (
     "smaller sizes and 3 repeats for every family, sized to finish in under 10 minutes on a quiet "
-    "2-core machine: streaming at 0.2 and 0.5 GB instead of 1, 4 and 10 GB; llm at 200 ms only; "
+    "2-core machine: streaming at 0.2 and 1 GB instead of 1, 4 and 10 GB; llm at 200 ms only; "
     "graphs and concurrency with smaller counts"
 )
 SHORTCUTS: dict[str, tuple[tuple[str, ...], str]] = {
