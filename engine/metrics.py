@@ -23,6 +23,7 @@ Metrics (every counter ends ``_total``)::
     headrace_scheduler_window{pipeline}                         the most split tasks in flight
     headrace_scheduler_backlog{pipeline}                        batches queued at barriers
     headrace_graph_checkpoint_seconds{pipeline}                 histogram: writing a step's checkpoint
+    headrace_engine_runs{tenant,state}                          an Engine's runs: queued | running
 
 An LLM node's usage is labelled with its primary provider and model (the ledger counts per node;
 calls answered by a fallback are counted under the primary).
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 QueueDepth = Callable[[], tuple[int, int, int]]
 """Returns the scheduler's (in flight, window, backlog)."""
+EngineDepth = Callable[[], Mapping[str, tuple[int, int]]]
+"""Returns an engine's runs (queued, running) by tenant."""
 
 REGISTRY = CollectorRegistry()
 """headrace's own registry: Ray's and an application's metrics are left alone."""
@@ -91,6 +94,7 @@ class _State:
         self.nodes: dict[tuple[str, str, str], float] = {}  # (pipeline, node, field) -> total
         self.llm: dict[tuple[str, str, str, str, str], float] = {}  # (pipeline, node, prov, model, key)
         self.retries: dict[str, int] = {}
+        self.engines: dict[int, EngineDepth] = {}
 
 
 _state = _State()
@@ -137,6 +141,18 @@ def track_queue(run_id: str, queue: QueueDepth) -> None:
     with _state.lock:
         if run_id in _state.live:
             _state.live[run_id].queue = queue
+
+
+def track_engine(key: int, depth: EngineDepth) -> None:
+    """Report an engine's queue (``key`` names it until :func:`untrack_engine`)."""
+    with _state.lock:
+        _state.engines[key] = depth
+
+
+def untrack_engine(key: int) -> None:
+    """Stop reporting the engine ``key``."""
+    with _state.lock:
+        _state.engines.pop(key, None)
 
 
 def finish(summary: RunSummary | Any) -> None:
@@ -187,6 +203,7 @@ class _Collector(Collector):
             nodes = dict(_state.nodes)
             llm = dict(_state.llm)
             retries = dict(_state.retries)
+            engines = list(_state.engines.values())
         for run in live:
             for key, value in _node_figures(run):
                 nodes[key] = nodes.get(key, 0) + value
@@ -225,6 +242,7 @@ class _Collector(Collector):
 
         yield from _llm_families(llm)
         yield from _queue_families(live)
+        yield from _engine_family(engines)
 
 
 def _llm_families(llm: dict[tuple[str, str, str, str, str], float]) -> Iterator[Metric]:
@@ -245,6 +263,22 @@ def _llm_families(llm: dict[tuple[str, str, str, str, str], float]) -> Iterator[
         if key == "cost_usd":
             cost.add_metric(base, value)
     yield from (requests, tokens, cost)
+
+
+def _engine_family(engines: list[EngineDepth]) -> Iterator[Metric]:
+    counts: dict[tuple[str, str], int] = {}
+    for depth in engines:
+        for tenant, (queued, running) in depth().items():
+            counts[(tenant, "queued")] = counts.get((tenant, "queued"), 0) + queued
+            counts[(tenant, "running")] = counts.get((tenant, "running"), 0) + running
+    family = GaugeMetricFamily(
+        "headrace_engine_runs",
+        "Runs an engine holds, by tenant: queued or running.",
+        labels=["tenant", "state"],
+    )
+    for (tenant, state), value in sorted(counts.items()):
+        family.add_metric([tenant, state], value)
+    yield family
 
 
 def _queue_families(live: list[_Run]) -> Iterator[Metric]:

@@ -165,6 +165,10 @@ class Admission(Generic[T]):
         state = self._tenants.get(tenant)
         return 0 if state is None else state.running
 
+    def depth(self) -> dict[str, tuple[int, int]]:
+        """Runs waiting and running, by tenant (the engine's metrics read it)."""
+        return {name: (t.queued, t.running) for name, t in self._tenants.items()}
+
     def _pop(self, tenant: _Tenant) -> Ticket[T]:
         while True:
             _, _, ticket = heapq.heappop(tenant.heap)

@@ -40,6 +40,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import BudgetExceeded, HeadraceError
@@ -59,7 +60,10 @@ class Engine:
     ``max_concurrent_runs`` bounds runs in flight and ``max_queued`` the runs waiting (beyond it,
     :meth:`submit` raises :class:`EngineBusy`); ``tenants`` maps tenant names to a :class:`TenantQuota`
     (others get ``default_quota``). ``start_ray=False`` defers Ray to the first run that needs it (each
-    dataflow run then joins or starts Ray itself, as ``headrace run`` does).
+    dataflow run then joins or starts Ray itself, as ``headrace run`` does). ``metrics_port`` serves
+    Prometheus metrics (:mod:`engine.metrics`) on that port while the engine is open (0: any free
+    port; the chosen one is then in ``metrics_port``), with the engine's queued and running runs by
+    tenant besides every run's figures.
     """
 
     def __init__(
@@ -71,8 +75,11 @@ class Engine:
         tenants: Mapping[str, TenantQuota] | None = None,
         default_quota: TenantQuota | None = None,
         start_ray: bool = True,
+        metrics_port: int | None = None,
     ) -> None:
         self.address = address
+        self.metrics_port = metrics_port
+        self._stops_metrics = False
         self.tenants = dict(tenants or {})
         self._admission: Admission[RunHandle] = Admission(
             max_concurrent_runs, max_queued, self.tenants, default_quota
@@ -107,6 +114,12 @@ class Engine:
             from engine.runtime.cluster import ray_session
 
             self._stack.enter_context(ray_session(self.address))
+        if self.metrics_port is not None:
+            from engine import metrics
+
+            self._stops_metrics = not metrics.serving()  # else the process (the CLI) serves them
+            self.metrics_port = metrics.serve(self.metrics_port)
+            metrics.track_engine(id(self), self._depth)
         loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=loop.run_forever, name="headrace-engine", daemon=True)
         self._loop_thread.start()
@@ -137,6 +150,12 @@ class Engine:
             assert self._loop_thread is not None
             self._loop_thread.join()
             self._loop.close()
+        if self.metrics_port is not None:
+            from engine import metrics
+
+            metrics.untrack_engine(id(self))
+            if self._stops_metrics:
+                metrics.stop()
         self._stack.close()
 
     # -- submitting -----------------------------------------------------------------------------------
@@ -309,6 +328,7 @@ class Engine:
                 input=handle._inputs,
                 checkpoint=options.get("checkpoint"),
                 tenant=scope,
+                tenant_name=handle.tenant,
                 observe=lambda live: setattr(handle, "_live", live),
             )
             with handle._lock:
@@ -326,7 +346,16 @@ class Engine:
                 handle._thread_id = None
             self._ended(handle)
 
+    def _depth(self) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            return self._admission.depth()
+
     def _ended(self, handle: RunHandle) -> None:
+        if handle._kind == "graph" and self.metrics_port is not None:
+            from engine import metrics
+
+            # a pipeline run is counted by run_checked; a graph app's run is counted here
+            metrics.finish(_Finished(handle.run_id, handle._name, handle._status))
         with self._lock:
             if handle._ticket is not None:
                 self._admission.finished(handle._ticket)
@@ -422,3 +451,12 @@ def _cancel_task(handle: RunHandle) -> None:
 def _clear_async_exc() -> None:
     """Drop a cancel that arrived after the run returned (it must not hit the engine's own code)."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), ctypes.c_void_p(None))
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """What the metrics count of a finished graph-app run."""
+
+    run_id: str
+    pipeline: str
+    status: str

@@ -42,6 +42,8 @@ class RunHandle:
         self._engine = engine
         self._kind = kind  # "graph": on the engine's loop; "checked": run_checked in a thread
         self._target = target
+        self._name: str = getattr(getattr(target, "plan", None), "name", None) or "graph"
+        """The graph's or pipeline's name (kept: the target is dropped when the run ends)."""
         self._inputs = inputs
         self._options = options
         self._status: EngineRunStatus = "queued"

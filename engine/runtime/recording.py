@@ -106,9 +106,12 @@ class RunRecording:
             ended=result.ended,
             part=result.part.file if result.part is not None else None,
         )
-        if result.dead_letter_file:
-            rows = sum(result.failed.values())
-            self.emit("dead_letter", sink, file=result.dead_letter_file, rows=rows, split=result.split)
+        if result.dead_letter_file:  # one event per node whose rows failed: the node, not the sink
+            for node, rows in result.failed.items():
+                if rows:
+                    self.emit(
+                        "dead_letter", node, file=result.dead_letter_file, rows=rows, split=result.split
+                    )
 
     def retry(
         self, node: str, split: int, attempt: int, max_attempts: int, delay_s: float, error: str

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -22,7 +23,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import metrics, telemetry
+from engine import Engine, metrics, telemetry
 from engine.check import check_file
 from engine.errors import HeadraceError
 from engine.runtime import run_checked
@@ -282,3 +283,38 @@ def _query_until(port: int, query: str, timeout: float = 60.0) -> float:
             pass  # not listening yet
         assert time.monotonic() < deadline, f"Prometheus never returned {query}"
         time.sleep(0.5)
+
+
+def test_an_engine_serves_its_queue_and_its_runs_by_status() -> None:
+    from tests.integration.test_engine import _blocker, chain
+
+    gate = threading.Event()
+    with Engine(start_ray=False, metrics_port=0, max_concurrent_runs=2) as engine:
+        port = engine.metrics_port
+        assert port
+        app = chain(_blocker(gate)).compile()
+        handles = [engine.submit(app, {"n": i}, tenant="team-a") for i in range(5)]
+        deadline = time.monotonic() + 10
+        while sum(h.status() == "running" for h in handles) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen = _scrape(port)
+        depth = {(s.labels["tenant"], s.labels["state"]): s.value for s in seen["headrace_engine_runs"]}
+        assert depth == {("team-a", "queued"): 3, ("team-a", "running"): 2}
+        gate.set()
+        assert [h.result(timeout=30).n for h in handles] == [1, 2, 3, 4, 5]
+        # a handle's result is ready a moment before the engine books the run as ended
+        deadline = time.monotonic() + 10
+        while True:
+            seen = _scrape(port)
+            finished = {
+                (s.labels["pipeline"], s.labels["status"]): s.value
+                for s in seen["headrace_runs"]
+                if s.name == "headrace_runs_total"
+            }
+            if finished.get((app.plan.name, "succeeded")) == 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert finished == {(app.plan.name, "succeeded"): 5}
+        depth = {(s.labels["tenant"], s.labels["state"]): s.value for s in seen["headrace_engine_runs"]}
+        assert depth == {("team-a", "queued"): 0, ("team-a", "running"): 0}
+    assert not metrics.serving()  # the engine started the endpoint, so it stopped it
