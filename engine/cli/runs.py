@@ -375,14 +375,13 @@ def report(run_id: str, output: str, store: str | None) -> None:
     """Write a run's record as one self-contained HTML page: its facts, DAG, timeline of batches (or
     graph steps), rows and cost over time, per-node table and errors. Prints the path written.
     """
-    from engine.records import RecordsError, RunView, open_records
+    from engine.records import RecordsError, RunView
     from engine.records.report import render_report
-    from engine.runtime.graphs import ensure_store_folder, store_url
+    from engine.runtime.graphs import store_url
 
     url = store_url(store)
-    ensure_store_folder(url)
     try:
-        records = open_records(url)
+        records = records_at(store)
         try:
             found = records.header(run_id) is not None
             events = records.events(run_id) if found else []
@@ -395,6 +394,11 @@ def report(run_id: str, output: str, store: str | None) -> None:
         click.echo(f"error: no run {run_id} in {url}; `headrace runs list` shows the runs there", err=True)
         sys.exit(1)
     view = RunView.of(events)
+    if view.kind == "graph":  # as in `runs show`: the checkpoint store decides (interrupted...)
+        with _open(store) as st:
+            run = st.get_run(run_id)
+        if run is not None:
+            view.status = run.status
     path = Path(output)
     try:
         path.write_text(render_report(view), encoding="utf-8")
