@@ -272,14 +272,15 @@ class _Fold:
             v.dead_letters.append(path)
 
     def _budget(self, e: Event, v: RunView, d: dict[str, Any]) -> None:
+        if "cost_usd" not in d:  # a refused reservation (of the run, no node): no figures to show
+            return
         n = self.node(e.node or "")
-        if "cost_usd" in d:
-            n.cost_usd = float(d["cost_usd"])
-            n.tokens = int(d.get("input_tokens") or 0) + int(d.get("output_tokens") or 0)
-            n.requests = int(d.get("requests") or 0)
-            n.cached_requests = int(d.get("cached_requests") or 0)
-            self.cost[n.node] = n.cost_usd
-            v.cost_over_time.append((e.at, sum(self.cost.values())))
+        n.cost_usd = float(d["cost_usd"])
+        n.tokens = int(d.get("input_tokens") or 0) + int(d.get("output_tokens") or 0)
+        n.requests = int(d.get("requests") or 0)
+        n.cached_requests = int(d.get("cached_requests") or 0)
+        self.cost[n.node] = n.cost_usd
+        v.cost_over_time.append((e.at, sum(self.cost.values())))
 
     def _error(self, e: Event, v: RunView, d: dict[str, Any]) -> None:
         entry = {"at": e.at, "node": e.node, **d}

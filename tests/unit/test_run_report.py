@@ -317,3 +317,10 @@ def test_cli_reads_the_default_store_from_the_environment(tmp_path: Path) -> Non
         env={"HEADRACE_CHECKPOINTS": str(tmp_path / "e.db")},
     )
     assert result.exit_code == 1 and str(tmp_path / "e.db") in result.stderr
+
+
+def test_a_refused_budget_reservation_adds_no_nameless_node() -> None:
+    events = [*dataflow_run("r-refused")[:-1]]
+    events.append(Event("r-refused", len(events), events[-1].at, "budget", None, {"refused": "over $1.00"}))
+    view = RunView.of(events)
+    assert "" not in view.nodes
