@@ -268,7 +268,7 @@ def line_chart(
             el(
                 "circle",
                 {"class_": css + "-dot", "cx": px(t), "cy": py(v), "r": 2.5},
-                el("title", None, f"{_label((t - t0) / scale, unit)}: {_value(v, money)}"),
+                el("title", None, f"{(t - t0) / scale:.2f} {unit}: {_value(v, money)}"),
             )
         )
     return el("svg", _frame(width, height, "chart " + css), *parts)
