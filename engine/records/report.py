@@ -256,6 +256,8 @@ def _utc(ts: float, *, seconds_only: bool = False) -> str:
 
 def _duration(seconds: float) -> str:
     seconds = max(seconds, 0.0)
+    if seconds < 1:
+        return f"{seconds:.3f} s"
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)

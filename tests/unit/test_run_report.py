@@ -214,6 +214,7 @@ def test_graph_run_draws_steps_loops_and_says_there_was_no_cost(graph_html: str)
     rows = {r[0]: r for r in page.tables["nodes"][1:]}
     assert rows["research"][2:4] == ["2", "2"] and rows["research"][6] == "-"
     assert 'class="status status-succeeded"' in graph_html and "graph steps" in graph_html
+    assert "a state graph writes no rows through sinks" in graph_html
 
 
 def test_user_strings_are_escaped_everywhere() -> None:
