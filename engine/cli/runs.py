@@ -1,4 +1,5 @@
-"""``headrace runs``: the checkpointed runs of state graphs — list, show, history, resume, replay, fork.
+"""``headrace runs``: the checkpointed runs of state graphs — list, show, history, resume, replay, fork —
+and ``report``, any run's record (dataflow or graph) as an HTML page.
 
 The store is ``--store URL``, else ``$HEADRACE_CHECKPOINTS``, else the default SQLite file under
 ``$HEADRACE_HOME`` (where ``headrace run`` writes). ``list``, ``show`` and ``history`` read the store
@@ -57,7 +58,7 @@ def parse_json_option(text: str, option: str) -> Any:
 
 @click.group()
 def runs() -> None:
-    """List, inspect, resume, replay and fork the checkpointed runs of state graphs."""
+    """List, inspect, resume, replay and fork the runs of state graphs; report any run as an HTML page."""
 
 
 @runs.command("list")
@@ -355,6 +356,56 @@ def fork(
     if edit is not None and not isinstance(edit, dict):
         raise click.BadParameter("give the update as a JSON object of state fields", param_hint="--update")
     _fork_and_go(run_id, path, step, edit, overrides, store, as_json, go=go)
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False, writable=True),
+    default="report.html",
+    show_default=True,
+    help="The HTML file to write.",
+)
+@_store_option
+@_friendly
+def report(run_id: str, output: str, store: str | None) -> None:
+    """Write a run's record as one self-contained HTML page: its facts, DAG, timeline of batches (or
+    graph steps), rows and cost over time, per-node table and errors. Prints the path written.
+    """
+    from engine.records import RecordsError, RunView
+    from engine.records.report import render_report
+    from engine.runtime.graphs import store_url
+
+    url = store_url(store)
+    try:
+        records = records_at(store)
+        try:
+            found = records.header(run_id) is not None
+            events = records.events(run_id) if found else []
+        finally:
+            records.close()
+    except RecordsError as exc:
+        click.echo(f"error: cannot read run {run_id} from {url}: {exc}", err=True)
+        sys.exit(1)
+    if not found:
+        click.echo(f"error: no run {run_id} in {url}; `headrace runs list` shows the runs there", err=True)
+        sys.exit(1)
+    view = RunView.of(events)
+    if view.kind == "graph":  # as in `runs show`: the checkpoint store decides (interrupted...)
+        with _open(store) as st:
+            run = st.get_run(run_id)
+        if run is not None:
+            view.status = run.status
+    path = Path(output)
+    try:
+        path.write_text(render_report(view), encoding="utf-8")
+    except OSError as exc:
+        click.echo(f"error: cannot write {output}: {exc.strerror}", err=True)
+        sys.exit(1)
+    click.echo(str(path))
 
 
 # -- helpers ----------------------------------------------------------------------------------------

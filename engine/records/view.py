@@ -66,6 +66,19 @@ class Batch:
 
 
 @dataclass
+class Step:
+    """One execution of a state-graph node (a bar of the report's timeline for a graph run)."""
+
+    node: str
+    step: int
+    began: float
+    """``ended`` less the node's own seconds (the ``node_finished`` event is written when it ends)."""
+    ended: float
+    seconds: float
+    attempt: int = 0
+
+
+@dataclass
 class RunView:
     """A run record read whole: header facts, per-node table, batches, errors and series over time."""
 
@@ -83,6 +96,8 @@ class RunView:
     nodes: dict[str, NodeView] = field(default_factory=dict)
     edges: list[tuple[str, str]] = field(default_factory=list)
     batches: list[Batch] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    """A state graph's node executions in the order they finished (empty for a dataflow)."""
     errors: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     dead_letters: list[str] = field(default_factory=list)
@@ -97,6 +112,14 @@ class RunView:
     def cost_usd(self) -> float:
         """Spend over every node."""
         return sum(n.cost_usd for n in self.nodes.values())
+
+    @property
+    def rows_written(self) -> int | None:
+        """Rows out of the dataflow's last nodes (those no node reads: its sinks); ``None`` for a graph."""
+        if self.kind == "graph":
+            return None
+        read = {src for src, _ in self.edges}
+        return sum(n.rows for name, n in self.nodes.items() if name not in read)
 
     @classmethod
     def of(cls, events: Sequence[Event]) -> RunView:
@@ -181,9 +204,11 @@ class _Fold:
         name = e.node or ""
         n = self.node(name)
         if "step" in d:  # a state-graph step: one more execution of the node
+            took = float(d.get("seconds") or 0.0)
             n.rows += 1
             n.rows_in += 1
-            n.seconds += float(d.get("seconds") or 0.0)
+            n.seconds += took
+            v.steps.append(Step(name, int(d["step"]), e.at - took, e.at, took, v.attempts))
         else:  # a dataflow node's totals for this attempt replace the attempt's batch sums
             counted = self.attempt.pop(name, {})
             n.rows_in += int(d.get("rows_in") or 0) - int(counted.get("rows_in", 0))
@@ -247,14 +272,15 @@ class _Fold:
             v.dead_letters.append(path)
 
     def _budget(self, e: Event, v: RunView, d: dict[str, Any]) -> None:
+        if "cost_usd" not in d:  # a refused reservation (of the run, no node): no figures to show
+            return
         n = self.node(e.node or "")
-        if "cost_usd" in d:
-            n.cost_usd = float(d["cost_usd"])
-            n.tokens = int(d.get("input_tokens") or 0) + int(d.get("output_tokens") or 0)
-            n.requests = int(d.get("requests") or 0)
-            n.cached_requests = int(d.get("cached_requests") or 0)
-            self.cost[n.node] = n.cost_usd
-            v.cost_over_time.append((e.at, sum(self.cost.values())))
+        n.cost_usd = float(d["cost_usd"])
+        n.tokens = int(d.get("input_tokens") or 0) + int(d.get("output_tokens") or 0)
+        n.requests = int(d.get("requests") or 0)
+        n.cached_requests = int(d.get("cached_requests") or 0)
+        self.cost[n.node] = n.cost_usd
+        v.cost_over_time.append((e.at, sum(self.cost.values())))
 
     def _error(self, e: Event, v: RunView, d: dict[str, Any]) -> None:
         entry = {"at": e.at, "node": e.node, **d}
