@@ -69,7 +69,10 @@ def _next_step(exc: HeadraceError, node: str | None, op: str, checked: CheckedPi
     if isinstance(exc, TransientError):
         return f"the storage kept failing; check that it is reachable, then {resume.split('; ', 1)[1]}"
     if isinstance(exc, RunError):
-        return f"the failed rows and their errors are in the run's dead-letter files; {resume}"
+        return (
+            "fix what made those rows fail (each dead-letter row carries its error), or raise the "
+            f"node's max_failed_rows or max_failed_ratio; {resume}"
+        )
     if node is None:
         return resume
     aside = (

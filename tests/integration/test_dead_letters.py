@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.check import check_file
+from engine.records import RunView, open_records
 from engine.runtime import run_checked
+from engine.runtime.graphs import default_url
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -47,6 +49,11 @@ def test_failing_rows_go_to_the_dead_letter_sink_and_the_rest_is_written(tmp_pat
     assert record["split_bytes"][0] == 0
     assert summary.dead_letters and summary.dead_letters[0].endswith(".jsonl")
     assert "dead letters" in summary.render()
+    # the run's record has the same, under the node whose row failed
+    view = RunView.of(open_records(default_url()).events(summary.run_id))  # type: ignore[attr-defined]
+    assert view.status == "succeeded" and view.dead_letters == summary.dead_letters  # type: ignore[attr-defined]
+    assert (view.nodes["check"].dead_letter_rows, view.nodes["output"].dead_letter_rows) == (1, 0)
+    assert view.nodes["check"].failed == 1 and view.nodes["output"].rows == 19
 
 
 def test_skip_mode_counts_but_writes_no_dead_letters(tmp_path: Path) -> None:
