@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 import time
@@ -25,9 +26,11 @@ from engine.logs import get_logger, run_context
 from engine.optimizer import optimize
 from engine.physical import (
     PhysicalStage,
+    Placement,
     build_physical,
     check_capacity,
     check_outputs,
+    check_placement,
     check_policy,
     plan_pools,
 )
@@ -61,6 +64,7 @@ def run_checked(
     input: Mapping[str, Any] | None = None,
     checkpoint: str | None = None,
     tenant: TenantScope | None = None,
+    placement: Placement | None = None,
     observe: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary | GraphRunSummary:
     """Run ``checked`` to completion on Ray and return its summary (failures are in the summary).
@@ -72,8 +76,10 @@ def run_checked(
     A state-graph pipeline (state nodes or ``edges``) runs in-process on ``input`` with checkpoints in
     ``checkpoint`` (a store URL; see :mod:`engine.runtime.graphs`) and returns a ``GraphRunSummary``.
 
-    ``tenant`` adds a tenant's cost quota to the run's ledger; ``observe`` is handed the live summary of
-    a dataflow run as it starts (the engine streams progress from it).
+    ``tenant`` adds a tenant's cost quota to the run's ledger; ``placement`` sends every Ray task and
+    actor of the run into a tenant's CPU placement group (a task that could never fit there is refused
+    before the run starts); ``observe`` is handed the live summary of a dataflow run as it starts (the
+    engine streams progress from it).
 
     When tracing is on (:mod:`engine.telemetry`) the run is one trace under a ``run`` span; when this
     process serves metrics (:mod:`engine.metrics`) the run is reported live and counted by status.
@@ -94,7 +100,13 @@ def run_checked(
         try:
             if graph:
                 outcome = run_graph(
-                    checked, input=input, checkpoint=checkpoint, run_id=run_id, resume=resume, address=address
+                    checked,
+                    input=input,
+                    checkpoint=checkpoint,
+                    run_id=run_id,
+                    resume=resume,
+                    address=address,
+                    placement=placement,
                 )
             else:
                 outcome = _run_dataflow(
@@ -107,6 +119,7 @@ def run_checked(
                     input=input,
                     checkpoint=checkpoint,
                     tenant=tenant,
+                    placement=placement,
                     observe=watch,
                 )
         finally:
@@ -154,6 +167,7 @@ def _run_dataflow(
     input: Mapping[str, Any] | None,
     checkpoint: str | None,
     tenant: TenantScope | None,
+    placement: Placement | None,
     observe: Callable[[RunSummary], None],
 ) -> RunSummary:
     if input is not None or checkpoint is not None:
@@ -171,6 +185,8 @@ def _run_dataflow(
     pools, problems = plan_pools(stages, pipeline.defaults)
     _raise_located(problems, checked)
     _raise_located(check_pools(pools, pipeline), checked)
+    if placement is not None:
+        _raise_located(check_placement(stages, pools, placement), checked)
     cache_url = checked.cache_url() if cache else None
     if cache_url is not None and pools and (problem := policy.path_problem(cache_url)) is not None:
         hint = "set `cache.url` (or HEADRACE_CACHE_DIR) inside an allowed root, or run with --no-cache"
@@ -186,7 +202,7 @@ def _run_dataflow(
     with ray_session(address) as cluster:
         _raise_located(check_capacity(stages, cluster.resources), checked)
         report = Progress(summary, enabled=progress)
-        llm = start_services(pools, pipeline, run_id, cache_url, tenant)
+        llm = start_services(pools, pipeline, run_id, cache_url, tenant, placement)
         physical = [_with_pools(stage, llm.pools, pipeline.params) for stage in physical]
         if trace := telemetry.carrier():
             physical = [_with_trace(stage, trace) for stage in physical]
@@ -217,6 +233,7 @@ def _run_dataflow(
                 run_id=run_id,
                 spec_hash=plan.spec_hash,
                 resume=resume is not None,
+                placement=placement,
             )
             for stage in physical:
                 _check_error_budget(stage, summary, final=True)
@@ -270,6 +287,7 @@ def _execute(
     run_id: str,
     spec_hash: str,
     resume: bool,
+    placement: Placement | None,
 ) -> dict[str, list[PartInfo]]:
     runs: list[StageRun] = []
     for stage in stages:
@@ -290,7 +308,8 @@ def _execute(
                 clear_dead_letters(job.dead_letters, job.sink_id)
         committed = {p.split_index for p in earlier}
         reader = reader_for(job.source)  # type: ignore[arg-type]
-        splits = reader.splits(job.source, job.source_id, list(stage.inputs), _ray_map)
+        ray_map = functools.partial(_ray_map, placement=placement)
+        splits = reader.splits(job.source, job.source_id, list(stage.inputs), ray_map)
         report.skipped_splits += sum(1 for s in splits if s.index in committed)
         runs.append(StageRun(stage, [s for s in splits if s.index not in committed], earlier))
     report.total_splits = sum(len(r.splits) for r in runs)
@@ -311,7 +330,9 @@ def _execute(
         if result.bytes_read:
             report.split_done(result.bytes_read)
 
-    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result)
+    if placement is not None:
+        cpus = min(cpus, placement.cpus)  # the window follows the CPUs the run may actually use
+    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result, placement)
     if metrics.serving():
         metrics.track_queue(summary.run_id, scheduler.queue_depth)
     scheduler.run(runs, tick)
@@ -381,11 +402,16 @@ def _check_error_budget(stage: PhysicalStage, summary: RunSummary, *, final: boo
             )
 
 
-def _ray_map(fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+def _ray_map(
+    fn: Callable[..., Any], args: list[tuple[Any, ...]], placement: Placement | None = None
+) -> list[Any]:
     """Planning work (e.g. quote scans of byte ranges) as parallel Ray tasks, results in order."""
     if len(args) <= 1:
         return [fn(*a) for a in args]
-    remote = ray.remote(num_cpus=1)(fn)
+    if placement is None:
+        remote = ray.remote(fn).options(num_cpus=1)
+    else:
+        remote = ray.remote(fn).options(**placement.apply({"num_cpus": min(1.0, placement.max_task_cpus)}))
     try:
         results: list[Any] = ray.get([remote.remote(*a) for a in args])
         return results
