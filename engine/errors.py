@@ -6,6 +6,8 @@
     ├── DataError                 a row or batch of input data is unusable (node, file, offset)
     │   └── TransientError        an I/O failure that may pass: the driver retries it with backoff
     ├── RunError                  a run failed while executing (node, cause)
+    ├── QuotaError                a tenant's cluster-wide quota cannot be enforced: engines on one
+    │                             cluster declare different values, or the cluster cannot hold its CPUs
     └── BudgetExceeded            the next LLM call would pass a budget: no new calls start, calls in
                                   flight finish, committed outputs stay; the run ends `budget_exceeded`
 
@@ -132,6 +134,13 @@ class RunError(HeadraceError):
 
     code = "run_failed"
     exit_code = 3
+
+
+class QuotaError(HeadraceError):
+    """A tenant's cost or CPU quota cannot be enforced as declared (the message names tenant and values)."""
+
+    code = "quota_invalid"
+    exit_code = 1
 
 
 class BudgetExceeded(HeadraceError):

@@ -2,6 +2,8 @@
 
 Reservations are checked against the cluster's capacity here, at compile time: on a small cluster a
 task that asks for more than any machine has would wait forever, so it is refused with a clear error.
+The same holds inside a :class:`Placement` (a tenant's CPU quota): a task larger than one of its bundles,
+or pool actors that leave no room for the tasks, are refused before the run starts.
 """
 
 from __future__ import annotations
@@ -87,6 +89,35 @@ class PhysicalStage:
     inputs: tuple[str, ...]
     ray_options: Mapping[str, Any]
     tails: tuple[TailJob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where every Ray task and actor of one run goes when something confines it (a tenant's CPU quota,
+    see :mod:`engine.runtime.tenant_cpus`); lower layers only merge ``options`` and ask :meth:`refusal`.
+    """
+
+    options: Mapping[str, Any]
+    """Ray options merged into every task's and actor's options (a ``scheduling_strategy``)."""
+    cpus: float
+    """CPUs the run's tasks and actors may hold at once, all together."""
+    max_task_cpus: float
+    """The most CPU one task or actor may ask for and still be scheduled (the largest bundle)."""
+    owner: str
+    """What confines the run, for messages: ``tenant 'acme' (max_cpus=2)``."""
+
+    def apply(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` with the placement's own merged in."""
+        return {**options, **self.options}
+
+    def refusal(self, node: str, cpus: float) -> str | None:
+        """Why one task of ``node`` asking for ``cpus`` could never be scheduled here, if it could not."""
+        if cpus <= self.max_task_cpus + 1e-9:
+            return None
+        return (
+            f"node '{node}' needs {cpus:g} CPU per task, but {self.owner} holds its CPUs in bundles of "
+            f"{self.max_task_cpus:g} CPU and a task must fit in one bundle"
+        )
 
 
 def ray_options(resources: Resources) -> dict[str, Any]:
@@ -216,6 +247,38 @@ def check_capacity(stages: list[Stage], capacity: Mapping[str, float]) -> list[P
                         code="capacity",
                     )
                 )
+    return problems
+
+
+def check_placement(stages: list[Stage], pools: list[PoolPlan], placement: Placement) -> list[Problem]:
+    """Problems for tasks and pool actors that could never be scheduled inside ``placement``: one larger
+    than a bundle, or pool actors holding so much that no task of their stage fits beside them."""
+    problems: list[Problem] = []
+    hint = f"lower the node's num_cpus to {placement.max_task_cpus:g} or less, or raise the tenant's max_cpus"
+    for stage in stages:
+        cpus = ray_options(stage.resources)["num_cpus"]
+        node = _asking(stage, "CPU")
+        if (refusal := placement.refusal(node, cpus)) is not None:
+            where = ("nodes", node, "resources", "num_cpus")
+            problems.append(Problem(where, refusal, hint, code="capacity"))
+    for pool in pools:
+        cpus = pool.ray_options.get("num_cpus", 0.0)
+        if (refusal := placement.refusal(pool.node, cpus)) is not None:
+            where = ("nodes", pool.node, "resources", "num_cpus")
+            problems.append(Problem(where, refusal, hint, code="capacity"))
+    held = sum(p.ray_options.get("num_cpus", 0.0) * p.size for p in pools)
+    task = max((ray_options(s.resources)["num_cpus"] for s in stages), default=0.0)
+    if pools and held > 0 and held + task > placement.cpus + 1e-9:
+        node = next(p.node for p in pools if p.ray_options.get("num_cpus", 0.0) > 0)
+        problems.append(
+            Problem(
+                ("nodes", node, "resources", "num_cpus"),
+                f"the LLM pools' actors hold {held:g} CPU of {placement.owner}, leaving less than the "
+                f"{task:g} CPU a task of the pipeline needs: the run could never finish",
+                "give the pool actors num_cpus 0 (they wait on the network), or raise the tenant's max_cpus",
+                code="capacity",
+            )
+        )
     return problems
 
 

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -35,6 +35,9 @@ from engine.graph.builder import GraphPlan
 from engine.graph.errors import GraphError
 from engine.graph.runner import Runner, Task
 from engine.graph.state import S
+
+if TYPE_CHECKING:
+    from engine.physical import Placement
 
 StreamMode = Literal["values", "updates", "events"]
 INPUT_NODE = "__input__"
@@ -142,13 +145,22 @@ class CompiledGraph(Generic[S]):
         dicts (``events``); with several modes, ``(mode, item)`` pairs.
 
         ``resume=True`` (with ``run_id``, and ``value=`` for a pending ``interrupt()``) streams the
-        continuation of that run instead of starting one from ``input``; ``recursion_limit=`` too.
+        continuation of that run instead of starting one from ``input``; ``recursion_limit=`` too, and
+        ``placement=`` (a :class:`~engine.physical.Placement`: where nodes that run as Ray tasks go; the
+        engine passes a tenant's CPU placement group).
         """
         return _iterate(self.astream(input, mode=mode, run_id=run_id, **options))
 
-    def resume(self, run_id: str, *, value: Any = _UNSET, recursion_limit: int | None = None) -> S:
+    def resume(
+        self,
+        run_id: str,
+        *,
+        value: Any = _UNSET,
+        recursion_limit: int | None = None,
+        placement: Placement | None = None,
+    ) -> S:
         """Continue a run from its last checkpoint; ``value`` answers a pending ``interrupt()``."""
-        return _drive(self.aresume(run_id, value=value, recursion_limit=recursion_limit))
+        return _drive(self.aresume(run_id, value=value, recursion_limit=recursion_limit, placement=placement))
 
     # -- the async core -------------------------------------------------------------------------
 
@@ -158,16 +170,24 @@ class CompiledGraph(Generic[S]):
         *,
         run_id: str | None = None,
         recursion_limit: int | None = None,
+        placement: Placement | None = None,
     ) -> S:
         """Async :meth:`invoke`."""
-        runner = self._fresh(input, run_id, recursion_limit, frozenset())
+        runner = self._fresh(input, run_id, recursion_limit, frozenset(), placement)
         async for _ in runner.run():
             pass
         return self.plan.schema.snapshot(runner.values)
 
-    async def aresume(self, run_id: str, *, value: Any = _UNSET, recursion_limit: int | None = None) -> S:
+    async def aresume(
+        self,
+        run_id: str,
+        *,
+        value: Any = _UNSET,
+        recursion_limit: int | None = None,
+        placement: Placement | None = None,
+    ) -> S:
         """Async :meth:`resume`."""
-        runner = self._resumed(run_id, value, recursion_limit, frozenset())
+        runner = self._resumed(run_id, value, recursion_limit, frozenset(), placement)
         async for _ in runner.run():
             pass
         return self.plan.schema.snapshot(runner.values)
@@ -181,6 +201,7 @@ class CompiledGraph(Generic[S]):
         recursion_limit: int | None = None,
         resume: bool = False,
         value: Any = _UNSET,
+        placement: Placement | None = None,
     ) -> AsyncIterator[Any]:
         """Async :meth:`stream`; ``resume=True`` streams the continuation of run ``run_id`` instead."""
         modes: list[str] = [mode] if isinstance(mode, str) else list(mode)
@@ -190,9 +211,9 @@ class CompiledGraph(Generic[S]):
         if resume:
             if run_id is None:
                 raise GraphError("astream(resume=True) needs the run_id to resume")
-            runner = self._resumed(run_id, value, recursion_limit, frozenset(modes))
+            runner = self._resumed(run_id, value, recursion_limit, frozenset(modes), placement)
         else:
-            runner = self._fresh(input, run_id, recursion_limit, frozenset(modes))
+            runner = self._fresh(input, run_id, recursion_limit, frozenset(modes), placement)
         single = len(modes) == 1
         async for m, item in runner.run():
             yield item if single else (m, item)
@@ -291,6 +312,7 @@ class CompiledGraph(Generic[S]):
         limit: int | None,
         modes: frozenset[str],
         joins: dict[int, set[str]] | None = None,
+        placement: Placement | None = None,
     ) -> Runner:
         recorder = None if self.store is None else _StoreRecorder(self.store, self.plan, run_id)
         return Runner(
@@ -306,12 +328,20 @@ class CompiledGraph(Generic[S]):
             recorder=recorder,
             remote=self._remote,
             join_seen=joins,
+            placement=placement,
         )
 
-    def _fresh(self, input: Any, run_id: str | None, limit: int | None, modes: frozenset[str]) -> Runner:
+    def _fresh(
+        self,
+        input: Any,
+        run_id: str | None,
+        limit: int | None,
+        modes: frozenset[str],
+        placement: Placement | None = None,
+    ) -> Runner:
         values = self.plan.schema.initial(input)
         run_id = run_id or _new_run_id()
-        runner = self._runner(values, [], run_id, 0, limit, modes)
+        runner = self._runner(values, [], run_id, 0, limit, modes, placement=placement)
         runner.enter()
         if self.store is not None:
             from engine.graph.checkpoints.base import RunRecord
@@ -335,7 +365,14 @@ class CompiledGraph(Generic[S]):
             runner.recorder.step(0, INPUT_NODE, values, list(runner.frontier), {})
         return runner
 
-    def _resumed(self, run_id: str, value: Any, limit: int | None, modes: frozenset[str]) -> Runner:
+    def _resumed(
+        self,
+        run_id: str,
+        value: Any,
+        limit: int | None,
+        modes: frozenset[str],
+        placement: Placement | None = None,
+    ) -> Runner:
         run = self._run(run_id)
         if run.graph_hash != self.plan.graph_hash:
             raise GraphError(
@@ -360,7 +397,7 @@ class CompiledGraph(Generic[S]):
         joins = {int(i): set(s) for i, s in last.meta.get("joins", {}).items()}
         assert self.store is not None
         self.store.set_status(run_id, "running", {})
-        return self._runner(values, pending, run_id, last.step, limit, modes, joins)
+        return self._runner(values, pending, run_id, last.step, limit, modes, joins, placement)
 
     def _need_store(self, what: str) -> Any:
         if self.store is None:

@@ -40,13 +40,16 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from engine import telemetry
 from engine.graph.builder import Command, GraphPlan, NodeDef, Send
 from engine.graph.errors import GraphError, GraphInterrupt, GraphRecursionError, InvalidUpdate, NodeFailed
 from engine.graph.remote import remote_call
 from engine.spec.models import END, START
+
+if TYPE_CHECKING:
+    from engine.physical import Placement
 
 Event = tuple[str, Any]
 """What the runner emits: (mode, payload) with mode ``values``, ``updates`` or ``events``."""
@@ -180,6 +183,7 @@ class Runner:
         recorder: Recorder | None,
         remote: dict[str, Any],
         join_seen: dict[int, set[str]] | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.plan = plan
         self.values = values
@@ -192,6 +196,7 @@ class Runner:
         self.modes = modes
         self.recorder = recorder
         self._remote_cache = remote
+        self._placement = placement
         self.join_seen = join_seen or {}
         self.status = "running"
         self.interrupts: list[dict[str, Any]] = []
@@ -359,7 +364,7 @@ class Runner:
 
     async def _attempt(self, node: NodeDef, state: Any) -> Any:
         if node.remote:
-            call = remote_call(node, state, self._remote_cache)
+            call = remote_call(node, state, self._remote_cache, self._placement)
         elif node.is_async:
             call = node.fn(state)
         elif node.timeout_s is not None:

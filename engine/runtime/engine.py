@@ -23,9 +23,14 @@ round trip ~1.4 ms and an actor call ~0.6 ms):
   instead, so Ctrl-C there stops it exactly as in ``headrace run`` (which is one ``Engine.run``).
 
 Admission (:mod:`engine.runtime.admission`) bounds running and queued runs; tenants' quotas
-(:mod:`engine.runtime.tenants`) bound each tenant and cap its LLM spend across runs. A tenant at its
-cost quota: its running LLM runs end ``budget_exceeded`` at their next reservation, its queued runs and
-new submissions end ``budget_exceeded`` without starting, until its period renews; other tenants go on.
+(:mod:`engine.runtime.tenants`) bound each tenant, cap its LLM spend across runs and engines, and cap
+the CPUs its runs use across the cluster. A tenant at its cost quota: its running LLM runs end
+``budget_exceeded`` at their next reservation, its queued runs and new submissions end
+``budget_exceeded`` without starting, until its period renews; other tenants go on. A tenant with
+``max_cpus``: every Ray task and actor of its runs goes into its placement group
+(:mod:`engine.runtime.tenant_cpus`), which the cluster's tenant ledger keeps while an engine declaring
+it is open; :meth:`Engine.close` withdraws this engine's declarations, so the group goes with the last
+engine that declares it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import ctypes
 import itertools
 import os
 import secrets
+import socket
 import threading
 import time
 import weakref
@@ -46,7 +52,7 @@ from typing import Any
 from engine.errors import BudgetExceeded, HeadraceError
 from engine.runtime.admission import Admission, EngineBusy, Ticket
 from engine.runtime.handles import RunCancelled, RunHandle
-from engine.runtime.tenants import DEFAULT_TENANT, RemoteTenant, TenantLedgerActor, TenantQuota
+from engine.runtime.tenants import DEFAULT_TENANT, ClusterTenants, TenantQuota
 
 __all__ = ["Engine", "EngineBusy", "RunCancelled", "RunHandle", "TenantQuota"]
 
@@ -59,11 +65,13 @@ class Engine:
 
     ``max_concurrent_runs`` bounds runs in flight and ``max_queued`` the runs waiting (beyond it,
     :meth:`submit` raises :class:`EngineBusy`); ``tenants`` maps tenant names to a :class:`TenantQuota`
-    (others get ``default_quota``). ``start_ray=False`` defers Ray to the first run that needs it (each
-    dataflow run then joins or starts Ray itself, as ``headrace run`` does). ``metrics_port`` serves
-    Prometheus metrics (:mod:`engine.metrics`) on that port while the engine is open (0: any free
-    port; the chosen one is then in ``metrics_port``), with the engine's queued and running runs by
-    tenant besides every run's figures.
+    (others get ``default_quota``, which may only set the per-engine fields). ``start_ray=False`` defers
+    Ray to the first run that needs it (each dataflow run then joins or starts Ray itself, as ``headrace
+    run`` does). ``metrics_port`` serves Prometheus metrics (:mod:`engine.metrics`) on that port while
+    the engine is open (0: any free port; the chosen one is then in ``metrics_port``), with the engine's
+    queued and running runs by tenant besides every run's figures.
+    Cost and CPU quotas are declared to the cluster's tenant ledger when the engine starts:
+    a tenant whose quota another open engine declares differently is refused with ``QuotaError``.
     """
 
     def __init__(
@@ -77,6 +85,11 @@ class Engine:
         start_ray: bool = True,
         metrics_port: int | None = None,
     ) -> None:
+        if default_quota is not None and default_quota.on_cluster:
+            raise ValueError(
+                "default_quota applies per engine (max_concurrent_runs, max_queued, weight); give cost and "
+                "CPU quotas (max_cost_usd_per_period, max_cpus) to named tenants in `tenants=`"
+            )
         self.address = address
         self.metrics_port = metrics_port
         self._stops_metrics = False
@@ -90,11 +103,12 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._stack = contextlib.ExitStack()
-        self._tenant_ledger: Any = None
         self._exhausted: dict[str, tuple[str, float]] = {}
         self._compiled: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._ids = itertools.count()
         self._token = secrets.token_hex(3)
+        holder = f"engine {self._token} (pid {os.getpid()} on {socket.gethostname()})"
+        self._tenants = ClusterTenants(self.tenants, holder)
         self._closed = False
         self._active: set[RunHandle] = set()
 
@@ -114,6 +128,11 @@ class Engine:
             from engine.runtime.cluster import ray_session
 
             self._stack.enter_context(ray_session(self.address))
+            try:
+                self._tenants.connect()
+            except BaseException:
+                self._stack.close()
+                raise
         if self.metrics_port is not None:
             from engine import metrics
 
@@ -127,8 +146,9 @@ class Engine:
         return self
 
     def close(self, *, cancel: bool = False) -> None:
-        """Wait for every run to end (``cancel=True``: cancel them first), then stop the loop and any
-        Ray this engine started."""
+        """Wait for every run to end (``cancel=True``: cancel them first), then withdraw this engine's
+        tenant quotas from the cluster's ledger (a tenant's CPU placement group goes once no open engine
+        declares it; spend stays on the ledger), and stop the loop and any Ray this engine started."""
         if self._closed:
             return
         self._closed = True
@@ -156,6 +176,7 @@ class Engine:
             metrics.untrack_engine(id(self))
             if self._stops_metrics:
                 metrics.stop()
+        self._tenants.close()
         self._stack.close()
 
     # -- submitting -----------------------------------------------------------------------------------
@@ -285,10 +306,17 @@ class Engine:
         app, interrupted = handle._target, False
         resume = handle._options.get("resume")
         try:
+            placement = None
+            if handle.tenant in self._tenants.quotas and any(n.remote for n in app.plan.nodes.values()):
+                placement = await asyncio.to_thread(self._tenants.placement, handle.tenant)
+            if placement is not None:
+                from engine.graph.remote import check_placement
+
+                check_placement(app.plan.nodes.values(), placement)
             if resume:
-                stream = app.astream(None, mode=_MODES, run_id=resume, resume=True)
+                stream = app.astream(None, mode=_MODES, run_id=resume, resume=True, placement=placement)
             else:
-                stream = app.astream(handle._inputs, mode=_MODES, run_id=handle.run_id)
+                stream = app.astream(handle._inputs, mode=_MODES, run_id=handle.run_id, placement=placement)
             async for mode, item in stream:
                 if mode == "values":
                     handle._push(item)
@@ -311,11 +339,12 @@ class Engine:
         try:
             with handle._lock:
                 handle._thread_id = threading.get_ident()
-            scope = self._tenant_scope(handle.tenant)
+            scope = self._tenants.scope(handle.tenant)
             if scope is not None and (stop := self._ask_exhausted(handle.tenant)) is not None:
                 error = BudgetExceeded(_not_started(stop, handle.run_id), scope=scope.name)
                 handle._finish("budget_exceeded", error=error)
                 return
+            placement = self._tenants.placement(handle.tenant)
             if handle._cancel_requested:
                 raise KeyboardInterrupt
             summary = run_checked(
@@ -329,6 +358,7 @@ class Engine:
                 checkpoint=options.get("checkpoint"),
                 tenant=scope,
                 tenant_name=handle.tenant,
+                placement=placement,
                 observe=lambda live: setattr(handle, "_live", live),
             )
             with handle._lock:
@@ -395,30 +425,12 @@ class Engine:
 
     # -- tenants' cost quotas -------------------------------------------------------------------------
 
-    def _tenant_scope(self, tenant: str) -> RemoteTenant | None:
-        quota = self.tenants.get(tenant)
-        if quota is None or quota.max_cost_usd_per_period is None:
-            return None
-        import ray
-
-        with self._lock:
-            if self._tenant_ledger is None:
-                if not ray.is_initialized():
-                    raise HeadraceError(
-                        "tenant cost quotas need the engine's Ray; do not pass start_ray=False"
-                    )
-                self._tenant_ledger = ray.remote(TenantLedgerActor).options(num_cpus=0).remote(self.tenants)
-        return RemoteTenant(self._tenant_ledger, tenant)
-
     def _ask_exhausted(self, tenant: str) -> str | None:
-        """Ask the tenant ledger whether ``tenant`` is at its quota; if so, stop its queued runs."""
-        import ray
-
-        reason, renews = ray.get(
-            [self._tenant_ledger.exhausted.remote(tenant), self._tenant_ledger.renews_in.remote(tenant)]
-        )
-        if reason is None:
+        """Ask the cluster's tenant ledger whether ``tenant`` is at its quota; if so, stop its queued runs."""
+        stop = self._tenants.exhausted(tenant)
+        if stop is None:
             return None
+        reason, renews = stop
         with self._lock:
             self._exhausted[tenant] = (reason, time.monotonic() + renews)
             drained = self._admission.drain(tenant)

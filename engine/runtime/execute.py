@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 import time
@@ -25,9 +26,11 @@ from engine.logs import get_logger, run_context
 from engine.optimizer import optimize
 from engine.physical import (
     PhysicalStage,
+    Placement,
     build_physical,
     check_capacity,
     check_outputs,
+    check_placement,
     check_policy,
     plan_pools,
 )
@@ -63,6 +66,7 @@ def run_checked(
     input: Mapping[str, Any] | None = None,
     checkpoint: str | None = None,
     tenant: TenantScope | None = None,
+    placement: Placement | None = None,
     observe: Callable[[RunSummary], None] | None = None,
     tenant_name: str | None = None,
 ) -> RunSummary | GraphRunSummary:
@@ -75,9 +79,11 @@ def run_checked(
     A state-graph pipeline (state nodes or ``edges``) runs in-process on ``input`` with checkpoints in
     ``checkpoint`` (a store URL; see :mod:`engine.runtime.graphs`) and returns a ``GraphRunSummary``.
 
-    ``tenant`` adds a tenant's cost quota to the run's ledger; ``observe`` is handed the live summary of
-    a dataflow run as it starts (the engine streams progress from it). ``tenant_name`` is the tenant the
-    run's record names (default: the pipeline's ``tenant`` label, else ``default``).
+    ``tenant`` adds a tenant's cost quota to the run's ledger; ``placement`` sends every Ray task and
+    actor of the run into a tenant's CPU placement group (a task that could never fit there is refused
+    before the run starts); ``observe`` is handed the live summary of a dataflow run as it starts (the
+    engine streams progress from it). ``tenant_name`` is the tenant the run's record names (default: the
+    pipeline's ``tenant`` label, else ``default``).
 
     Every dataflow run writes its record (:mod:`engine.records`) to the runs store: ``$HEADRACE_CHECKPOINTS``,
     else ``runs.db`` under ``$HEADRACE_HOME``; ``headrace runs list/show/report`` read it.
@@ -101,7 +107,13 @@ def run_checked(
         try:
             if graph:
                 outcome = run_graph(
-                    checked, input=input, checkpoint=checkpoint, run_id=run_id, resume=resume, address=address
+                    checked,
+                    input=input,
+                    checkpoint=checkpoint,
+                    run_id=run_id,
+                    resume=resume,
+                    address=address,
+                    placement=placement,
                 )
             else:
                 outcome = _run_dataflow(
@@ -115,6 +127,7 @@ def run_checked(
                     checkpoint=checkpoint,
                     tenant=tenant,
                     tenant_name=tenant_name,
+                    placement=placement,
                     observe=watch,
                 )
         finally:
@@ -163,6 +176,7 @@ def _run_dataflow(
     checkpoint: str | None,
     tenant: TenantScope | None,
     tenant_name: str | None,
+    placement: Placement | None,
     observe: Callable[[RunSummary], None],
 ) -> RunSummary:
     if input is not None or checkpoint is not None:
@@ -180,6 +194,8 @@ def _run_dataflow(
     pools, problems = plan_pools(stages, pipeline.defaults)
     _raise_located(problems, checked)
     _raise_located(check_pools(pools, pipeline), checked)
+    if placement is not None:
+        _raise_located(check_placement(stages, pools, placement), checked)
     cache_url = checked.cache_url() if cache else None
     if cache_url is not None and pools and (problem := policy.path_problem(cache_url)) is not None:
         hint = "set `cache.url` (or HEADRACE_CACHE_DIR) inside an allowed root, or run with --no-cache"
@@ -216,6 +232,7 @@ def _run_dataflow(
                 progress=progress,
                 cache_url=cache_url,
                 tenant=tenant,
+                placement=placement,
                 started=started,
             )
     except HeadraceError as exc:  # refused before any work (e.g. the cluster is too small for a node)
@@ -258,13 +275,14 @@ def _drive(
     progress: bool,
     cache_url: str | None,
     tenant: TenantScope | None,
+    placement: Placement | None,
     started: float,
 ) -> None:
     """Run the compiled stages on the connected cluster; the outcome goes into ``summary``."""
     pipeline = checked.loaded.spec
     plan = checked.plan
     report = Progress(summary, enabled=progress)
-    llm = start_services(pools, pipeline, run_id, cache_url, tenant)
+    llm = start_services(pools, pipeline, run_id, cache_url, tenant, placement)
     physical = [_with_pools(stage, llm.pools, pipeline.params) for stage in physical]
     if trace := telemetry.carrier():
         physical = [_with_trace(stage, trace) for stage in physical]
@@ -296,6 +314,7 @@ def _drive(
             run_id=run_id,
             spec_hash=plan.spec_hash,
             resume=resume is not None,
+            placement=placement,
         )
         for stage in physical:
             _check_error_budget(stage, summary, final=True)
@@ -339,6 +358,7 @@ def _execute(
     run_id: str,
     spec_hash: str,
     resume: bool,
+    placement: Placement | None,
 ) -> dict[str, list[PartInfo]]:
     runs: list[StageRun] = []
     for stage in stages:
@@ -359,7 +379,8 @@ def _execute(
                 clear_dead_letters(job.dead_letters, job.sink_id)
         committed = {p.split_index for p in earlier}
         reader = reader_for(job.source)  # type: ignore[arg-type]
-        splits = reader.splits(job.source, job.source_id, list(stage.inputs), _ray_map)
+        ray_map = functools.partial(_ray_map, placement=placement)
+        splits = reader.splits(job.source, job.source_id, list(stage.inputs), ray_map)
         report.skipped_splits += sum(1 for s in splits if s.index in committed)
         runs.append(StageRun(stage, [s for s in splits if s.index not in committed], earlier))
     report.total_splits = sum(len(r.splits) for r in runs)
@@ -384,7 +405,9 @@ def _execute(
     def on_retry(node: str, split: Split, attempt: int, limit: int, delay: float, error: str) -> None:
         recording.retry(node, split.index, attempt, limit, delay, error)
 
-    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result, on_retry)
+    if placement is not None:
+        cpus = min(cpus, placement.cpus)  # the window follows the CPUs the run may actually use
+    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result, on_retry, placement)
     if metrics.serving():
         metrics.track_queue(summary.run_id, scheduler.queue_depth)
     scheduler.run(runs, tick)
@@ -454,11 +477,16 @@ def _check_error_budget(stage: PhysicalStage, summary: RunSummary, *, final: boo
             )
 
 
-def _ray_map(fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+def _ray_map(
+    fn: Callable[..., Any], args: list[tuple[Any, ...]], placement: Placement | None = None
+) -> list[Any]:
     """Planning work (e.g. quote scans of byte ranges) as parallel Ray tasks, results in order."""
     if len(args) <= 1:
         return [fn(*a) for a in args]
-    remote = ray.remote(num_cpus=1)(fn)
+    if placement is None:
+        remote = ray.remote(fn).options(num_cpus=1)
+    else:
+        remote = ray.remote(fn).options(**placement.apply({"num_cpus": min(1.0, placement.max_task_cpus)}))
     try:
         results: list[Any] = ray.get([remote.remote(*a) for a in args])
         return results

@@ -13,6 +13,7 @@ finds every run ``headrace run`` made.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from engine.audit import AuditLog, actor
 from engine.check import CheckedPipeline, locate
@@ -28,6 +29,9 @@ from engine.errors import ConfigError, HeadraceError
 from engine.plan import Problem
 from engine.runtime.recording import RunRecording
 from engine.spec.models import Pipeline
+
+if TYPE_CHECKING:
+    from engine.physical import Placement
 
 GraphRunStatus = Literal["succeeded", "failed", "interrupted", "cancelled"]
 STORE_ENV = "HEADRACE_CHECKPOINTS"
@@ -163,29 +167,38 @@ def run_graph(
     resume: str | None = None,
     value: Any = UNSET,
     address: str | None = None,
+    placement: Placement | None = None,
 ) -> GraphRunSummary:
     """Run a state-graph pipeline on ``input`` (or continue run ``resume``) and summarise it.
 
-    A failure of a node is in the summary (status ``failed``); a pipeline that cannot be built raises.
+    A failure of a node is in the summary (status ``failed``); a pipeline that cannot be built raises,
+    as does one with a heavy node that could never be scheduled inside ``placement``.
     """
     url = store_url(checkpoint)
     app = compile_checked(checked, url)
     try:
+        if placement is not None:
+            from engine.graph.remote import check_placement
+
+            check_placement(app.plan.nodes.values(), placement)
         if resume is not None:
-            return drive(app, resume, lambda: resume_run(app, resume, value), checked, url, address)
+            start = functools.partial(resume_run, app, resume, value, placement)
+            return drive(app, resume, start, checked, url, address)
         if value is not UNSET:
             raise HeadraceError("a value answers an interrupt of a run being resumed; pass --resume RUN_ID")
         rid = run_id or new_graph_run_id()
-        return drive(app, rid, lambda: app.invoke(input or {}, run_id=rid), checked, url, address)
+        invoke = functools.partial(app.invoke, input or {}, run_id=rid, placement=placement)
+        return drive(app, rid, invoke, checked, url, address)
     finally:
         app.close()
 
 
-def resume_run(app: Any, run_id: str, value: Any = UNSET) -> Any:
+def resume_run(app: Any, run_id: str, value: Any = UNSET, placement: Placement | None = None) -> Any:
     """``app.resume(run_id)``, answering a pending ``interrupt()`` with ``value`` when one is given."""
-    if value is UNSET:
-        return app.resume(run_id)
-    return app.resume(run_id, value=value)
+    options: dict[str, Any] = {} if placement is None else {"placement": placement}
+    if value is not UNSET:
+        options["value"] = value
+    return app.resume(run_id, **options)
 
 
 def drive(

@@ -23,7 +23,7 @@ from connectors.readers import Split
 from connectors.writers import PartInfo
 from engine.errors import BudgetExceeded, DataError, HeadraceError, TransientError
 from engine.logs import get_logger
-from engine.physical import PhysicalStage
+from engine.physical import PhysicalStage, Placement
 from engine.runtime.summary import RunSummary
 from engine.runtime.worker import BarrierActor, SplitResult, run_split, run_tail
 
@@ -43,7 +43,8 @@ class StageRun:
 
 
 class Scheduler:
-    """Submits stage work with a bounded window and dispatches finished references to handlers."""
+    """Submits stage work with a bounded window and dispatches finished references to handlers; with a
+    ``placement`` (a tenant's CPU quota) every task and barrier actor goes into it."""
 
     def __init__(
         self,
@@ -51,8 +52,10 @@ class Scheduler:
         window: int,
         on_result: Callable[[StageRun, SplitResult], None],
         on_retry: Callable[[str, Split, int, int, float, str], None] | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.summary = summary
+        self.placement = placement
         self.window = window
         self.on_result = on_result
         self.on_retry = on_retry
@@ -125,19 +128,23 @@ class Scheduler:
         options = {**run.stage.ray_options, "max_retries": run.stage.job.retry.max_attempts - 1}
         if emit:
             options["num_returns"] = 2
-        return self._head.options(**options).remote(run.stage.job, split)
+        return self._head.options(**self._placed(options)).remote(run.stage.job, split)
 
     def tail(self, run: StageRun, level: int, tables_ref: Any, index: int) -> Any:
         """Submit a tail task over the batches ``tables_ref`` released by barrier ``level``."""
         options: dict[str, Any] = dict(run.stage.ray_options)
         if run.stage.tails[level].sink is None:
             options["num_returns"] = 2
-        return self._tail.options(**options).remote(run.stage.tails[level], tables_ref, index)
+        return self._tail.options(**self._placed(options)).remote(run.stage.tails[level], tables_ref, index)
 
     def barrier(self, run: StageRun, level: int) -> Any:
         """Start the actor holding barrier ``level``'s state for this run."""
         tail = run.stage.tails[level]
-        return self._actor.options(num_cpus=0).remote(tail.barrier, tail.barrier_id, tail.pools, tail.params)
+        options = self._placed({"num_cpus": 0})
+        return self._actor.options(**options).remote(tail.barrier, tail.barrier_id, tail.pools, tail.params)
+
+    def _placed(self, options: dict[str, Any]) -> dict[str, Any]:
+        return options if self.placement is None else self.placement.apply(options)
 
 
 class _Transient(Exception):

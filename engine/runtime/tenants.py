@@ -1,31 +1,63 @@
-"""Tenants: their quotas, and the ledger their runs' LLM calls reserve cost against.
+"""Tenants: their quotas, the cluster's one ledger their runs' LLM calls reserve cost against, and the
+CPUs their runs may use.
 
 Every run belongs to a tenant (``default`` unless given). A tenant's :class:`TenantQuota` bounds its
-concurrent and queued runs, weighs its share of free run slots (see :mod:`engine.runtime.admission`),
-and caps its LLM spend per period across all of its runs.
+concurrent and queued runs and weighs its share of free run slots on each engine (see
+:mod:`engine.runtime.admission`); its cost quota (``max_cost_usd_per_period``) and CPU quota
+(``max_cpus``) hold across the whole cluster, over every engine connected to it.
 
-The cost cap is enforced where every LLM call already stops: the run's ``Ledger``. A run of a tenant
-with a cost quota gets a :class:`RemoteTenant` scope; every reservation of the run's ledger also
-reserves against the engine's one :class:`TenantLedgerActor`, which refuses a call that could take the
-tenant past its quota. From then on the tenant is *exhausted* for the rest of the period: every
-reservation of every run of that tenant is refused (they end ``budget_exceeded``, calls in flight
-settle, committed parts are kept) and the engine fails the tenant's queued runs. Periods are fixed
-windows of ``period_s`` seconds counted from the ledger's start; spend resets when a window rolls over.
+**One ledger per cluster.** The ledger is a named, detached Ray actor (:class:`TenantLedgerActor`,
+``headrace-tenant-ledger`` in namespace ``headrace``, obtained with ``get_if_exists`` like the rate
+limiter), so every engine on a cluster, in any driver process, reserves against the same accounts. An
+engine registers the quotas it declares when it starts and withdraws them when it closes.
+
+- Engines open at once must declare identical cost and CPU terms for a tenant (``max_cost_usd_per_period``,
+  ``period_s``, ``max_cpus``): a different declaration is refused with a :class:`~engine.errors.QuotaError`
+  that names the tenant, both values and the other engine, and the engine does not start. The per-engine
+  fields (``max_concurrent_runs``, ``max_queued``, ``weight``) may differ.
+- Once no open engine declares a tenant, the next declaration replaces its terms. An engine whose driver
+  died without closing stops counting as open the next time any engine registers that tenant (Ray
+  reports the death of the driver that owns the engine's token within a few seconds).
+- Accounts outlive engines: spend in the current period carries over, so closing and reopening an engine
+  does not renew a quota.
+
+**Cost.** The cap is enforced where every LLM call already stops: the run's ``Ledger``. A run of a tenant
+with a cost quota gets a :class:`RemoteTenant` scope; every reservation of the run's ledger also reserves
+against the cluster's ledger, which refuses a call that could take the tenant past its quota. From then
+on the tenant is *exhausted* for the rest of the period: every reservation of every run of that tenant,
+on every engine, is refused (they end ``budget_exceeded``, calls in flight settle, committed parts are
+kept) and each engine fails the tenant's queued runs as it learns of it. Periods are fixed windows of
+``period_s`` seconds counted from the ledger actor's start; spend resets when a window rolls over.
+
+**CPUs.** ``max_cpus`` is enforced by Ray with one placement group per tenant, owned by the ledger actor;
+see :mod:`engine.runtime.tenant_cpus` for the group's shape, its lifetime (it exists, and holds its
+CPUs, while an engine that declares the tenant's ``max_cpus`` is open) and what is refused.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.errors import HeadraceError, QuotaError
+from engine.logs import get_logger
 from engine.runtime.llm.ledger import Charge
+from engine.runtime.llm.limiter import NAMESPACE
+
+if TYPE_CHECKING:
+    from engine.physical import Placement
 
 DEFAULT_TENANT = "default"
+LEDGER_NAME = "headrace-tenant-ledger"
+_READY_WAIT_S = 10.0  # then warn that the tenant's CPUs are busy, and let its tasks wait in the group
+_ALIVE_WAIT_S = 5.0
+_log = get_logger("runtime")
 
 
 class TenantQuota(BaseModel):
@@ -40,12 +72,36 @@ class TenantQuota(BaseModel):
         None, ge=0, description="Runs of this tenant waiting at once; more are refused with EngineBusy."
     )
     max_cost_usd_per_period: float | None = Field(
-        None, ge=0, description="LLM spend (USD) over all of this tenant's runs in one period."
+        None,
+        ge=0,
+        description="LLM spend (USD) over all of this tenant's runs in one period, on every engine of the "
+        "cluster.",
     )
     period_s: float = Field(86_400.0, gt=0, description="Length of a cost period in seconds.")
     weight: float = Field(
         1.0, gt=0, description="Share of free run slots relative to other tenants with queued runs."
     )
+    max_cpus: float | None = Field(
+        None,
+        gt=0,
+        description="CPUs this tenant's runs may use at once across the cluster, on every engine (Ray "
+        "tasks and actors, held for the tenant as a placement group of one-CPU bundles while an engine "
+        "declaring it is open; one task may ask for at most min(1, max_cpus) CPU). None: no cap.",
+    )
+
+    def cluster_terms(self) -> dict[str, float | None]:
+        """The fields enforced across the cluster, which every engine must declare alike."""
+        cost = self.max_cost_usd_per_period
+        return {
+            "max_cost_usd_per_period": cost,
+            "period_s": None if cost is None else self.period_s,
+            "max_cpus": self.max_cpus,
+        }
+
+    @property
+    def on_cluster(self) -> bool:
+        """Whether the quota has a cost or CPU cap (and so needs the cluster's ledger)."""
+        return self.max_cost_usd_per_period is not None or self.max_cpus is not None
 
 
 @dataclass
@@ -58,19 +114,68 @@ class _Account:
 
 
 class TenantLedger:
-    """Spend per tenant and period; plain Python (``clock`` injectable), wrapped by the actor below."""
+    """Declared quotas and spend per tenant and period; plain Python (``clock`` injectable), wrapped by
+    the actor below. ``quotas`` given here are declared by a holder named ``local``."""
 
     def __init__(
-        self, quotas: Mapping[str, TenantQuota], clock: Callable[[], float] = time.monotonic
+        self, quotas: Mapping[str, TenantQuota] | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._clock = clock
         self._start = clock()
-        self._periods = {t: q.period_s for t, q in quotas.items()}
-        self._accounts = {
-            t: _Account(q.max_cost_usd_per_period)
-            for t, q in quotas.items()
-            if q.max_cost_usd_per_period is not None
-        }
+        self._quotas: dict[str, TenantQuota] = {}  # the terms in force, kept when their holders leave
+        self._holders: dict[str, dict[str, TenantQuota]] = {}  # tenant -> holder -> declared quota
+        self._periods: dict[str, float] = {}
+        self._accounts: dict[str, _Account] = {}
+        if quotas:
+            self.register("local", quotas)
+
+    # -- declarations ---------------------------------------------------------------------------------
+
+    def register(self, holder: str, quotas: Mapping[str, TenantQuota]) -> None:
+        """Declare ``holder``'s (an engine's) quotas. Raises ``QuotaError``, declaring none of them, when
+        another holder declares different cluster-wide terms for one of the tenants."""
+        for tenant, quota in quotas.items():
+            terms = quota.cluster_terms()
+            for other, theirs in self._holders.get(tenant, {}).items():
+                if other != holder and theirs.cluster_terms() != terms:
+                    raise QuotaError(_conflict(tenant, terms, other, theirs.cluster_terms()))
+        for tenant, quota in quotas.items():
+            holders = self._holders.setdefault(tenant, {})
+            if not holders.keys() - {holder}:
+                self._put_terms(tenant, quota)
+            holders[holder] = quota
+
+    def unregister(self, holder: str) -> list[str]:
+        """Withdraw ``holder``'s declarations; the tenants no open holder declares any more."""
+        freed = []
+        for tenant, holders in self._holders.items():
+            if holders.pop(holder, None) is not None and not holders:
+                freed.append(tenant)
+        return freed
+
+    def holders(self, tenant: str) -> list[str]:
+        """Who declares ``tenant``'s quota now."""
+        return sorted(self._holders.get(tenant, {}))
+
+    def max_cpus(self, tenant: str) -> float | None:
+        """The ``max_cpus`` open holders declare for ``tenant`` (None: not declared, or no cap)."""
+        if not self._holders.get(tenant):
+            return None
+        return self._quotas[tenant].max_cpus
+
+    def _put_terms(self, tenant: str, quota: TenantQuota) -> None:
+        self._quotas[tenant] = quota
+        self._periods[tenant] = quota.period_s
+        cap = quota.max_cost_usd_per_period
+        account = self._accounts.get(tenant)
+        if cap is None:
+            self._accounts.pop(tenant, None)
+        elif account is None:
+            self._accounts[tenant] = _Account(cap, period=self._period_index(tenant))
+        elif account.quota != cap:
+            account.quota, account.stopped = cap, None  # judged again against the new cap
+
+    # -- spend ----------------------------------------------------------------------------------------
 
     def reserve(self, tenant: str, cost_usd: float) -> str | None:
         """Reserve ``cost_usd`` for one call of ``tenant``; the reason when refused (then the tenant
@@ -113,24 +218,119 @@ class TenantLedger:
         elapsed = self._clock() - self._start
         return period - (elapsed % period) if math.isfinite(period) else math.inf
 
+    def _period_index(self, tenant: str) -> int:
+        return int((self._clock() - self._start) // self._periods[tenant])
+
     def _account(self, tenant: str) -> _Account | None:
         account = self._accounts.get(tenant)
         if account is None:
             return None
-        period = int((self._clock() - self._start) // self._periods[tenant])
+        period = self._period_index(tenant)
         if period != account.period:
             # a new window: spend and the stop reset; calls in flight keep their reservations
             account.period, account.spent, account.stopped = period, 0.0, None
         return account
 
 
-class TenantLedgerActor(TenantLedger):
-    """The engine's ``TenantLedger`` as a Ray actor, shared by every run's ledger."""
+def _conflict(
+    tenant: str, mine: Mapping[str, float | None], other: str, theirs: Mapping[str, float | None]
+) -> str:
+    differ = [k for k in mine if mine[k] != theirs[k]]
+    ours = ", ".join(f"{k}={_show(mine[k])}" for k in differ)
+    others = ", ".join(f"{k}={_show(theirs[k])}" for k in differ)
+    return (
+        f"tenant '{tenant}': this engine declares {ours}, but {other}, open on the same cluster, declares "
+        f"{others}; engines sharing a cluster must declare the same cost and CPU quotas for a tenant "
+        "(max_cost_usd_per_period, period_s, max_cpus): use the same values, or close that engine first "
+        "(one whose driver died is forgotten a few seconds later)"
+    )
+
+
+def _show(value: float | None) -> str:
+    return "None" if value is None else f"{value:g}"
+
+
+class TenantLedgerActor:
+    """The cluster's one ``TenantLedger`` as a named detached Ray actor (``LEDGER_NAME``), and the owner
+    of every tenant's CPU placement group (see :mod:`engine.runtime.tenant_cpus`).
+
+    Each engine registers with a token, an object it put: once its driver is gone, getting the token
+    fails with ``OwnerDiedError``, which is how a holder that died without closing is told from an open one.
+    """
+
+    def __init__(self) -> None:
+        self._ledger = TenantLedger()
+        self._tokens: dict[str, Any] = {}
+        self._groups: dict[str, tuple[float, Any]] = {}  # tenant -> (max_cpus, placement group)
+
+    def register(self, holder: str, quotas: Mapping[str, TenantQuota], token: list[Any]) -> None:
+        """Declare an engine's quotas (``token``: a one-item list holding its token, so it stays a
+        reference); raises ``QuotaError`` when an open engine declares other terms."""
+        for tenant in quotas:
+            for other in self._ledger.holders(tenant):
+                if other != holder and not self._alive(other):
+                    self.unregister(other)
+        self._ledger.register(holder, quotas)
+        self._tokens[holder] = token[0]
+
+    def unregister(self, holder: str) -> None:
+        """Withdraw an engine's quotas; the groups of tenants no open engine declares are removed."""
+        from engine.runtime.tenant_cpus import remove_group
+
+        self._tokens.pop(holder, None)
+        for tenant in self._ledger.unregister(holder):
+            entry = self._groups.pop(tenant, None)
+            if entry is not None:
+                remove_group(entry[1])
+
+    def placement_group(self, tenant: str) -> Any:
+        """The tenant's placement group, created on first use (``QuotaError`` if the cluster cannot
+        hold it)."""
+        from engine.runtime.tenant_cpus import create_group
+
+        cpus = self._ledger.max_cpus(tenant)
+        if cpus is None:
+            raise QuotaError(f"tenant '{tenant}' has no max_cpus declared by an open engine on this cluster")
+        entry = self._groups.get(tenant)
+        if entry is None:
+            held = {t: c for t, (c, _) in self._groups.items()}
+            entry = self._groups[tenant] = (cpus, create_group(tenant, cpus, held))
+        return entry[1]
+
+    def reserve(self, tenant: str, cost_usd: float) -> str | None:
+        """See ``TenantLedger.reserve``."""
+        return self._ledger.reserve(tenant, cost_usd)
+
+    def settle(self, tenant: str, reserved_usd: float, actual_usd: float | None) -> None:
+        """See ``TenantLedger.settle``."""
+        self._ledger.settle(tenant, reserved_usd, actual_usd)
+
+    def exhausted(self, tenant: str) -> tuple[str | None, float]:
+        """Why the tenant may not spend any more this period (None: it may), and when the period renews."""
+        return self._ledger.exhausted(tenant), self._ledger.renews_in(tenant)
+
+    def spent(self, tenant: str) -> float:
+        """See ``TenantLedger.spent``."""
+        return self._ledger.spent(tenant)
+
+    def _alive(self, holder: str) -> bool:
+        import ray
+
+        token = self._tokens.get(holder)
+        if token is None:
+            return True
+        try:
+            ray.get(token, timeout=_ALIVE_WAIT_S)
+        except ray.exceptions.GetTimeoutError:
+            return True  # slow to answer is not dead
+        except ray.exceptions.ObjectLostError:  # OwnerDiedError: the engine's driver is gone
+            return False
+        return True
 
 
 @dataclass(frozen=True)
 class RemoteTenant:
-    """A run ledger's tenant scope: reservations go to the engine's ``TenantLedgerActor``.
+    """A run ledger's tenant scope: reservations go to the cluster's ``TenantLedgerActor``.
 
     Picklable (an actor handle and a name), so it travels into the run's ``LedgerActor``.
     """
@@ -175,3 +375,110 @@ class LocalTenant:
     def settle(self, reserved: Charge, actual: Charge | None) -> None:
         """Replace the reservation by the real cost."""
         self.ledger.settle(self.tenant, reserved.cost_usd, None if actual is None else actual.cost_usd)
+
+
+class ClusterTenants:
+    """One engine's side of the cluster's tenant ledger: it declares the engine's cost and CPU quotas,
+    and gives each run its cost scope and CPU placement. Tenants without either cap cost nothing here.
+
+    ``holder`` names the engine in other engines' conflict messages.
+    """
+
+    def __init__(self, quotas: Mapping[str, TenantQuota], holder: str) -> None:
+        self.quotas = {t: q for t, q in quotas.items() if q.on_cluster}
+        self.holder = holder
+        self._lock = threading.Lock()
+        self._ledger: Any = None
+        self._token: Any = None
+        self._placements: dict[str, Placement] = {}
+
+    def connect(self) -> None:
+        """Join (or start) the cluster's ledger and declare this engine's quotas, once; raises
+        ``QuotaError`` when an open engine declares other terms for one of its tenants."""
+        if not self.quotas or self._ledger is not None:
+            return
+        import ray
+
+        with self._lock:
+            if self._ledger is not None:
+                return
+            if not ray.is_initialized():
+                raise HeadraceError(
+                    "tenant cost and CPU quotas need the engine's Ray; do not pass start_ray=False"
+                )
+            ledger: Any = (
+                ray.remote(TenantLedgerActor)
+                .options(
+                    name=LEDGER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0
+                )
+                .remote()
+            )
+            token = ray.put(self.holder)
+            _get(ledger.register.remote(self.holder, self.quotas, [token]))
+            self._ledger, self._token = ledger, token
+
+    def close(self) -> None:
+        """Withdraw this engine's quotas (the groups no other open engine declares are removed)."""
+        if self._ledger is None:
+            return
+        import ray
+
+        try:
+            ray.get(self._ledger.unregister.remote(self.holder))
+        except ray.exceptions.RayError as exc:  # the ledger is gone: nothing is held any more
+            _log.warning("could not withdraw the engine's tenant quotas: %s", exc)
+        self._ledger = self._token = None
+        self._placements.clear()
+
+    def scope(self, tenant: str) -> RemoteTenant | None:
+        """The run ledger's tenant scope when ``tenant`` has a cost quota."""
+        quota = self.quotas.get(tenant)
+        if quota is None or quota.max_cost_usd_per_period is None:
+            return None
+        self.connect()
+        return RemoteTenant(self._ledger, tenant)
+
+    def placement(self, tenant: str) -> Placement | None:
+        """Where ``tenant``'s runs' tasks and actors go when it has ``max_cpus`` (creating its group on
+        first use); raises ``QuotaError`` when the cluster cannot hold the group."""
+        quota = self.quotas.get(tenant)
+        if quota is None or quota.max_cpus is None:
+            return None
+        cached = self._placements.get(tenant)
+        if cached is not None:
+            return cached
+        import ray
+
+        from engine.runtime.tenant_cpus import group_name, placement
+
+        self.connect()
+        group = _get(self._ledger.placement_group.remote(tenant))
+        ready, _ = ray.wait([group.ready()], timeout=_READY_WAIT_S)
+        if not ready:
+            _log.warning(
+                "tenant '%s': its placement group %s (max_cpus=%g) waits for CPUs to free; its tasks wait "
+                "in it until they do",
+                tenant,
+                group_name(tenant),
+                quota.max_cpus,
+            )
+        return self._placements.setdefault(tenant, placement(tenant, quota.max_cpus, group))
+
+    def exhausted(self, tenant: str) -> tuple[str, float] | None:
+        """Why ``tenant`` may not spend any more, and in how many seconds its period renews."""
+        import ray
+
+        reason, renews = ray.get(self._ledger.exhausted.remote(tenant))
+        return None if reason is None else (reason, renews)
+
+
+def _get(ref: Any) -> Any:
+    """``ray.get`` that raises the headrace error an actor call raised."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, HeadraceError):
+            raise exc.cause from None
+        raise

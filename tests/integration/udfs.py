@@ -59,3 +59,20 @@ def hold_while(table: pa.Table, marker: str, from_id: int) -> pa.Table:
     while ids and min(ids) >= from_id and os.path.exists(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     return table
+
+
+def hold_cpu(table: pa.Table, seconds: float, log: str, tag: str) -> pa.Table:
+    """Hold the task's CPU for ``seconds`` and append ``[tag, start, end, pid]`` to ``log`` (JSON lines),
+    so a test can tell how many of a tenant's tasks ran at the same moment; ``tag`` is also appended to
+    ``log.started`` as the task begins. Sleeping is enough: Ray's CPU accounting is logical, and it
+    spares the machine's real cores."""
+    import json
+
+    start = time.time()
+    with open(log + ".started", "a", encoding="utf-8") as fh:
+        fh.write(tag + "\n")
+    time.sleep(seconds)
+    end = time.time()
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps([tag, start, end, os.getpid()]) + "\n")
+    return table

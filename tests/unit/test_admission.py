@@ -1,6 +1,6 @@
 """Admission control and tenant quota bookkeeping, without Ray: priorities, FIFO, fairness across
-tenants, queue bounds, cancelling queued runs, and the tenant cost ledger (periods, the stop, and a run
-ledger's tenant scope)."""
+tenants, queue bounds, cancelling queued runs, the tenant cost ledger (periods, the stop, a run ledger's
+tenant scope, engines declaring quotas), and the shape of a tenant's CPU placement group."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from collections import Counter
 
 import pytest
 
-from engine.errors import BudgetExceeded
+from engine.errors import BudgetExceeded, QuotaError
 from engine.runtime.admission import Admission, EngineBusy
 from engine.runtime.llm.ledger import Charge, Ledger
+from engine.runtime.tenant_cpus import bundles, largest_bundle
 from engine.runtime.tenants import LocalTenant, TenantLedger, TenantQuota
 from engine.spec.models import Budget
 
@@ -189,3 +190,45 @@ def test_a_run_budget_refusal_does_not_reserve_against_the_tenant() -> None:
     assert info.value.scope == "run"
     assert tenants.exhausted("team") is None
     assert tenants.reserve("team", 9.9) is None  # nothing was held for the refused call
+
+
+# -- engines declaring quotas to one ledger ---------------------------------------------------------
+
+
+def test_engines_must_declare_the_same_cluster_wide_terms_for_a_tenant() -> None:
+    ledger = TenantLedger()
+    ledger.register("engine A", {"team": TenantQuota(max_cost_usd_per_period=5.0, max_cpus=2)})
+    with pytest.raises(QuotaError) as info:
+        ledger.register("engine B", {"team": TenantQuota(max_cost_usd_per_period=10.0, max_cpus=2)})
+    message = str(info.value)
+    assert "tenant 'team'" in message and "engine A" in message
+    assert "this engine declares max_cost_usd_per_period=10" in message
+    assert "declares max_cost_usd_per_period=5;" in message
+    assert "max_cpus" not in message.split(";")[0]  # only the terms that differ are named
+    assert ledger.holders("team") == ["engine A"]  # a refused declaration declares nothing
+    # per-engine fields may differ; the cluster-wide terms are the same
+    ledger.register("engine B", {"team": TenantQuota(max_cost_usd_per_period=5.0, max_cpus=2, weight=3)})
+    assert ledger.holders("team") == ["engine A", "engine B"]
+    assert ledger.max_cpus("team") == 2
+
+
+def test_spend_outlives_the_engines_and_a_later_declaration_replaces_the_terms() -> None:
+    ledger = TenantLedger()
+    ledger.register("engine A", {"team": TenantQuota(max_cost_usd_per_period=1.0, max_cpus=1)})
+    assert ledger.reserve("team", 0.8) is None
+    ledger.settle("team", 0.8, 0.8)
+    assert ledger.reserve("team", 0.5) is not None  # exhausted
+    assert ledger.unregister("engine A") == ["team"]  # no open engine declares it any more
+    assert ledger.max_cpus("team") is None
+    ledger.register("engine B", {"team": TenantQuota(max_cost_usd_per_period=2.0)})
+    assert ledger.spent("team") == pytest.approx(0.8)  # reopening an engine does not renew the quota
+    assert ledger.exhausted("team") is None  # judged again against the new cap
+    assert ledger.reserve("team", 1.0) is None
+    assert ledger.reserve("team", 0.5) is not None
+
+
+def test_a_tenants_cpus_are_one_cpu_bundles_and_a_smaller_last_one() -> None:
+    assert bundles(2) == [{"CPU": 1.0}, {"CPU": 1.0}]
+    assert bundles(2.5) == [{"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 0.5}]
+    assert bundles(0.25) == [{"CPU": 0.25}]
+    assert largest_bundle(2.5) == 1.0 and largest_bundle(0.25) == 0.25

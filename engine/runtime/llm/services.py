@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from engine.physical import PoolPlan, check_prices
+from engine.physical import Placement, PoolPlan, check_prices
 from engine.plan import Problem
 from engine.runtime.llm.calls import CallSettings, account_id
 from engine.runtime.llm.ledger import LedgerActor, TenantScope
@@ -102,15 +102,25 @@ def start_services(
     run_id: str,
     cache_url: str | None,
     tenant: TenantScope | None = None,
+    placement: Placement | None = None,
 ) -> LlmServices:
     """The run's ledger and every pool's actors (call inside a Ray session); ``tenant`` is the run's
-    tenant scope when its tenant has a cost quota."""
+    tenant scope when its tenant has a cost quota, ``placement`` its tenant's CPU placement group (the
+    run's own actors go there; the cluster's shared rate limiter does not)."""
+
+    def placed(options: dict[str, Any]) -> dict[str, Any]:
+        return options if placement is None else placement.apply(options)
+
     node_budgets = {
         p.node: Budget(max_cost_usd=p.spec.budget.max_cost_usd)
         for p in pools
         if isinstance(p.spec, LlmSpec) and p.spec.budget is not None
     }
-    ledger = ray.remote(LedgerActor).options(num_cpus=0).remote(pipeline.budget, node_budgets, tenant)
+    ledger = (
+        ray.remote(LedgerActor)
+        .options(**placed({"num_cpus": 0}))
+        .remote(pipeline.budget, node_budgets, tenant)
+    )
     services = LlmServices(ledger)
     if not pools:
         return services
@@ -146,7 +156,8 @@ def start_services(
             cache_url=cache_url,
         )
         services.pools[pool.node] = tuple(
-            actor.options(**pool.ray_options).remote(setup, ledger, limiter) for _ in range(pool.size)
+            actor.options(**placed(dict(pool.ray_options))).remote(setup, ledger, limiter)
+            for _ in range(pool.size)
         )
     return services
 
