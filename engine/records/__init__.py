@@ -10,7 +10,6 @@ else ``runs.db`` under ``$HEADRACE_HOME``): SQLite by default, files on any fssp
 
 from __future__ import annotations
 
-import os
 import threading
 
 from engine.records.base import RecordsError, RecordStore
@@ -36,7 +35,6 @@ __all__ = [
     "open_records",
 ]
 
-_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _named: dict[str, MemoryRecords] = {}
 _named_lock = threading.Lock()
 
@@ -45,19 +43,15 @@ def open_records(url: str) -> RecordStore:
     """The record store at a runs-store URL, spelled as for :func:`engine.graph.checkpoints.open_store`:
     ``sqlite:///x.db`` or a path ending in ``.db``, a folder or fsspec URL, ``memory://NAME`` (shared
     in this process) or ``memory://`` (fresh)."""
-    if url.startswith("memory://"):
-        name = url[len("memory://") :].strip("/")
-        if not name:
+    from engine.graph.checkpoints import store_location
+
+    try:
+        kind, where = store_location(url)
+    except ValueError as exc:
+        raise RecordsError(str(exc)) from None
+    if kind == "memory":
+        if not where:
             return MemoryRecords()
         with _named_lock:
-            return _named.setdefault(name, MemoryRecords())
-    if url.startswith("sqlite://"):
-        path = url[len("sqlite://") :]
-        if not path.startswith("/") or path == "/":
-            raise RecordsError(
-                f"bad SQLite URL {url!r}: write sqlite:///relative.db or sqlite:////abs/path.db"
-            )
-        return SqliteRecords(path[1:] or ":memory:")
-    if "://" not in url and url.lower().endswith(_SQLITE_SUFFIXES):
-        return SqliteRecords(os.path.expanduser(url))
-    return FsspecRecords(url)
+            return _named.setdefault(where, MemoryRecords())
+    return SqliteRecords(where) if kind == "sqlite" else FsspecRecords(where)

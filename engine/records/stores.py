@@ -11,7 +11,8 @@ import os
 import posixpath
 import sqlite3
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,26 +135,19 @@ class SqliteRecords:
         """See :meth:`RecordStore.append`."""
         if not events:
             return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for run_id, group in by_run(events).items():
-                    check_continues(self._last_seq(run_id), group, run_id)
-                    header = fold_header(self._header(run_id), group)
-                    self._db.executemany(
-                        "INSERT INTO record_events (run_id, seq, at, kind, node, data) VALUES (?,?,?,?,?,?)",
-                        [(e.run_id, e.seq, e.at, e.kind, e.node, _dumps(e.data)) for e in group],
-                    )
-                    assert header is not None  # fold_header raised otherwise
-                    self._db.execute(
-                        f"INSERT OR REPLACE INTO record_runs ({_HEADER_COLUMNS}) VALUES ({_MARKS})",
-                        _header_row(header),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            for run_id, group in by_run(events).items():
+                check_continues(self._last_seq(run_id), group, run_id)
+                header = fold_header(self._header(run_id), group)
+                self._db.executemany(
+                    "INSERT INTO record_events (run_id, seq, at, kind, node, data) VALUES (?,?,?,?,?,?)",
+                    [(e.run_id, e.seq, e.at, e.kind, e.node, _dumps(e.data)) for e in group],
+                )
+                assert header is not None  # fold_header raised otherwise
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO record_runs ({_HEADER_COLUMNS}) VALUES ({_MARKS})",
+                    _header_row(header),
+                )
 
     def events(self, run_id: str, kinds: Collection[str] | None = None) -> list[Event]:
         """See :meth:`RecordStore.events`."""
@@ -201,21 +195,27 @@ class SqliteRecords:
     def delete(self, run_ids: Collection[str]) -> None:
         """See :meth:`RecordStore.delete`."""
         ids = [(r,) for r in run_ids]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("DELETE FROM record_events WHERE run_id = ?", ids)
-                self._db.executemany("DELETE FROM record_runs WHERE run_id = ?", ids)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            self._db.executemany("DELETE FROM record_events WHERE run_id = ?", ids)
+            self._db.executemany("DELETE FROM record_runs WHERE run_id = ?", ids)
 
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction under the lock: all of it is committed, or none."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _last_seq(self, run_id: str) -> int:
         row = self._db.execute("SELECT max(seq) FROM record_events WHERE run_id = ?", (run_id,)).fetchone()

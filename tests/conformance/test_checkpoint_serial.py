@@ -50,6 +50,7 @@ def test_public_api_is_pinned() -> None:
             "default_store_url",
             "encode",
             "open_store",
+            "store_location",
         ]
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Literal
 
 from engine.graph.checkpoints.base import (
     FORMAT,
@@ -56,11 +57,28 @@ __all__ = [
     "default_store_url",
     "encode",
     "open_store",
+    "store_location",
 ]
 
+StoreKind = Literal["memory", "sqlite", "fsspec"]
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _named_memory: dict[str, MemoryStore] = {}
 _named_lock = threading.Lock()
+
+
+def store_location(url: str) -> tuple[StoreKind, str]:
+    """What a runs-store URL names: ``("memory", NAME)`` (``""``: a fresh store), ``("sqlite", PATH)``
+    or ``("fsspec", URL)``. Checkpoints and run records (:mod:`engine.records`) read URLs the same way."""
+    if url.startswith("memory://"):
+        return "memory", url[len("memory://") :].strip("/")
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://") :]
+        if not path.startswith("/") or path == "/":
+            raise ValueError(f"bad SQLite URL {url!r}: write sqlite:///relative.db or sqlite:////abs/path.db")
+        return "sqlite", path[1:] or ":memory:"
+    if "://" not in url and url.lower().endswith(_SQLITE_SUFFIXES):
+        return "sqlite", os.path.expanduser(url)
+    return "fsspec", url
 
 
 def open_store(url: str) -> CheckpointStore:
@@ -74,23 +92,18 @@ def open_store(url: str) -> CheckpointStore:
     - anything else (a folder, ``file://``, ``s3://``, ``gs://``...): an ``FsspecStore`` rooted there.
       (An fsspec *memory* filesystem is reached with ``FsspecStore("memory://...")`` directly.)
     """
-    if url.startswith("memory://"):
-        name = url[len("memory://") :].strip("/")
-        if not name:
+    kind, where = store_location(url)
+    if kind == "memory":
+        if not where:
             return MemoryStore()
         with _named_lock:
-            store = _named_memory.get(name)
+            store = _named_memory.get(where)
             if store is None or store._closed:
-                store = _named_memory[name] = MemoryStore(name)
+                store = _named_memory[where] = MemoryStore(where)
             return store
-    if url.startswith("sqlite://"):
-        path = url[len("sqlite://") :]
-        if not path.startswith("/") or path == "/":
-            raise ValueError(f"bad SQLite URL {url!r}: write sqlite:///relative.db or sqlite:////abs/path.db")
-        return SqliteStore(path[1:] or ":memory:")
-    if "://" not in url and url.lower().endswith(_SQLITE_SUFFIXES):
-        return SqliteStore(os.path.expanduser(url))
-    return FsspecStore(url)
+    if kind == "sqlite":
+        return SqliteStore(where)
+    return FsspecStore(where)
 
 
 def default_store_url(env: dict[str, str] | None = None) -> str:
