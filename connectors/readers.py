@@ -40,6 +40,9 @@ class Split:
     row_group: int | None = None
     schema: pa.Schema | None = None
     in_quotes: bool = False
+    """CSV: whether ``start`` lies inside a quoted field."""
+    end_in_quotes: bool | None = None
+    """CSV: whether ``end`` lies inside a quoted field (None: not known, the reader counts)."""
     header: bytes | None = None
 
     @property
@@ -102,10 +105,11 @@ class _CsvReader:
         for f in files:
             fs, path = filesystem(f.url)
             ranges.extend((f, r) for r in plan_ranges(fs, path, spec.split_bytes))
-        # Whether a range starts inside a quoted field follows from the quote parity of every range
-        # before it in its file; the parities are counted in parallel.
-        multi = [(f.url, r, spec.quote_char) for f, r in ranges if r.file_size > r.end or r.start > 0]
-        parity = dict(zip([(u, r.index) for u, r, _ in multi], pmap(_parity, multi), strict=True))
+        # Whether a range starts (or ends) inside a quoted field follows from the quote parity of
+        # every range before it in its file; the parities are counted in parallel. A file's last range
+        # is before no other, and ends where the file does, so its parity is never needed.
+        inner = [(f.url, r, spec.quote_char) for f, r in ranges if r.end < r.file_size]
+        parity = dict(zip([(u, r.index) for u, r, _ in inner], pmap(_parity, inner), strict=True))
         out: list[Split] = []
         headers: dict[str, bytes | None] = {}
         states: dict[str, int] = {}
@@ -114,6 +118,7 @@ class _CsvReader:
                 fs, path = filesystem(f.url)
                 headers[f.url] = header_line(fs, path, spec.quote_char) if spec.header else None
             inside = states.get(f.url, 0)
+            after = parity.get((f.url, r.index))
             out.append(
                 Split(
                     node,
@@ -123,10 +128,11 @@ class _CsvReader:
                     r.end,
                     schema=schema,
                     in_quotes=bool(inside),
+                    end_in_quotes=None if after is None else bool(inside ^ after),
                     header=headers[f.url],
                 )
             )
-            states[f.url] = inside ^ parity.get((f.url, r.index), 0)
+            states[f.url] = inside ^ (after or 0)
         return out
 
     def _infer(self, spec: ReadCsv, node: str, first: FileRef) -> pa.Schema:
@@ -190,6 +196,7 @@ class _CsvReader:
                 fs,
                 byte_range,
                 in_quotes=split.in_quotes,
+                end_in_quotes=split.end_in_quotes,
                 header=split.header,
                 batch_rows=batch_rows,
                 **options,

@@ -263,3 +263,26 @@ def test_spend_never_exceeds_the_budget_under_random_reserve_and_settle(seed):
     assert not outstanding  # every call in flight was settled after the stop
     with pytest.raises(BudgetExceeded):
         ledger.reserve("b", Charge())
+
+
+def test_a_run_without_llm_nodes_starts_no_ledger_actor(monkeypatch: pytest.MonkeyPatch):
+    # Only LLM calls reserve cost; an actor per dataflow run was a Python process competing with its
+    # split tasks. Without pools nothing touches Ray at all.
+    import ray
+
+    from engine.check import check_file
+    from engine.runtime.llm.services import start_services
+
+    monkeypatch.setattr(ray, "remote", lambda *a, **k: pytest.fail("started a Ray actor"))
+    pipeline = check_file(
+        "pipeline.yaml",
+        content="""version: 1
+name: t
+budget: {max_cost_usd: 1.0}
+nodes:
+  input: {op: read_csv, path: in.csv}
+  output: {op: write_parquet, input: input, path: out}
+""",
+    ).loaded.spec
+    services = start_services([], pipeline, "run-1", None)
+    assert services.ledger is None and services.pools == {}

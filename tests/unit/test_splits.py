@@ -20,6 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors import splits
+from connectors.readers import READERS, Split
+from connectors.sources import ReadCsv
 from connectors.splits import (
     ByteRange,
     csv_quote_parity,
@@ -101,6 +103,12 @@ def _states_for(path: str, ranges: list[ByteRange], quote_char: str = '"') -> li
     return range_quote_states([csv_quote_parity(LOCAL, r, quote_char) for r in ranges])
 
 
+def _end_states(starts: list[bool], known: bool) -> list[bool | None]:
+    """The quote state at each range's end as the runtime passes it (the next range's start state;
+    None for the last range), or None everywhere when ``known`` is False (the reader counts)."""
+    return [*starts[1:], None] if known else [None] * len(starts)
+
+
 def _string_options(ncols: int, quote_char: str = '"') -> dict:
     return {
         "read_options": pacsv.ReadOptions(),
@@ -114,17 +122,19 @@ def _string_options(ncols: int, quote_char: str = '"') -> dict:
 
 
 def _read_csv_split(
-    path: str, target: int, ncols: int, batch_rows: int, quote_char: str = '"'
+    path: str, target: int, ncols: int, batch_rows: int, quote_char: str = '"', known_end: bool = True
 ) -> list[pa.RecordBatch]:
     ranges = plan_ranges(LOCAL, path, target)
     header = header_line(LOCAL, path, quote_char)
     batches: list[pa.RecordBatch] = []
-    for r, inside in zip(ranges, _states_for(path, ranges, quote_char), strict=True):
+    starts = _states_for(path, ranges, quote_char)
+    for r, inside, end in zip(ranges, starts, _end_states(starts, known_end), strict=True):
         got = list(
             read_csv_range(
                 LOCAL,
                 r,
                 in_quotes=inside,
+                end_in_quotes=end,
                 header=header,
                 batch_rows=batch_rows,
                 **_string_options(ncols, quote_char),
@@ -197,21 +207,24 @@ def test_prefix_xor_of_parities_is_the_quote_state_at_each_range_start(work_dir,
     target=st.integers(1, 40),
     chunk=st.integers(1, 16),
     skip_header=st.booleans(),
+    known_end=st.booleans(),
 )
 def test_csv_range_bytes_are_exactly_the_records_starting_in_the_range(
-    work_dir, pieces, target, chunk, skip_header
+    work_dir, pieces, target, chunk, skip_header, known_end
 ):
-    # Any byte soup, even malformed CSV: the ranges must agree with one sequential scan.
+    # Any byte soup, even malformed CSV: the ranges must agree with one sequential scan, whether
+    # the state at each range's end is given (as the runtime does) or counted by the reader.
     data = b"".join(pieces)
     path = _write(work_dir / "bytes.csv", data)
     starts = _ref_record_starts(data, ord('"'))
     if skip_header:
         starts = starts[1:]
     ranges = plan_ranges(LOCAL, path, target)
+    states = _states_for(path, ranges)
     with _small_reads(chunk):  # exercise every chunk edge
         got = [
-            read_range_bytes(LOCAL, r, kind="csv", in_quotes=q, skip_header=skip_header)
-            for r, q in zip(ranges, _states_for(path, ranges), strict=True)
+            read_range_bytes(LOCAL, r, kind="csv", in_quotes=q, end_in_quotes=e, skip_header=skip_header)
+            for r, q, e in zip(ranges, states, _end_states(states, known_end), strict=True)
         ]
     for r, (owned, offset) in zip(ranges, got, strict=True):
         assert owned == _ref_owned(data, starts, r)
@@ -262,13 +275,16 @@ def csv_files(draw: st.DrawFn) -> tuple[bytes, int, str, list[list[str]]]:
     target=st.integers(1, 200),
     batch_rows=st.integers(1, 5),
     chunk=st.sampled_from([1, 3, 64, 4 << 20]),
+    known_end=st.booleans(),
 )
-def test_csv_ranges_read_the_same_rows_as_one_whole_file_read(work_dir, file, target, batch_rows, chunk):
+def test_csv_ranges_read_the_same_rows_as_one_whole_file_read(
+    work_dir, file, target, batch_rows, chunk, known_end
+):
     data, ncols, quote_char, rows = file
     path = _write(work_dir / "rows.csv", data)
     whole = pacsv.read_csv(path, **_string_options(ncols, quote_char))
     with _small_reads(chunk):
-        got = _rows(_read_csv_split(path, target, ncols, batch_rows, quote_char))
+        got = _rows(_read_csv_split(path, target, ncols, batch_rows, quote_char, known_end))
     assert got == whole.to_pylist()
     # pyarrow keeps \r\n inside quoted values; the rows are the ones written.
     assert [list(row.values()) for row in got] == rows
@@ -280,9 +296,9 @@ def test_csv_quotes_at_every_possible_range_edge(tmp_path: Path):
     csv.writer(out).writerows([["c0", "c1"], *rows])
     data = out.getvalue().encode()
     path = _write(tmp_path / "edges.csv", data)
-    for target in range(1, len(data) + 2):
-        got = _rows(_read_csv_split(path, target, 2, batch_rows=2))
-        assert [[r["c0"], r["c1"]] for r in got] == rows, target
+    for target, known_end in itertools.product(range(1, len(data) + 2), (True, False)):
+        got = _rows(_read_csv_split(path, target, 2, batch_rows=2, known_end=known_end))
+        assert [[r["c0"], r["c1"]] for r in got] == rows, (target, known_end)
 
 
 def test_csv_without_header_takes_names_from_read_options(tmp_path: Path):
@@ -516,9 +532,10 @@ def test_twenty_megabyte_csv_split_at_one_mebibyte_matches_a_whole_read(tmp_path
     opts = _string_options(5)
     whole = pacsv.read_csv(path, **opts)
     assert whole.num_rows == rows
-    batches = _read_csv_split(str(path), 1024 * 1024, 5, batch_rows=50_000)
     assert len(plan_ranges(LOCAL, str(path), 1024 * 1024)) >= 20
-    assert pa.Table.from_batches(batches).equals(whole)
+    for known_end in (True, False):
+        batches = _read_csv_split(str(path), 1024 * 1024, 5, batch_rows=50_000, known_end=known_end)
+        assert pa.Table.from_batches(batches).equals(whole)
 
 
 def test_quoted_crlf_is_kept_whatever_block_size_the_caller_asks_for(tmp_path: Path):
@@ -543,3 +560,21 @@ def test_quoted_crlf_is_kept_whatever_block_size_the_caller_asks_for(tmp_path: P
         batch_rows=1000,
     )
     assert [v for b in batches for v in b.column("v").to_pylist()] == values
+
+
+def test_csv_source_splits_carry_each_range_end_state_and_read_every_row_once(tmp_path: Path):
+    path = tmp_path / "big.csv"
+    rows = _big_csv(path, 3 * 1024 * 1024)
+    reader = READERS["read_csv"]
+
+    def read(split_bytes: int) -> tuple[list[Split], pa.Table]:
+        spec = ReadCsv(op="read_csv", path=str(path), split_bytes=split_bytes)
+        found = reader.splits(spec, "input", [str(path)])
+        return found, pa.concat_tables(t for s in found for t in reader.read(spec, s, 5_000))
+
+    split_list, table = read(200_000)
+    (_, whole) = read(1 << 30)
+    assert len(split_list) > 10 and any(s.in_quotes for s in split_list)
+    assert [s.end_in_quotes for s in split_list[:-1]] == [s.in_quotes for s in split_list[1:]]
+    assert split_list[-1].end_in_quotes is None  # the last range ends with the file
+    assert table.num_rows == rows and table.equals(whole)

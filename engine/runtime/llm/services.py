@@ -71,7 +71,8 @@ def check_pools(pools: list[PoolPlan], pipeline: Pipeline) -> list[Problem]:
 
 @dataclass
 class LlmServices:
-    """A run's LLM actors, and the live usage the driver polls from its ledger."""
+    """A run's LLM actors, and the live usage the driver polls from its ledger (None, like ``pools``
+    empty, for a run without LLM nodes)."""
 
     ledger: Any
     pools: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -107,6 +108,10 @@ def start_services(
     """The run's ledger and every pool's actors (call inside a Ray session); ``tenant`` is the run's
     tenant scope when its tenant has a cost quota, ``placement`` its tenant's CPU placement group (the
     run's own actors go there; the cluster's shared rate limiter does not)."""
+    if not pools:
+        # Only LLM calls reserve and settle cost; starting the actor anyway cost a run without LLM
+        # nodes a Python process (about a CPU-second) competing with its split tasks.
+        return LlmServices(None)
 
     def placed(options: dict[str, Any]) -> dict[str, Any]:
         return options if placement is None else placement.apply(options)
@@ -122,8 +127,6 @@ def start_services(
         .remote(pipeline.budget, node_budgets, tenant)
     )
     services = LlmServices(ledger)
-    if not pools:
-        return services
     limiter = (
         ray.remote(RateLimiterActor)
         .options(name=LIMITER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0)
