@@ -3,13 +3,16 @@ metrics endpoint on: the quickstart and a 100k-row CSV pipeline, interleaved, me
 
     python -m benchmarks.trace_overhead [--repeats 7]
 
-Not a test: a quick measurement for the observability work (see README "Observability").
+Not a test: a quick measurement for the observability work (see README "Observability"). Writes
+``benchmarks/results/<date>-observability-overhead.json`` and ``.md``. Every mode writes the run's record
+(records are always on); "off" is what every other benchmark measures.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import random
 import statistics
@@ -87,11 +90,41 @@ def main() -> None:
                     telemetry.shutdown()
                 elif mode == "metrics":
                     metrics.stop()
-    print(f"{'pipeline':<12} {'mode':<8} {'median s':>9} {'min s':>7}  vs off")
+    rows = []
     for (name, mode), values in sorted(times.items()):
         base = statistics.median(times[(name, "off")])
         med = statistics.median(values)
-        print(f"{name:<12} {mode:<8} {med:>9.3f} {min(values):>7.3f}  {med / base - 1:+.1%}")
+        rows.append(
+            {
+                "pipeline": name,
+                "mode": mode,
+                "median_s": round(med, 4),
+                "min_s": round(min(values), 4),
+                "max_s": round(max(values), 4),
+                "vs_off": round(med / base - 1, 4),
+                "repeats": len(values),
+            }
+        )
+    lines = [
+        "# Observability overhead",
+        "",
+        f"`python -m benchmarks.trace_overhead --repeats {args.repeats}` on {time.strftime('%Y-%m-%d')}: "
+        "wall seconds of `run_checked` (median of the repeats, min–max), modes interleaved in a "
+        "random order; `trace` exports every span to a file, `metrics` serves the Prometheus endpoint. "
+        f"{os.cpu_count()} cores; load average at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}.",
+        "",
+        "| pipeline | mode | median s | min–max s | vs off |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['pipeline']} | {r['mode']} | {r['median_s']:.3f} | {r['min_s']:.3f}–{r['max_s']:.3f} | "
+            f"{r['vs_off']:+.1%} |"
+        )
+    out = ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}-observability-overhead"
+    out.with_suffix(".json").write_text(json.dumps({"repeats": args.repeats, "rows": rows}, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     ray.shutdown()
 
 
