@@ -28,6 +28,7 @@ from connectors.writers import PartInfo, open_part
 from engine import telemetry
 from engine.errors import BudgetExceeded, DataError, TransientError
 from engine.physical import StageJob, TailJob
+from engine.runtime.allocator import keep_freed_memory
 from engine.runtime.llm.pool import PoolResult
 from engine.spec.models import NodeSpec
 from operators.batch import batch_fn
@@ -94,6 +95,7 @@ class _Where:
 
 def run_split(job: StageJob, split: Split) -> Any:
     """Run the head segment on ``split``: a SplitResult, or (SplitResult, tables) when ``job.emit``."""
+    keep_freed_memory()
     if job.trace:
         nodes = [job.source_id, *(n for n, _ in job.transforms), *([] if job.emit else [job.sink_id])]
         where = {"headrace.input": split.url, "headrace.byte_range": [split.start, split.end]}
@@ -134,6 +136,7 @@ def _run_split(job: StageJob, split: Split) -> Any:
 
 def run_tail(job: TailJob, tables: list[pa.Table], index: int) -> Any:
     """Run a tail segment on batches a barrier released: a SplitResult, or (SplitResult, tables)."""
+    keep_freed_memory()
     if job.trace:
         nodes = [n for n, _ in job.transforms] + ([job.sink_id] if job.sink is not None else [])
         where = {"headrace.barrier": job.barrier_id}
