@@ -240,7 +240,12 @@ def _run_segment(
                 seconds[sink[0]] += clock - now
             current = source_id or current
         dead = _write_dead_letters(dead_letters, sink[0] if sink else "segment", where, failures)
-        info = part.commit() if part is not None else None
+        info = None
+        if part is not None and sink is not None:
+            current = sink[0]
+            clock = time.perf_counter()
+            info = part.commit()  # writes what the part still holds (e.g. its last row group)
+            seconds[sink[0]] += time.perf_counter() - clock
     except DataError as exc:
         if part is not None:
             part.abort()
