@@ -19,9 +19,11 @@ from connectors.files import FileRef, expand, filesystem, is_local
 from connectors.sources import FileSource, ReadCsv, ReadJsonl, ReadParquet, ReadText
 from connectors.splits import (
     ByteRange,
-    csv_quote_parity,
+    csv_local_quote_state,
+    csv_quote_effect,
     header_line,
     plan_ranges,
+    range_quote_states,
     read_csv_range,
     read_lines_range,
 )
@@ -105,20 +107,33 @@ class _CsvReader:
         for f in files:
             fs, path = filesystem(f.url)
             ranges.extend((f, r) for r in plan_ranges(fs, path, spec.split_bytes))
-        # Whether a range starts (or ends) inside a quoted field follows from the quote parity of
-        # every range before it in its file; the parities are counted in parallel. A file's last range
-        # is before no other, and ends where the file does, so its parity is never needed.
-        inner = [(f.url, r, spec.quote_char) for f, r in ranges if r.end < r.file_size]
-        parity = dict(zip([(u, r.index) for u, r, _ in inner], pmap(_parity, inner), strict=True))
+        # Whether a range starts (or ends) inside a quoted field is read from the bytes just before
+        # it; for a file where some start cannot be (no quotes, or a quoted field longer than the
+        # look-back), every range is scanned for its effect on the quote state, in parallel, and
+        # the effects are composed in order (see connectors.splits).
+        starts = [(f.url, r.start, spec.quote_char, spec.delimiter) for f, r in ranges if r.start > 0]
+        local = dict(zip([(u, at) for u, at, _, _ in starts], pmap(_local_state, starts), strict=True))
+        scanned = {u for (u, _), state in local.items() if state is None}
+        inner = [(f.url, r, spec.quote_char, spec.delimiter) for f, r in ranges if f.url in scanned]
+        effects = dict(zip([(u, r.index) for u, r, _, _ in inner], pmap(_effect, inner), strict=True))
+        state_at: dict[tuple[str, int], bool] = {}
+        for url in {f.url for f, _ in ranges}:
+            mine = [r for f, r in ranges if f.url == url]
+            if url in scanned:
+                states = range_quote_states([effects[(url, r.index)] for r in mine])
+            else:
+                states = [bool(local.get((url, r.start), False)) for r in mine]
+            state_at.update({(url, r.index): state for r, state in zip(mine, states, strict=True)})
         out: list[Split] = []
         headers: dict[str, bytes | None] = {}
-        states: dict[str, int] = {}
         for f, r in ranges:
             if f.url not in headers:
                 fs, path = filesystem(f.url)
-                headers[f.url] = header_line(fs, path, spec.quote_char) if spec.header else None
-            inside = states.get(f.url, 0)
-            after = parity.get((f.url, r.index))
+                headers[f.url] = (
+                    header_line(fs, path, spec.quote_char, spec.delimiter) if spec.header else None
+                )
+            # a file's last range ends where the file does: the state there is never needed
+            after = state_at.get((f.url, r.index + 1)) if r.end < r.file_size else None
             out.append(
                 Split(
                     node,
@@ -127,12 +142,11 @@ class _CsvReader:
                     r.start,
                     r.end,
                     schema=schema,
-                    in_quotes=bool(inside),
-                    end_in_quotes=None if after is None else bool(inside ^ after),
+                    in_quotes=state_at[(f.url, r.index)],
+                    end_in_quotes=after,
                     header=headers[f.url],
                 )
             )
-            states[f.url] = inside ^ (after or 0)
         return out
 
     def _infer(self, spec: ReadCsv, node: str, first: FileRef) -> pa.Schema:
@@ -216,9 +230,14 @@ class _CsvReader:
             ) from None
 
 
-def _parity(url: str, r: ByteRange, quote_char: str) -> int:
+def _local_state(url: str, offset: int, quote_char: str, delimiter: str) -> bool | None:
+    fs, path = filesystem(url)
+    return csv_local_quote_state(fs, path, offset, quote_char, delimiter)
+
+
+def _effect(url: str, r: ByteRange, quote_char: str, delimiter: str) -> int:
     fs, _ = filesystem(url)
-    return csv_quote_parity(fs, r, quote_char)
+    return csv_quote_effect(fs, r, quote_char, delimiter)
 
 
 def _line_splits(node: str, files: list[FileRef], split_bytes: int) -> list[Split]:

@@ -16,7 +16,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from connectors import splits
@@ -24,7 +24,8 @@ from connectors.readers import READERS, Split
 from connectors.sources import ReadCsv
 from connectors.splits import (
     ByteRange,
-    csv_quote_parity,
+    csv_local_quote_state,
+    csv_quote_effect,
     header_line,
     plan_ranges,
     range_quote_states,
@@ -53,24 +54,48 @@ def _write(path: Path, data: bytes) -> str:
 # ---- reference implementations: obviously correct sequential scans ---------------------------
 
 
+FIELD_START, IN_FIELD, QUOTED, QUOTE_IN_QUOTED = range(4)
+
+
+def _ref_machine(data: bytes, quote: int | None, delimiter: int = ord(",")) -> list[int]:
+    """pyarrow's parser state after each prefix of `data` (quoting as its BlockParser does it: a
+    quote opens a field only at a field start, a doubled quote inside one is literal, and after
+    the closing quote the field goes on unquoted), one byte at a time."""
+    states, state = [FIELD_START], FIELD_START
+    for byte in data:
+        if state == QUOTED:
+            state = QUOTE_IN_QUOTED if byte == quote else QUOTED
+        elif state == QUOTE_IN_QUOTED and byte == quote:
+            state = QUOTED  # a doubled quote
+        elif byte in (delimiter, 0x0A, 0x0D):
+            state = FIELD_START
+        elif state == FIELD_START and byte == quote:
+            state = QUOTED
+        else:
+            state = IN_FIELD
+        states.append(state)
+    return states
+
+
 def _ref_record_starts(data: bytes, quote: int | None) -> list[int]:
     """Offsets where records start: 0 and after every newline outside quotes (not at EOF)."""
-    starts, inside = [0], False
-    for i, byte in enumerate(data):
-        if quote is not None and byte == quote:
-            inside = not inside
-        elif byte == 0x0A and not inside:
-            starts.append(i + 1)
+    states = _ref_machine(data, quote)
+    starts = [0] + [i + 1 for i, byte in enumerate(data) if byte == 0x0A and states[i] != QUOTED]
     return [s for s in starts if s < len(data)]
 
 
 def _ref_states(data: bytes, quote: int) -> list[bool]:
-    """Quote state at every offset 0..len(data)."""
-    states, inside = [False], False
-    for byte in data:
-        inside ^= byte == quote
-        states.append(inside)
-    return states
+    """Whether each offset 0..len(data) lies inside a quoted field. An offset inside a run of
+    quotes takes the state after the whole run (the run is counted by the range it starts in)."""
+    states = _ref_machine(data, quote)
+    inside = [
+        state == QUOTED or (state == QUOTE_IN_QUOTED and i < len(data) and data[i] == quote)
+        for i, state in enumerate(states)
+    ]
+    for i in range(len(data) - 1, 0, -1):
+        if data[i - 1] == quote and data[i] == quote:
+            inside[i] = inside[i + 1]
+    return inside
 
 
 def _ref_owned(data: bytes, starts: list[int], r: ByteRange) -> bytes:
@@ -100,7 +125,7 @@ def _small_reads(chunk: int) -> Iterator[None]:
 
 
 def _states_for(path: str, ranges: list[ByteRange], quote_char: str = '"') -> list[bool]:
-    return range_quote_states([csv_quote_parity(LOCAL, r, quote_char) for r in ranges])
+    return range_quote_states([csv_quote_effect(LOCAL, r, quote_char) for r in ranges])
 
 
 def _end_states(starts: list[bool], known: bool) -> list[bool | None]:
@@ -186,19 +211,42 @@ def test_plan_ranges_rejects_a_nonpositive_target(tmp_path: Path):
         plan_ranges(LOCAL, _write(tmp_path / "a", b"abc"), 0)
 
 
-# ---- quote parity and raw range bytes against the sequential scanner --------------------------
+# ---- quote states and raw range bytes against the sequential scanner ---------------------------
 
 QUOTEY_BYTES = st.lists(st.sampled_from([b'"', b"\n", b"\r\n", b"a", b",", b'""', "ü中".encode()]))
 
 
 @SETTINGS
-@given(pieces=QUOTEY_BYTES, target=st.integers(1, 40))
-def test_prefix_xor_of_parities_is_the_quote_state_at_each_range_start(work_dir, pieces, target):
+@given(pieces=QUOTEY_BYTES, target=st.integers(1, 40), chunk=st.integers(1, 16))
+def test_composed_range_effects_are_the_quote_state_at_each_range_start(work_dir, pieces, target, chunk):
     data = b"".join(pieces)
-    path = _write(work_dir / "parity.csv", data)
+    path = _write(work_dir / "effects.csv", data)
     ranges = plan_ranges(LOCAL, path, target)
     expected = _ref_states(data, ord('"'))
-    assert _states_for(path, ranges) == [expected[r.start] for r in ranges]
+    with _small_reads(chunk):
+        assert _states_for(path, ranges) == [expected[r.start] for r in ranges]
+
+
+@SETTINGS
+@given(pieces=QUOTEY_BYTES, offset=st.integers(0, 400), look_back=st.integers(1, 40))
+def test_a_quote_state_read_from_the_bytes_before_is_the_true_one(work_dir, pieces, offset, look_back):
+    data = b"".join(pieces)
+    path = _write(work_dir / "local.csv", data)
+    offset = min(offset, len(data))
+    state = csv_local_quote_state(LOCAL, path, offset, look_back=look_back)
+    if offset <= look_back:
+        assert state is not None  # the look-back reaches the start of the file
+    assert state in (None, _ref_states(data, ord('"'))[offset])
+
+
+def test_a_closing_quote_fixes_the_state_and_a_long_quoted_field_does_not(tmp_path: Path):
+    data = b"id,text\n" + b"".join(b'%d,"x ""q"" y"\n' % i for i in range(200))
+    path = _write(tmp_path / "q.csv", data)
+    assert csv_local_quote_state(LOCAL, path, len(data) // 2, look_back=64) is False
+    long_field = b'1,"' + b"a\n" * 100 + b'"\n'
+    path = _write(tmp_path / "long.csv", long_field)
+    assert csv_local_quote_state(LOCAL, path, 150, look_back=64) is None
+    assert csv_local_quote_state(LOCAL, path, 150, look_back=1000) is True
 
 
 @SETTINGS
@@ -208,6 +256,18 @@ def test_prefix_xor_of_parities_is_the_quote_state_at_each_range_start(work_dir,
     chunk=st.integers(1, 16),
     skip_header=st.booleans(),
     known_end=st.booleans(),
+)
+# a literal quote in an unquoted field (pyarrow reads `a"` as text), then a newline that ends it
+@example(
+    pieces=[b"a", b'"', b"\n", b"a", b",", b"a", b"\n"], target=1, chunk=1, skip_header=False, known_end=True
+)
+# the text after a closing quote is unquoted: its quote is literal too
+@example(
+    pieces=[b'"', b"a", b'"', b"a", b'"', b"\n", b"a", b"\n"],
+    target=2,
+    chunk=3,
+    skip_header=False,
+    known_end=True,
 )
 def test_csv_range_bytes_are_exactly_the_records_starting_in_the_range(
     work_dir, pieces, target, chunk, skip_header, known_end
@@ -290,6 +350,62 @@ def test_csv_ranges_read_the_same_rows_as_one_whole_file_read(
     assert [list(row.values()) for row in got] == rows
 
 
+LAX_TEXT = st.lists(st.sampled_from(["a", " ", '"', "ü"]), max_size=4).map("".join)
+QUOTED_TEXT = st.lists(st.sampled_from(["a", ",", '""', "\n", "\r\n", "中"]), max_size=4).map("".join)
+
+
+@st.composite
+def lax_csv_files(draw: st.DrawFn) -> tuple[bytes, int]:
+    """CSV as people write it and pyarrow reads it: quotes inside unquoted fields (`5" screen`),
+    and text after a field's closing quote (`"a"b"`), beside proper quoted fields."""
+    ncols = draw(st.integers(1, 3))
+
+    def field() -> str:
+        unquoted = draw(LAX_TEXT)
+        if draw(st.booleans()):
+            return unquoted.lstrip('"') or "x"  # a quote at a field's start would open it
+        # a quote right after the closing one would double it: the trailer starts otherwise
+        return '"' + draw(QUOTED_TEXT) + '"' + draw(LAX_TEXT).lstrip('"')
+
+    lines = [",".join(f"c{i}" for i in range(ncols))]
+    lines += [",".join(field() for _ in range(ncols)) for _ in range(draw(st.integers(0, 20)))]
+    return ("\n".join(lines) + "\n").encode(), ncols
+
+
+@SETTINGS
+@given(
+    file=lax_csv_files(),
+    target=st.integers(1, 120),
+    chunk=st.sampled_from([1, 3, 64]),
+    known_end=st.booleans(),
+)
+def test_lax_csv_ranges_read_the_same_rows_as_one_whole_file_read(work_dir, file, target, chunk, known_end):
+    data, ncols = file
+    path = _write(work_dir / "lax.csv", data)
+    whole = pacsv.read_csv(path, **_string_options(ncols))
+    with _small_reads(chunk):
+        got = _rows(_read_csv_split(path, target, ncols, 3, known_end=known_end))
+    assert got == whole.to_pylist()
+
+
+def test_csv_source_reads_literal_quotes_in_unquoted_fields_like_one_whole_read(tmp_path: Path):
+    # 5" screens and text after closing quotes, then quoted fields over several lines: split at
+    # every few hundred bytes, the states come from the bytes before each range, or from scanning
+    # every range when the look-back is too short to find them
+    rows = [f'{i},5" screen {i},"line\nbreak ""{i}"""tail"' for i in range(3_000)]
+    path = tmp_path / "lax.csv"
+    path.write_bytes(("id,size,notes\n" + "\n".join(rows) + "\n").encode())
+    reader = READERS["read_csv"]
+    spec = ReadCsv(op="read_csv", path=str(path), split_bytes=500)
+    whole = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
+    for look_back in (splits.LOOK_BACK_BYTES, 8):
+        with mock.patch.object(splits, "LOOK_BACK_BYTES", look_back):
+            found = reader.splits(spec, "input", [str(path)])
+        assert len(found) > 100 and any(s.in_quotes for s in found)
+        table = pa.concat_tables(t for s in found for t in reader.read(spec, s, 1_000))
+        assert table.num_rows == 3_000 and table.equals(whole.cast(table.schema))
+
+
 def test_csv_quotes_at_every_possible_range_edge(tmp_path: Path):
     rows = [['"', ""], ['a,"b"', "x\r\ny"], ['""', '"\n"'], ["中", "\n"], ["", '"']]
     out = io.StringIO(newline="")
@@ -370,7 +486,7 @@ def test_ranges_read_from_any_fsspec_filesystem():
     fs = fsspec.filesystem("memory")
     fs.pipe("/splits/m.csv", b'c0,c1\n1,"x\ny"\n2,z\n')
     ranges = plan_ranges(fs, "/splits/m.csv", 5)
-    states = range_quote_states([csv_quote_parity(fs, r) for r in ranges])
+    states = range_quote_states([csv_quote_effect(fs, r) for r in ranges])
     header = header_line(fs, "/splits/m.csv")
     batches = [
         b
