@@ -55,6 +55,8 @@ __all__ = [
 _CHUNK_BYTES = 4 * 1024 * 1024
 # Boundary searches usually end within one record, so they start with small reads and double.
 _SEARCH_BYTES = 64 * 1024
+# Quote-run scans take this many bytes at a time: their index arrays (8 bytes per run) stay small.
+_SCAN_BYTES = 1024 * 1024
 _NL = b"\n"
 _NON_BLANK = re.compile(rb"[^\r\n]")
 
@@ -130,7 +132,9 @@ def csv_quote_effect(
             n = f.readinto(view[: min(len(view), remaining)])
             if not n:
                 break
-            scan.feed(np.frombuffer(view, np.uint8, n))
+            values = np.frombuffer(view, np.uint8, n)
+            for at in range(0, n, _SCAN_BYTES):
+                scan.feed(values[at : at + _SCAN_BYTES])
             remaining -= n
         scan.finish_from(f)  # a run still open at r.end goes on into the next range's bytes
     return scan.effect
@@ -217,8 +221,13 @@ class _RunScan:
         if self.open_run is not None:
             self._close(*self.open_run)
             self.open_run = None
-        edges = np.flatnonzero(np.diff(quotes.view(np.int8), prepend=0, append=0))
-        starts, ends = edges[0::2], edges[1::2]  # each run is [start, end)
+        # each run is [start, end): where the bytes turn into quotes, and where they turn back
+        turns = np.flatnonzero(quotes[1:] != quotes[:-1]) + 1
+        starts, ends = turns[quotes[turns]], turns[~quotes[turns]]
+        if quotes[0]:
+            starts = np.concatenate(([0], starts))
+        if quotes[-1]:
+            ends = np.concatenate((ends, [len(values)]))
         if len(starts) and ends[-1] == len(values):
             before = values[starts[-1] - 1] if starts[-1] else self.prev
             self.open_run = (self._starts_field(int(before)), int(ends[-1] - starts[-1]))
@@ -527,14 +536,16 @@ def _read_records(
         # A quote run going on across r.end counts whole in this range: the search after r.end skips
         # the rest of it, or reads it into the body when it scans the body itself.
         at = _Cursor(prev=body.last_byte()[0], skip_quotes=quote is not None and body.last_byte() == quote)
-        if quote is None:
-            end_in_quotes = False
+        if quote is None or (end_in_quotes is None and r.end >= r.file_size):
+            end_in_quotes = False  # no quoting, or nothing follows the range
         elif end_in_quotes is None:
             # data_start is a boundary, so outside quotes at a field start; the runs after it give
             # the state at r.end.
             scan = _RunScan(quote[0], delim[0])
             scan.prev = _NL[0] if data_start else -1
-            scan.feed(np.frombuffer(body.view(len(prefix)), np.uint8))
+            values = np.frombuffer(body.view(len(prefix)), np.uint8)
+            for at_byte in range(0, len(values), _SCAN_BYTES):
+                scan.feed(values[at_byte : at_byte + _SCAN_BYTES])
             body.append(scan.finish_from(f))  # the rest of a run going on past r.end
             end_in_quotes = apply_effect(scan.effect, False)
             at.skip_quotes = False

@@ -694,3 +694,22 @@ def test_csv_source_splits_carry_each_range_end_state_and_read_every_row_once(tm
     assert [s.end_in_quotes for s in split_list[:-1]] == [s.in_quotes for s in split_list[1:]]
     assert split_list[-1].end_in_quotes is None  # the last range ends with the file
     assert table.num_rows == rows and table.equals(whole)
+
+
+def test_scanning_a_range_for_its_quote_state_takes_little_memory(tmp_path: Path):
+    # the runs of a 16 MB range are found with byte-sized temporaries: a scan once widened them to
+    # int64 and held 1 GB for the last 64 MB range of a file
+    import tracemalloc
+
+    data = b'1,"a ""b"" c",0.5\n' * (16_000_000 // 18)
+    path = _write(tmp_path / "runs.csv", data)
+    (whole,) = plan_ranges(LOCAL, path, len(data))
+    tracemalloc.start()
+    try:
+        owned, _ = read_range_bytes(LOCAL, whole, kind="csv", in_quotes=False, end_in_quotes=None)
+        effect = csv_quote_effect(LOCAL, whole)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert owned == data and effect == splits.SET_OUT
+    assert peak < 3 * len(data)  # the bytes returned, and the scan's 1 MiB at a time
