@@ -35,16 +35,11 @@ class WriteParquet(FileSink):
     compression_level: int | None = Field(None, description="Codec level, for zstd and gzip.")
     use_dictionary: bool = Field(
         True,
-        description="Dictionary-encode columns. A column whose values, sampled from a part's first row "
-        "group, would overflow pyarrow's 1 MiB dictionary page is written plainly from the start (pyarrow "
-        "would give up on its dictionary part-way).",
+        description="Dictionary-encode columns. A column whose values, sampled from a part's first "
+        "batch, are nearly all distinct, or would overflow pyarrow's 1 MiB dictionary page, is written "
+        "plainly (a dictionary of unique values cannot pay, and pyarrow would give up on it part-way).",
     )
-    row_group_rows: int = Field(
-        1_048_576,
-        ge=1,
-        description="The most rows in one Parquet row group. A part's batches gather into row groups of "
-        "this many rows, or of 64 MiB of Arrow data when that comes first.",
-    )
+    row_group_rows: int = Field(1_048_576, ge=1, description="The most rows in one Parquet row group.")
 
 
 @register_op

@@ -116,32 +116,14 @@ class _Part:
 
 
 class _ParquetPart(_Part):
-    """A Parquet part whose row groups gather batches up to ``row_group_rows`` rows or
-    :data:`ROW_GROUP_BYTES`: one row group per batch made small groups and restarted every
-    column's dictionary for each of them."""
-
     ext = ".parquet"
     spec: WriteParquet
 
     def _open(self, schema: pa.Schema) -> None:
         self.writer: pq.ParquetWriter | None = None
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-        self.pending_bytes = 0
 
     def _write(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.pending_rows += table.num_rows
-        self.pending_bytes += table.nbytes
-        if self.pending_rows >= self.spec.row_group_rows or self.pending_bytes >= ROW_GROUP_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        table = pa.concat_tables(self.pending)
-        self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
-        if self.writer is None:
+        if self.writer is None:  # the first batch tells which columns a dictionary would pay for
             codec = None if self.spec.compression == "none" else self.spec.compression
             dictionary = (
                 dictionary_columns(table, self.spec.row_group_rows) if self.spec.use_dictionary else False
@@ -156,13 +138,9 @@ class _ParquetPart(_Part):
         self.writer.write_table(table, row_group_size=self.spec.row_group_rows)
 
     def _close(self) -> None:
-        self._flush()
         if self.writer is not None:
             self.writer.close()
 
-
-ROW_GROUP_BYTES = 64 << 20
-"""A part's row group is written once its batches hold this many bytes (or ``row_group_rows`` rows)."""
 
 DICTIONARY_PAGE_BYTES = 1 << 20
 """pyarrow's ``dictionary_pagesize_limit``: a column chunk whose dictionary outgrows it falls back to
@@ -174,12 +152,13 @@ _SAMPLE_ROWS = 4096
 def dictionary_columns(table: pa.Table, group_rows: int) -> bool | list[str]:
     """The columns worth dictionary-encoding (``True``: all of them), judged from ``table``.
 
-    pyarrow dictionary-encodes every column until a chunk's dictionary outgrows
-    :data:`DICTIONARY_PAGE_BYTES`, then rewrites it plainly: for a column of (nearly) unique values,
-    such as ids or free text, that attempt cost a fifth of the write and gained nothing. A column is
-    left out when its distinct values, estimated from a sample of rows by their collisions
-    (``n^2 / 2c``, the birthday estimate), would fill a row group's dictionary past that limit.
-    Nested columns are left to pyarrow (the list names top-level columns only).
+    pyarrow dictionary-encodes every column, and gives a column chunk up for plain encoding once its
+    dictionary outgrows :data:`DICTIONARY_PAGE_BYTES`. For a column of (nearly) unique values, such
+    as ids or free text, the dictionary cannot pay, and hashing every value into it cost a sixth of
+    the write. A column is left out when its distinct values, estimated from a sample of rows by
+    their collisions (``n^2 / 2c``, the birthday estimate), are nearly as many as the rows, or would
+    fill a row group's dictionary past that limit. Nested columns are left to pyarrow (the list
+    names top-level columns only).
     """
     rows = table.num_rows
     if rows == 0 or any(pa.types.is_nested(f.type) for f in table.schema):
@@ -192,7 +171,8 @@ def dictionary_columns(table: pa.Table, group_rows: int) -> bool | list[str]:
         collisions = n - pc.count_distinct(sample, mode="all").as_py()
         distinct = n * n / (2 * collisions) if collisions else float("inf")
         entry_bytes = column.nbytes / rows
-        if min(distinct, rows, group_rows) * entry_bytes <= DICTIONARY_PAGE_BYTES:
+        group = min(rows, group_rows)
+        if distinct < 0.9 * group and min(distinct, group) * entry_bytes <= DICTIONARY_PAGE_BYTES:
             keep.append(name)
     return True if len(keep) == table.num_columns else keep
 

@@ -34,9 +34,12 @@ def test_unique_columns_are_left_out_and_repeating_ones_kept() -> None:
     assert dictionary_columns(table, 1 << 20) == ["kind", "bucket"]
 
 
-def test_a_small_table_keeps_every_column() -> None:
-    # 1,000 unique ids make a 8 KB dictionary: pyarrow keeps it, and so do we
-    assert dictionary_columns(_columns(1_000), 1 << 20) is True
+def test_a_repeating_column_keeps_its_dictionary_in_a_small_table_too() -> None:
+    # 1,000 unique ids would make an 8 KB dictionary that pyarrow keeps, but one no smaller than
+    # the ids themselves; 3 kinds repeat
+    assert dictionary_columns(_columns(1_000), 1 << 20) == ["kind"]
+    table = pa.table({"kind": pa.array(["a", "b"] * 500), "n": pa.array([1, 2, 3, 4] * 250)})
+    assert dictionary_columns(table, 1 << 20) is True
 
 
 def test_leaving_them_out_costs_no_space(tmp_path: Path) -> None:
@@ -56,14 +59,18 @@ def test_nested_columns_are_left_to_pyarrow() -> None:
     assert dictionary_columns(table, 1 << 20) is True
 
 
-def test_batches_gather_into_row_groups_of_the_configured_rows(tmp_path: Path) -> None:
+def test_a_part_writes_the_chosen_encodings(tmp_path: Path) -> None:
     table = _columns(10_000)
     part = open_part(_spec(tmp_path, row_group_rows=4_000), str(tmp_path), 0, "s0")
-    for start in range(0, table.num_rows, 1_000):
-        part.write(table.slice(start, 1_000))
+    for start in range(0, table.num_rows, 5_000):
+        part.write(table.slice(start, 5_000))
     info = part.commit()
     meta = pq.ParquetFile(tmp_path / str(info.file)).metadata
-    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4_000, 4_000, 2_000]
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4_000, 1_000] * 2
+    encodings = {
+        meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).encodings for i in range(4)
+    }
+    assert "RLE_DICTIONARY" in encodings["kind"] and "RLE_DICTIONARY" not in encodings["id"]
     assert pq.read_table(tmp_path / str(info.file)).equals(table)
     assert info.rows == 10_000
 
