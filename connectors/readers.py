@@ -42,9 +42,9 @@ class Split:
     row_group: int | None = None
     schema: pa.Schema | None = None
     in_quotes: bool = False
-    """CSV: whether ``start`` lies inside a quoted field."""
+    """CSV: whether ``start`` lies inside a quoted field (a quote run across it counts whole)."""
     end_in_quotes: bool | None = None
-    """CSV: whether ``end`` lies inside a quoted field (None: not known, the reader counts)."""
+    """CSV: whether ``end`` lies inside a quoted field (None: not known, the reader scans)."""
     header: bytes | None = None
 
     @property
