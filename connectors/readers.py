@@ -15,18 +15,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from connectors.csv_quotes import csv_local_quote_state, csv_quote_effect, range_quote_states
 from connectors.files import FileRef, expand, filesystem, is_local
 from connectors.sources import FileSource, ReadCsv, ReadJsonl, ReadParquet, ReadText
-from connectors.splits import (
-    ByteRange,
-    csv_local_quote_state,
-    csv_quote_effect,
-    header_line,
-    plan_ranges,
-    range_quote_states,
-    read_csv_range,
-    read_lines_range,
-)
+from connectors.splits import ByteRange, header_line, plan_ranges, read_csv_range, read_lines_range
 from engine.errors import DataError
 
 

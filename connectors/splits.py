@@ -7,28 +7,17 @@ between them because both compute "the first boundary at or after this offset", 
 read exactly once whatever the cut points.
 
 For JSONL and text a boundary is the byte after a newline. For CSV a newline inside a quoted field
-is not a boundary, so a reader must know whether its start lies inside quotes. The quote state
-follows pyarrow's parser, which is laxer than RFC 4180: a quote opens a quoted field only at the
-start of a field; inside one, a doubled quote is a literal quote and any other quote closes it;
-after the closing quote, and anywhere in an unquoted field, quotes are literal (`5" screen`). So
-quotes are taken in runs of consecutive quote bytes. A run of even length never changes the state.
-A run of odd length right after a field start (a delimiter, CR, LF or the start of the file) flips
-it: it opens a field, or closes one whose text ended with a delimiter or newline. A run of odd length
-anywhere else leaves the state *outside* quotes whatever it was: it closes a quoted field, or is
-literal text in an unquoted one. Those runs are the key to splitting cheaply: after the last such
-run before an offset, the state there follows from the bytes in between alone. Every closing quote
-of a field whose text ends in an ordinary character is one, so in a CSV with quoted fields the
-state at a range's start is found from the few KiB before it (`csv_local_quote_state`). When it
-cannot be (a file without quotes, or a quoted field longer than the look-back), every range of the
-file is scanned for its effect on the state (`csv_quote_effect`, in parallel) and the effects are
-composed in order (`range_quote_states`). The state at a range's end is the next range's start
+is not a boundary, so a reader must know whether its start lies inside quotes: the quote state, as
+pyarrow's parser has it, comes from `connectors.csv_quotes` (found from the bytes just before the
+range, or by composing every range's effect). The state at a range's end is the next range's start
 state: given it, a reader finds the end of its last record without scanning its own range again.
+The boundary searches here walk quote runs by the same rule, a record at a time.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,14 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from connectors.csv_quotes import RunScan, apply_effect, quote_byte
+
 __all__ = [
     "ByteRange",
-    "QuoteEffect",
-    "csv_local_quote_state",
-    "csv_quote_effect",
     "header_line",
     "plan_ranges",
-    "range_quote_states",
     "read_csv_range",
     "read_lines_range",
     "read_range_bytes",
@@ -55,8 +42,6 @@ __all__ = [
 _CHUNK_BYTES = 4 * 1024 * 1024
 # Boundary searches usually end within one record, so they start with small reads and double.
 _SEARCH_BYTES = 64 * 1024
-# Quote-run scans take this many bytes at a time: their index arrays (8 bytes per run) stay small.
-_SCAN_BYTES = 1024 * 1024
 _NL = b"\n"
 _NON_BLANK = re.compile(rb"[^\r\n]")
 
@@ -84,195 +69,6 @@ def plan_ranges(fs: fsspec.AbstractFileSystem, path: str, target_bytes: int) -> 
     count = max(1, -(-size // target_bytes))
     cuts = [size * i // count for i in range(count + 1)]
     return [ByteRange(path, cuts[i], cuts[i + 1], size, i) for i in range(count)]
-
-
-QuoteEffect = int
-"""What a stretch of CSV does to the quote state: :data:`KEEP` it, :data:`FLIP` it, or leave it
-:data:`SET_OUT` (outside quotes) or :data:`SET_IN` whatever it was."""
-KEEP, FLIP, SET_OUT, SET_IN = 0, 1, 2, 3
-
-LOOK_BACK_BYTES = 256 * 1024
-"""How far before a range's start `csv_local_quote_state` looks for a run that fixes the state."""
-
-
-def apply_effect(effect: QuoteEffect, inside: bool) -> bool:
-    """The quote state after a stretch with ``effect``, entered with state ``inside``."""
-    return bool(effect & 1) if effect >= SET_OUT else inside ^ bool(effect)
-
-
-def then(first: QuoteEffect, second: QuoteEffect) -> QuoteEffect:
-    """The effect of a stretch with effect ``first`` followed by one with effect ``second``."""
-    if second >= SET_OUT:
-        return second
-    return first ^ second  # KEEP/FLIP flip the state or the value set: both are the low bit
-
-
-def csv_quote_effect(
-    fs: fsspec.AbstractFileSystem, r: ByteRange, quote_char: str = '"', delimiter: str = ","
-) -> QuoteEffect:
-    """The effect on the quote state of the quote runs that start in [r.start, r.end).
-
-    A run that starts before r.start belongs to the range before; one that starts before r.end and
-    goes on past it belongs to this range (the read goes on to its end). Independent per range, so
-    the runtime can scan every range of a file in parallel and compose them (`range_quote_states`).
-    Reads the range once, through one reused buffer, a vectorised pass per chunk.
-    """
-    quote = _quote_byte(quote_char)
-    scan = _RunScan(quote[0], delimiter.encode("utf-8")[0])
-    remaining = r.end - r.start
-    with fs.open(r.path, "rb") as f, memoryview(bytearray(min(_CHUNK_BYTES, max(remaining, 1)))) as view:
-        if r.start > 0:
-            f.seek(r.start - 1)
-            scan.prev = f.read(1)[0]
-            if scan.prev == scan.quote:
-                scan.skipping = True  # the range opens inside a run the range before owns
-        else:
-            f.seek(0)
-        while remaining > 0:
-            n = f.readinto(view[: min(len(view), remaining)])
-            if not n:
-                break
-            values = np.frombuffer(view, np.uint8, n)
-            for at in range(0, n, _SCAN_BYTES):
-                scan.feed(values[at : at + _SCAN_BYTES])
-            remaining -= n
-        scan.finish_from(f)  # a run still open at r.end goes on into the next range's bytes
-    return scan.effect
-
-
-def csv_local_quote_state(
-    fs: fsspec.AbstractFileSystem,
-    path: str,
-    offset: int,
-    quote_char: str = '"',
-    delimiter: str = ",",
-    look_back: int | None = None,
-) -> bool | None:
-    """The quote state at ``offset`` of a CSV file, found from the bytes just before it, or None.
-
-    Known when the ``look_back`` bytes (default :data:`LOOK_BACK_BYTES`) before ``offset`` hold a
-    run that leaves the state outside
-    quotes whatever it was (see the module's notes), or reach the start of the file. A run that
-    starts before ``offset`` and goes on past it counts whole, as `csv_quote_effect` counts it.
-    """
-    quote = _quote_byte(quote_char)
-    if offset <= 0:
-        return False
-    begin = max(0, offset - (LOOK_BACK_BYTES if look_back is None else look_back))
-    scan = _RunScan(quote[0], delimiter.encode("utf-8")[0])
-    with fs.open(path, "rb") as f:
-        if begin > 0:
-            f.seek(begin - 1)
-            window = f.read(offset - begin + 1)
-            scan.prev = window[0]
-            window = window[1:]
-            if scan.prev == scan.quote:
-                scan.skipping = True  # its run started before the window: its length is unknown
-        else:
-            window = f.read(offset)
-        scan.feed(np.frombuffer(window, np.uint8))
-        scan.finish_from(f)
-    if begin == 0:
-        return apply_effect(scan.effect, False)
-    return apply_effect(scan.effect, False) if scan.effect >= SET_OUT else None
-
-
-def range_quote_states(effects: Sequence[QuoteEffect]) -> list[bool]:
-    """Quote state at the start of each range of one file, from the ranges' `csv_quote_effect`."""
-    states: list[bool] = []
-    inside = False
-    for effect in effects:
-        states.append(inside)
-        inside = apply_effect(effect, inside)
-    return states
-
-
-class _RunScan:
-    """Folds the quote runs of consecutive chunks of CSV bytes into their effect on the state."""
-
-    def __init__(self, quote: int, delimiter: int) -> None:
-        self.quote = quote
-        self.field_start = np.array(sorted({delimiter, ord("\r"), ord("\n")}), np.uint8)
-        self.effect: QuoteEffect = KEEP
-        self.prev = -1
-        """The byte before the next chunk (-1: the start of the file, a field start)."""
-        self.open_run: tuple[bool, int] | None = None
-        """A run reaching the end of the last chunk: whether a field start precedes it, its length."""
-        self.skipping = False
-        """Leading quotes belong to a run that started before the scan: skip them."""
-
-    def _starts_field(self, byte: int) -> bool:
-        return byte < 0 or bool(np.isin(byte, self.field_start))
-
-    def feed(self, values: np.ndarray) -> None:
-        """Take the next bytes."""
-        if not len(values):
-            return
-        quotes = values == self.quote
-        lead = len(values) if quotes.all() else int(np.argmin(quotes))
-        if lead and (self.skipping or self.open_run is not None):
-            if self.open_run is not None:
-                self.open_run = (self.open_run[0], self.open_run[1] + lead)
-            if lead == len(values):
-                self.prev = self.quote
-                return
-            values, quotes = values[lead:], quotes[lead:]
-        self.skipping = False
-        if self.open_run is not None:
-            self._close(*self.open_run)
-            self.open_run = None
-        # each run is [start, end): where the bytes turn into quotes, and where they turn back
-        turns = np.flatnonzero(quotes[1:] != quotes[:-1]) + 1
-        starts, ends = turns[quotes[turns]], turns[~quotes[turns]]
-        if quotes[0]:
-            starts = np.concatenate(([0], starts))
-        if quotes[-1]:
-            ends = np.concatenate((ends, [len(values)]))
-        if len(starts) and ends[-1] == len(values):
-            before = values[starts[-1] - 1] if starts[-1] else self.prev
-            self.open_run = (self._starts_field(int(before)), int(ends[-1] - starts[-1]))
-            starts, ends = starts[:-1], ends[:-1]
-        if len(starts):
-            before = values[np.maximum(starts - 1, 0)]
-            at_field = np.isin(before, self.field_start)
-            if starts[0] == 0:
-                at_field[0] = self._starts_field(self.prev)
-            odd = ((ends - starts) & 1).astype(bool)
-            self._fold(odd & at_field, odd & ~at_field)
-        self.prev = int(values[-1])
-
-    def finish(self) -> None:
-        """The bytes ended (a run still open ends with them)."""
-        if self.open_run is not None:
-            self._close(*self.open_run)
-            self.open_run = None
-
-    def finish_from(self, f: Any) -> bytes:
-        """End the scan at `f`'s position: a run still open goes on through the quotes that follow,
-        read from `f` (left just after them). Returns those quotes."""
-        taken = b""
-        while self.open_run is not None and (more := f.read(_SEARCH_BYTES)):
-            rest = more.lstrip(bytes([self.quote]))
-            run = more[: len(more) - len(rest)]
-            self.feed(np.frombuffer(run, np.uint8))
-            taken += run
-            if rest:
-                f.seek(f.tell() - len(rest))
-                break
-        self.finish()
-        return taken
-
-    def _close(self, at_field: bool, length: int) -> None:
-        odd = np.array([length & 1 == 1])
-        self._fold(odd & at_field, odd & (not at_field))
-
-    def _fold(self, flips: np.ndarray, settles: np.ndarray) -> None:
-        settled = np.flatnonzero(settles)
-        if len(settled):
-            after = int(np.count_nonzero(flips[settled[-1] + 1 :]))
-            self.effect = SET_OUT | (after & 1)
-        else:
-            self.effect = then(self.effect, int(np.count_nonzero(flips)) & 1)
 
 
 def read_range_bytes(
@@ -305,7 +101,7 @@ def header_line(
     fs: fsspec.AbstractFileSystem, path: str, quote_char: str = '"', delimiter: str = ","
 ) -> bytes:
     """The first CSV record of the file (several lines if quoted), including its newline."""
-    quote = _quote_byte(quote_char)
+    quote = quote_byte(quote_char)
     parts: list[bytes] = []
     at, step = _Cursor(), _SEARCH_BYTES
     with fs.open(path, "rb") as f:
@@ -404,13 +200,6 @@ def read_lines_range(
         yield [line[:-1] if line.endswith("\r") else line for line in lines[i : i + batch_rows]]
 
 
-def _quote_byte(quote_char: str) -> bytes:
-    quote = quote_char.encode("utf-8")
-    if len(quote) != 1 or quote == _NL:
-        raise ValueError(f"quote_char must be one byte, not a newline: {quote!r}")
-    return quote
-
-
 @dataclass
 class _Cursor:
     """Where a boundary search stands: the quote state and the byte before the next chunk."""
@@ -497,7 +286,7 @@ def _read_records(
     comes from Arrow's memory pool, which reuses the pages of the task before (a zero-filled
     bytearray faulted in fresh pages for every range: 0.6 CPU-s per GB read).
     """
-    quote = _quote_byte(quote_char) if kind == "csv" and quote_char is not None else None
+    quote = quote_byte(quote_char) if kind == "csv" and quote_char is not None else None
     inside = in_quotes and quote is not None
     delim = delimiter.encode("utf-8")
     with fs.open(r.path, "rb") as f:
@@ -541,11 +330,9 @@ def _read_records(
         elif end_in_quotes is None:
             # data_start is a boundary, so outside quotes at a field start; the runs after it give
             # the state at r.end.
-            scan = _RunScan(quote[0], delim[0])
+            scan = RunScan(quote, delimiter)
             scan.prev = _NL[0] if data_start else -1
-            values = np.frombuffer(body.view(len(prefix)), np.uint8)
-            for at_byte in range(0, len(values), _SCAN_BYTES):
-                scan.feed(values[at_byte : at_byte + _SCAN_BYTES])
+            scan.feed(np.frombuffer(body.view(len(prefix)), np.uint8))
             body.append(scan.finish_from(f))  # the rest of a run going on past r.end
             end_in_quotes = apply_effect(scan.effect, False)
             at.skip_quotes = False

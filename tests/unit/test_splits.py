@@ -19,16 +19,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from connectors import splits
+from connectors import csv_quotes, splits
+from connectors.csv_quotes import csv_local_quote_state, csv_quote_effect, range_quote_states
 from connectors.readers import READERS, Split
 from connectors.sources import ReadCsv
 from connectors.splits import (
     ByteRange,
-    csv_local_quote_state,
-    csv_quote_effect,
     header_line,
     plan_ranges,
-    range_quote_states,
     read_csv_range,
     read_lines_range,
     read_range_bytes,
@@ -116,10 +114,14 @@ def _ref_lines(data: bytes) -> list[str]:
 
 @contextlib.contextmanager
 def _small_reads(chunk: int) -> Iterator[None]:
-    """Read in chunks of `chunk` bytes, and start boundary searches at one byte, then double."""
+    """Read and scan in chunks of `chunk` bytes, start boundary searches at one byte, then double,
+    and read on through a quote run one byte at a time."""
     with (
         mock.patch.object(splits, "_CHUNK_BYTES", chunk),
         mock.patch.object(splits, "_SEARCH_BYTES", 1),
+        mock.patch.object(csv_quotes, "_READ_BYTES", chunk),
+        mock.patch.object(csv_quotes, "_SCAN_BYTES", chunk),
+        mock.patch.object(csv_quotes, "_RUN_READ_BYTES", 1),
     ):
         yield
 
@@ -398,8 +400,8 @@ def test_csv_source_reads_literal_quotes_in_unquoted_fields_like_one_whole_read(
     reader = READERS["read_csv"]
     spec = ReadCsv(op="read_csv", path=str(path), split_bytes=500)
     whole = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
-    for look_back in (splits.LOOK_BACK_BYTES, 8):
-        with mock.patch.object(splits, "LOOK_BACK_BYTES", look_back):
+    for look_back in (csv_quotes.LOOK_BACK_BYTES, 8):
+        with mock.patch.object(csv_quotes, "LOOK_BACK_BYTES", look_back):
             found = reader.splits(spec, "input", [str(path)])
         assert len(found) > 100 and any(s.in_quotes for s in found)
         table = pa.concat_tables(t for s in found for t in reader.read(spec, s, 1_000))
@@ -711,5 +713,5 @@ def test_scanning_a_range_for_its_quote_state_takes_little_memory(tmp_path: Path
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert owned == data and effect == splits.SET_OUT
+    assert owned == data and effect == csv_quotes.SET_OUT
     assert peak < 3 * len(data)  # the bytes returned, and the scan's 1 MiB at a time
