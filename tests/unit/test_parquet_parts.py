@@ -42,6 +42,13 @@ def test_a_repeating_column_keeps_its_dictionary_in_a_small_table_too() -> None:
     assert dictionary_columns(table, 1 << 20) is True
 
 
+def test_a_table_no_larger_than_the_sample_is_judged_by_its_exact_distinct_count() -> None:
+    # 600 values over 1,000 rows: 400 repeats, which the birthday estimate (n^2 / 2c) would read as
+    # 1,250 distinct values, more than the rows
+    table = pa.table({"v": pa.array(np.arange(1_000) % 600), "id": np.arange(1_000)})
+    assert dictionary_columns(table, 1 << 20) == ["v"]
+
+
 def test_leaving_them_out_costs_no_space(tmp_path: Path) -> None:
     # pyarrow tries every column and gives up on the unique ones part-way: skipping the attempt
     # writes them plainly from the start, which is no bigger
