@@ -57,7 +57,7 @@ LOOK_BACK_BYTES = 256 * 1024
 _READ_BYTES = 4 * 1024 * 1024
 # A run still open at the end of a scan is read on in steps of this many bytes (it is rarely long).
 _RUN_READ_BYTES = 64 * 1024
-# Scans take this many bytes at a time, so their temporaries (a byte or a run index per byte) stay small.
+# Scans take this many bytes at a time, so their temporaries (8 bytes per quote) stay small.
 _SCAN_BYTES = 1024 * 1024
 
 
@@ -148,7 +148,9 @@ class RunScan:
 
     def __init__(self, quote: bytes, delimiter: str) -> None:
         self.quote = quote[0]
-        self.field_start = np.array(sorted({delimiter.encode("utf-8")[0], ord("\r"), ord("\n")}), np.uint8)
+        self.field_start = np.zeros(256, bool)
+        """Whether a quote after this byte is at a field's start: a delimiter, CR or LF."""
+        self.field_start[[delimiter.encode("utf-8")[0], ord("\r"), ord("\n")]] = True
         self.effect: QuoteEffect = KEEP
         self.prev = -1
         """The byte before the next chunk (-1: the start of the file, a field start)."""
@@ -189,49 +191,54 @@ class RunScan:
             if rest:
                 f.seek(f.tell() - len(rest))
                 break
-        if self.open_run is not None:  # the bytes ended with the run
-            self._close(*self.open_run)
-            self.open_run = None
+        self._end_run()  # the bytes ended with the run
         return taken
 
     def _starts_field(self, byte: int) -> bool:
-        return byte < 0 or bool(np.isin(byte, self.field_start))
+        return byte < 0 or bool(self.field_start[byte])
 
     def _feed(self, values: np.ndarray) -> None:
-        if not len(values):
+        n = len(values)
+        if not n:
             return
-        quotes = values == self.quote
-        lead = len(values) if quotes.all() else int(np.argmin(quotes))
-        if lead and (self.skipping or self.open_run is not None):
+        # Work on the quotes' positions: two passes over the bytes, then arrays as long as the quotes.
+        at = np.flatnonzero(values == self.quote)
+        if not len(at):
+            self._end_run()
+            self.prev = int(values[-1])
+            return
+        # each run of consecutive quotes is [start, end)
+        breaks = np.flatnonzero(np.diff(at) != 1) + 1
+        starts = at[np.concatenate(([0], breaks))]
+        ends = at[np.concatenate((breaks - 1, [len(at) - 1]))] + 1
+        if starts[0] == 0 and (self.skipping or self.open_run is not None):
+            # the chunk opens with the rest of a run that began before it
+            lead = int(ends[0])
             if self.open_run is not None:
                 self.open_run = (self.open_run[0], self.open_run[1] + lead)
-            if lead == len(values):
+            if lead == n:
                 self.prev = self.quote
                 return
-            values, quotes = values[lead:], quotes[lead:]
-        self.skipping = False
-        if self.open_run is not None:
-            self._close(*self.open_run)
-            self.open_run = None
-        # each run is [start, end): where the bytes turn into quotes, and where they turn back
-        turns = np.flatnonzero(quotes[1:] != quotes[:-1]) + 1
-        starts, ends = turns[quotes[turns]], turns[~quotes[turns]]
-        if quotes[0]:
-            starts = np.concatenate(([0], starts))
-        if quotes[-1]:
-            ends = np.concatenate((ends, [len(values)]))
-        if len(starts) and ends[-1] == len(values):
-            before = values[starts[-1] - 1] if starts[-1] else self.prev
-            self.open_run = (self._starts_field(int(before)), int(ends[-1] - starts[-1]))
+            starts, ends = starts[1:], ends[1:]
+        self._end_run()
+        if len(starts) and ends[-1] == n:
+            before = int(values[starts[-1] - 1]) if starts[-1] else self.prev
+            self.open_run = (self._starts_field(before), int(n - starts[-1]))
             starts, ends = starts[:-1], ends[:-1]
         if len(starts):
-            before = values[np.maximum(starts - 1, 0)]
-            at_field = np.isin(before, self.field_start)
+            at_field = self.field_start[values[np.maximum(starts - 1, 0)]]
             if starts[0] == 0:
                 at_field[0] = self._starts_field(self.prev)
             odd = ((ends - starts) & 1).astype(bool)
             self._fold(odd & at_field, odd & ~at_field)
         self.prev = int(values[-1])
+
+    def _end_run(self) -> None:
+        """A byte other than a quote came (or the bytes ended): a run still open has its length."""
+        self.skipping = False
+        if self.open_run is not None:
+            self._close(*self.open_run)
+            self.open_run = None
 
     def _close(self, at_field: bool, length: int) -> None:
         odd = np.array([length & 1 == 1])
