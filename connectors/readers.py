@@ -99,23 +99,10 @@ class _CsvReader:
         for f in files:
             fs, path = filesystem(f.url)
             ranges.extend((f, r) for r in plan_ranges(fs, path, spec.split_bytes))
-        # Whether a range starts (or ends) inside a quoted field is read from the bytes just before
-        # it; for a file where some start cannot be (no quotes, or a quoted field longer than the
-        # look-back), every range is scanned for its effect on the quote state, in parallel, and
-        # the effects are composed in order (see connectors.splits).
-        starts = [(f.url, r.start, spec.quote_char, spec.delimiter) for f, r in ranges if r.start > 0]
-        local = dict(zip([(u, at) for u, at, _, _ in starts], pmap(_local_state, starts), strict=True))
-        scanned = {u for (u, _), state in local.items() if state is None}
-        inner = [(f.url, r, spec.quote_char, spec.delimiter) for f, r in ranges if f.url in scanned]
-        effects = dict(zip([(u, r.index) for u, r, _, _ in inner], pmap(_effect, inner), strict=True))
-        state_at: dict[tuple[str, int], bool] = {}
-        for url in {f.url for f, _ in ranges}:
-            mine = [r for f, r in ranges if f.url == url]
-            if url in scanned:
-                states = range_quote_states([effects[(url, r.index)] for r in mine])
-            else:
-                states = [bool(local.get((url, r.start), False)) for r in mine]
-            state_at.update({(url, r.index): state for r, state in zip(mine, states, strict=True)})
+        if spec.quote_char is None:  # without quoting every newline ends a record: nothing to find
+            state_at = {(f.url, r.index): False for f, r in ranges}
+        else:
+            state_at = _quote_states(spec, ranges, pmap)
         out: list[Split] = []
         headers: dict[str, bytes | None] = {}
         for f, r in ranges:
@@ -125,7 +112,7 @@ class _CsvReader:
                     header_line(fs, path, spec.quote_char, spec.delimiter) if spec.header else None
                 )
             # a file's last range ends where the file does: the state there is never needed
-            after = state_at.get((f.url, r.index + 1)) if r.end < r.file_size else None
+            after = state_at[(f.url, r.index + 1)] if r.end < r.file_size else None
             out.append(
                 Split(
                     node,
@@ -168,7 +155,7 @@ class _CsvReader:
             "read_options": pacsv.ReadOptions(block_size=block, column_names=spec.column_names),
             "parse_options": pacsv.ParseOptions(
                 delimiter=spec.delimiter,
-                quote_char=spec.quote_char,
+                quote_char=spec.quote_char if spec.quote_char is not None else False,
                 newlines_in_values=True,
                 invalid_row_handler=on_invalid,
             ),
@@ -220,6 +207,31 @@ class _CsvReader:
                 node=split.node,
                 input={"url": split.url, "split": split.index, "start": split.start, "end": split.end},
             ) from None
+
+
+def _quote_states(
+    spec: ReadCsv, ranges: list[tuple[FileRef, ByteRange]], pmap: ParallelMap
+) -> dict[tuple[str, int], bool]:
+    """Whether each range (by file URL and range index) starts inside a quoted field.
+
+    Read from the bytes just before each start; for a file where some start cannot be (no quotes,
+    or a quoted field longer than the look-back), every range is scanned for its effect on the quote
+    state, in parallel, and the effects are composed in order (see connectors.csv_quotes).
+    """
+    starts = [(f.url, r.start, spec.quote_char, spec.delimiter) for f, r in ranges if r.start > 0]
+    local = dict(zip([(u, at) for u, at, _, _ in starts], pmap(_local_state, starts), strict=True))
+    scanned = {u for (u, _), state in local.items() if state is None}
+    inner = [(f.url, r, spec.quote_char, spec.delimiter) for f, r in ranges if f.url in scanned]
+    effects = dict(zip([(u, r.index) for u, r, _, _ in inner], pmap(_effect, inner), strict=True))
+    state_at: dict[tuple[str, int], bool] = {}
+    for url in {f.url for f, _ in ranges}:
+        mine = [r for f, r in ranges if f.url == url]
+        if url in scanned:
+            states = range_quote_states([effects[(url, r.index)] for r in mine])
+        else:
+            states = [bool(local.get((url, r.start), False)) for r in mine]
+        state_at.update({(url, r.index): state for r, state in zip(mine, states, strict=True)})
+    return state_at
 
 
 def _local_state(url: str, offset: int, quote_char: str, delimiter: str) -> bool | None:

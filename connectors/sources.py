@@ -33,7 +33,14 @@ class ReadCsv(FileSource):
 
     op: Literal["read_csv"] = Field(description="Read CSV files.")
     delimiter: str = Field(",", min_length=1, max_length=1, description="Field delimiter.")
-    quote_char: str = Field('"', min_length=1, max_length=1, description="Quote character.")
+    quote_char: str | None = Field(
+        '"',
+        min_length=1,
+        max_length=1,
+        description="Quote character; `null` for a file without quoting, where quotes are ordinary "
+        "text and every newline ends a record (no pass over the file to find quoted newlines when it "
+        "is split, and a faster parse).",
+    )
     header: bool = Field(True, description="Whether the first line of each file names the columns.")
     column_names: list[str] | None = Field(None, description="Column names, for files without a header line.")
     column_types: dict[str, str] | None = Field(

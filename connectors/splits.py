@@ -98,10 +98,12 @@ def read_range_bytes(
 
 
 def header_line(
-    fs: fsspec.AbstractFileSystem, path: str, quote_char: str = '"', delimiter: str = ","
+    fs: fsspec.AbstractFileSystem, path: str, quote_char: str | None = '"', delimiter: str = ","
 ) -> bytes:
-    """The first CSV record of the file (several lines if quoted), including its newline."""
-    quote = quote_byte(quote_char)
+    """The first CSV record of the file (several lines if quoted), including its newline.
+
+    ``quote_char`` None: the file has no quoting, and the first line is the record."""
+    quote = quote_byte(quote_char) if quote_char is not None else None
     parts: list[bytes] = []
     at, step = _Cursor(), _SEARCH_BYTES
     with fs.open(path, "rb") as f:

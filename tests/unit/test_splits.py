@@ -408,6 +408,30 @@ def test_csv_source_reads_literal_quotes_in_unquoted_fields_like_one_whole_read(
         assert table.num_rows == 3_000 and table.equals(whole.cast(table.schema))
 
 
+def test_csv_without_quoting_takes_quotes_as_text_and_plans_without_reading(tmp_path: Path):
+    # with quote_char null every newline ends a record: `"abc` and `def"` are two rows, and planning
+    # never looks at the bytes for quote states
+    rows = [f'{i},"open {i}' if i % 2 else f'{i},close {i}" and 5" screen' for i in range(2_000)]
+    path = tmp_path / "unquoted.csv"
+    path.write_bytes(("id,text\n" + "\n".join(rows) + "\n").encode())
+    reader = READERS["read_csv"]
+    spec = ReadCsv.model_validate(
+        {"op": "read_csv", "path": str(path), "split_bytes": 300, "quote_char": None}
+    )
+
+    def no_planning_reads(fn: object, items: list[object]) -> list[object]:
+        raise AssertionError(f"planning ran {fn} over {len(items)} items")
+
+    found = reader.splits(spec, "input", [str(path)], pmap=no_planning_reads)
+    assert len(found) > 50 and not any(s.in_quotes or s.end_in_quotes for s in found)
+    table = pa.concat_tables(t for s in found for t in reader.read(spec, s, 100))
+    whole = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(quote_char=False))
+    assert table.num_rows == 2_000 and table.equals(whole.cast(table.schema))
+    assert table["text"][1].as_py() == '"open 1'
+    quoted = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
+    assert quoted.num_rows < 2_000  # the same bytes with quoting: fields run over newlines
+
+
 def test_csv_quotes_at_every_possible_range_edge(tmp_path: Path):
     rows = [['"', ""], ['a,"b"', "x\r\ny"], ['""', '"\n"'], ["中", "\n"], ["", '"']]
     out = io.StringIO(newline="")
