@@ -218,7 +218,7 @@ def _find_boundary(
 ) -> int:
     """Index just after the first newline at or after `pos` outside quotes, or -1 if none.
 
-    Walks quote runs (see the module's notes) with bytes.find, so the cost is in quotes passed, not
+    Walks quote runs (see connectors.csv_quotes) with bytes.find, so the cost is in quotes passed, not
     bytes; it only ever runs over about a record. Updates `at` to the state at the end of the scan
     (where the boundary was found, or at the end of `buf`) so a scan can continue into the next
     chunk; `buf` must not end inside a quote run unless the file ends there (`_read_whole_runs`).

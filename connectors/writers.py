@@ -152,19 +152,19 @@ _SAMPLE_ROWS = 4096
 def dictionary_columns(table: pa.Table, group_rows: int) -> bool | list[str]:
     """The columns worth dictionary-encoding (``True``: all of them), judged from ``table``.
 
-        pyarrow dictionary-encodes every column, and gives a column chunk up for plain encoding once its
-        dictionary outgrows :data:`DICTIONARY_PAGE_BYTES`. For a column of (nearly) unique values, such
-        as ids or free text, the dictionary cannot pay, and hashing every value into it cost a sixth of
-        the write. A column is left out when its distinct values, estimated from a sample of rows by
-        their collisions (``n^2 / 2c``, the birthday estimate) or counted when the sample is the whole
-    table, are nearly as many as the rows, or would
-        fill a row group's dictionary past that limit. Nested columns are left to pyarrow (the list
-        names top-level columns only).
+    pyarrow dictionary-encodes every column, and gives a column chunk up for plain encoding once its
+    dictionary outgrows :data:`DICTIONARY_PAGE_BYTES`. For a column of (nearly) unique values, such
+    as ids or free text, the dictionary cannot pay, and hashing every value into it cost a sixth of
+    the write. A column is left out when its distinct values (counted when the sample is the whole
+    table, else estimated from a sample of rows by their collisions, ``n^2 / 2c``, the birthday
+    estimate) are nearly as many as the rows, or would fill a row group's dictionary past that
+    limit. Nested columns are left to pyarrow (the list names top-level columns only).
     """
     rows = table.num_rows
     if rows == 0 or any(pa.types.is_nested(f.type) for f in table.schema):
         return True
     picks = pa.array(np.linspace(0, rows - 1, min(rows, _SAMPLE_ROWS)).astype(np.int64))
+    group = min(rows, group_rows)
     keep: list[str] = []
     for name, column in zip(table.column_names, table.columns, strict=True):
         sample = column.take(picks)
@@ -175,7 +175,6 @@ def dictionary_columns(table: pa.Table, group_rows: int) -> bool | list[str]:
             collisions = n - seen
             distinct = n * n / (2 * collisions) if collisions else float("inf")
         entry_bytes = column.nbytes / rows
-        group = min(rows, group_rows)
         if distinct < 0.9 * group and min(distinct, group) * entry_bytes <= DICTIONARY_PAGE_BYTES:
             keep.append(name)
     return True if len(keep) == table.num_columns else keep

@@ -27,10 +27,15 @@ TRIM_THRESHOLD_BYTES = 256 << 20
 """Free memory at the top of the heap kept mapped, up to this size."""
 
 
+def on_glibc() -> bool:
+    """Whether this process's C library is glibc, whose thresholds `keep_freed_memory` sets."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Set the worker's malloc thresholds (once per process); True when they were applied."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 
 import pytest
+
+from engine.runtime.allocator import on_glibc
 
 # 20 batches that each allocate and fill 100 blocks of 256 KiB (25 MiB, like a batch's result
 # buffers), then free them all; print the page faults the batches took.
@@ -38,8 +39,7 @@ def _faults(mode: str) -> int:
 
 
 @pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-    reason="the thresholds are glibc's; elsewhere keep_freed_memory does nothing",
+    not on_glibc(), reason="the thresholds are glibc's; elsewhere keep_freed_memory does nothing"
 )
 def test_freed_blocks_are_reused_without_new_page_faults() -> None:
     fresh, kept = _faults("fresh"), _faults("keep")

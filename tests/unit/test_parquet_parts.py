@@ -1,5 +1,5 @@
-"""Parquet parts: row groups gather batches, and dictionary encoding is left out only where pyarrow
-would give it up anyway."""
+"""Parquet parts: each batch is written as it comes, and dictionary encoding is left out only where
+pyarrow would give it up anyway."""
 
 from __future__ import annotations
 
