@@ -101,16 +101,21 @@ _state = _State()
 _server: Any = None
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> int:
-    """Serve ``/metrics`` on ``port`` (0: any free port) from a background thread for the life of this
-    process; returns the port. A second call returns the first server's port."""
+DEFAULT_ADDR = "127.0.0.1"
+"""Loopback: run figures (pipeline and node names, costs) are not published to the network unless the
+operator asks for it with ``--metrics-addr``."""
+
+
+def serve(port: int, addr: str = DEFAULT_ADDR) -> int:
+    """Serve ``/metrics`` on ``addr:port`` (port 0: any free port) from a background thread for the life
+    of this process; returns the port. A second call returns the first server's port."""
     global _server
     if _server is None:
         try:
             server, _ = start_http_server(port, addr=addr, registry=REGISTRY)
         except OSError as exc:
             raise HeadraceError(
-                f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}; choose another --metrics-port"
+                f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}; choose another --metrics-port or --metrics-addr"
             ) from None
         _server = server
     return int(_server.server_port)

@@ -53,7 +53,14 @@ from engine.cli.runs import parse_json_option
     "--metrics-port",
     type=click.IntRange(0, 65535),
     metavar="PORT",
-    help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics while the run lasts.",
+    help="Serve Prometheus metrics on http://ADDR:PORT/metrics while the run lasts.",
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDR",
+    help="The address the metrics endpoint binds (loopback by default; 0.0.0.0 for every interface).",
 )
 @_friendly
 def run(
@@ -68,6 +75,7 @@ def run(
     no_cache: bool,
     trace: str | None,
     metrics_port: int | None,
+    metrics_addr: str,
 ) -> None:
     """Validate, compile and run a pipeline (a local Ray is started when no --address is given).
 
@@ -83,8 +91,9 @@ def run(
     configure_logging()
     telemetry.configure(trace)
     if metrics_port is not None:
-        port = metrics.serve(metrics_port)
-        click.echo(f"metrics: http://localhost:{port}/metrics", err=True)
+        port = metrics.serve(metrics_port, metrics_addr)
+        host = f"[{metrics_addr}]" if ":" in metrics_addr else metrics_addr
+        click.echo(f"metrics: http://{host}:{port}/metrics", err=True)
     content = sys.stdin.buffer.read() if path == "-" else None
     checked = check_file(path, content=content, overrides=overrides)
     for warning in checked.warnings:
