@@ -115,7 +115,8 @@ def serve(port: int, addr: str = DEFAULT_ADDR) -> int:
             server, _ = start_http_server(port, addr=addr, registry=REGISTRY)
         except OSError as exc:
             raise HeadraceError(
-                f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}; choose another --metrics-port or --metrics-addr"
+                f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}; "
+                "choose another --metrics-port or --metrics-addr"
             ) from None
         _server = server
     return int(_server.server_port)

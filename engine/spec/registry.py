@@ -12,11 +12,12 @@ import importlib
 import threading
 from collections.abc import Mapping
 from functools import lru_cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Annotated, Any, TypeVar, Union, get_args
 
 from pydantic import Field, create_model
 
+from engine.policy import Policy, PolicyViolation, import_object
 from engine.spec.models import NodeName, NodeSpec, Pipeline
 
 ENTRY_POINT_GROUP = "headrace.ops"
@@ -70,8 +71,25 @@ def _ensure_loaded() -> None:
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        _register_loaded(ep.load())
+        _register_loaded(load_entry_point(ep))
     _loaded = True
+
+
+def load_entry_point(ep: EntryPoint, policy: Policy | None = None) -> Any:
+    """A plugin's module, or the class or function it names, by the operator's module policy: the module
+    must be allowed and an attribute must be defined in an allowed module (an entry point naming
+    ``pkg:subprocess.run`` is refused before anything is called)."""
+    policy = Policy.from_env() if policy is None else policy
+    where = f"plugin entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP})"
+    try:
+        if ep.attr is None:
+            problem = policy.module_problem(ep.module)
+            if problem is not None:
+                raise PolicyViolation(problem)
+            return importlib.import_module(ep.module)
+        return import_object(f"{ep.module}:{ep.attr}", policy)
+    except PolicyViolation as exc:
+        raise RegistryError(f"{where}: {exc}; uninstall it or allow its module") from None
 
 
 def _register_loaded(obj: Any) -> None:
