@@ -58,6 +58,9 @@ class ReadCsv(FileSource):
             return {n: types[n] for n in names}
         return None
 
+    def arrow_types(self) -> dict[tuple[str | int, ...], str]:
+        return {("column_types", name): t for name, t in (self.column_types or {}).items()}
+
 
 @register_op
 class ReadJsonl(FileSource):
@@ -74,6 +77,9 @@ class ReadJsonl(FileSource):
         if self.columns is not None and all(n in types for n in self.columns):
             return {n: types[n] for n in self.columns}
         return None
+
+    def arrow_types(self) -> dict[tuple[str | int, ...], str]:
+        return {("column_types", name): t for name, t in (self.column_types or {}).items()}
 
 
 @register_op

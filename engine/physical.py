@@ -19,7 +19,7 @@ from engine.spec.models import Defaults, ErrorPolicy, NodeSpec, Pipeline, Resour
 from operators.llm import LlmSpec
 from operators.llm_rows import Target
 from operators.providers.pricing import PriceTable, UnknownPrice
-from operators.providers.registry import DEFAULT_MODELS
+from operators.providers.registry import DEFAULT_MODELS, available_providers
 
 LLM_RETRY = RetryPolicy(max_attempts=6, initial_backoff_s=0.5, max_backoff_s=30.0)
 """Retries of one LLM call when neither the node nor the defaults set a policy (429s do not count)."""
@@ -311,6 +311,10 @@ def plan_pools(stages: list[Stage], defaults: Defaults) -> tuple[list[PoolPlan],
                     )
                 )
                 continue
+            if provider not in available_providers():
+                where = ("nodes", node.id, "provider") if spec.provider else ("defaults", "provider")
+                problems.append(_unknown_provider(where, provider))
+                continue
             same = spec.provider is None or spec.provider == defaults.provider
             model = spec.model or (defaults.model if same else None) or DEFAULT_MODELS.get(provider)
             if model is None:
@@ -325,6 +329,11 @@ def plan_pools(stages: list[Stage], defaults: Defaults) -> tuple[list[PoolPlan],
                 continue
             targets = [Target(provider, model)]
             for i, fallback in enumerate(spec.fallback):
+                if fallback.provider not in available_providers():
+                    problems.append(
+                        _unknown_provider(("nodes", node.id, "fallback", i, "provider"), fallback.provider)
+                    )
+                    continue
                 fallback_model = fallback.model or DEFAULT_MODELS.get(fallback.provider)
                 if fallback_model is None:
                     problems.append(
@@ -354,6 +363,15 @@ def plan_pools(stages: list[Stage], defaults: Defaults) -> tuple[list[PoolPlan],
                 )
             )
     return pools, problems
+
+
+def _unknown_provider(where: tuple[str | int, ...], provider: str) -> Problem:
+    return Problem(
+        where,
+        f"unknown provider '{provider}'; known: {', '.join(available_providers())}",
+        "plugins register under the 'headrace.providers' entry point group",
+        code="provider",
+    )
 
 
 def check_prices(

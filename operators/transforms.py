@@ -78,6 +78,9 @@ class Cast(TransformSpec):
     def column_refs(self) -> list[tuple[str, tuple[str | int, ...]]]:
         return [(c, ("columns", c)) for c in self.columns]
 
+    def arrow_types(self) -> dict[tuple[str | int, ...], str]:
+        return {("columns", c): t for c, t in self.columns.items()}
+
 
 @register_op
 class MapBatches(TransformSpec):

@@ -87,16 +87,20 @@ _set_option = click.option(
 def validate(paths: tuple[str, ...], overrides: tuple[str, ...], fmt: str, strict: bool) -> None:
     """Check pipeline files; print one line per problem as PATH:LINE:COL: error: MESSAGE.
 
-    Exits 0 when every file is valid, 1 otherwise.
+    Exits 0 when every file is valid, 1 otherwise. A file is compiled as `run` would compile it (no
+    Ray), so what `run` refuses before its first row is refused here; a provider's missing API key is
+    a warning (the machine that runs may have it), an error with --strict.
     """
     from engine.check import check_file
+    from engine.compile import compile_pipeline
 
     failed = False
     for path in paths:
         diagnostics: list[Diagnostic]
         try:
             content = sys.stdin.buffer.read() if path == "-" else None
-            diagnostics = check_file(path, content=content, overrides=overrides).warnings
+            checked = check_file(path, content=content, overrides=overrides)
+            diagnostics = list(compile_pipeline(checked, credentials="warning").problems)
         except ConfigError as exc:
             diagnostics = exc.diagnostics
         bad = any(d.severity == "error" or strict for d in diagnostics)

@@ -84,9 +84,9 @@ def run(
     """
     from engine import metrics, telemetry
     from engine.check import check_file
+    from engine.compile import compile_pipeline
     from engine.logs import configure_logging
     from engine.runtime.engine import Engine
-    from engine.runtime.graphs import is_state_graph
 
     configure_logging()
     telemetry.configure(trace)
@@ -96,7 +96,9 @@ def run(
         click.echo(f"metrics: http://{host}:{port}/metrics", err=True)
     content = sys.stdin.buffer.read() if path == "-" else None
     checked = check_file(path, content=content, overrides=overrides)
-    for warning in checked.warnings:
+    # compiled before Ray starts: what the run would refuse is refused here, located, in no time
+    compiled = compile_pipeline(checked, cache=not no_cache).raise_errors()
+    for warning in compiled.problems:
         click.echo(warning.format(), err=True)
     graph_input = None
     if input_text is not None:
@@ -106,13 +108,13 @@ def run(
     # The same engine as a long-lived service, for one run. A dataflow's Ray is started here, in the
     # main thread (where Ray installs its signal handlers); a state graph starts Ray only if one of
     # its nodes runs on Ray, so a light graph never pays for it.
-    dataflow = not is_state_graph(checked.loaded.spec)
+    dataflow = compiled.kind == "dataflow"
     # With --json, stdout carries exactly one JSON object: whatever else prints to it meanwhile (Ray
     # forwards its workers' and raylets' log lines to the driver's stdout) goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         with Engine(address, start_ray=dataflow, max_concurrent_runs=1) as engine:
             summary = engine.run(
-                checked,
+                compiled,
                 graph_input,
                 run_id=run_id,
                 resume=resume,

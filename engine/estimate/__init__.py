@@ -31,6 +31,7 @@ import asyncio
 import dataclasses
 
 from engine.check import CheckedPipeline, locate
+from engine.compile import compile_pipeline
 from engine.errors import ConfigError
 from engine.estimate.figures import (
     budget_problems,
@@ -45,12 +46,8 @@ from engine.estimate.results import Estimate, EstimateOptions, NodeEstimate, Sou
 from engine.estimate.sample import Sample, sample_source
 from engine.estimate.tokens import count_all, counters
 from engine.estimate.walk import Occurrence, StageWalk
-from engine.optimizer import optimize
-from engine.physical import check_prices, plan_pools
 from engine.plan import Problem
-from operators.llm_rows import Target
 from operators.providers.cache import ResponseCache
-from operators.providers.pricing import PriceTable
 
 __all__ = [
     "Estimate",
@@ -66,11 +63,10 @@ def estimate_checked(checked: CheckedPipeline, options: EstimateOptions | None =
     when a source cannot be read, ``HeadraceError`` when a token-count endpoint fails."""
     options = options or EstimateOptions()
     pipeline = checked.loaded.spec
-    stages, problems = optimize(checked.plan)
-    _raise_located(problems, checked)
-    pools, problems = plan_pools(stages, pipeline.defaults)
-    _raise_located(problems, checked)
-    prices = _price_table(checked, [(p.node, p.targets) for p in pools])
+    # compiled as a run would be (a missing API key only warns: estimating needs none by default)
+    compiled = compile_pipeline(checked, credentials="warning").raise_errors()
+    stages, pools, prices = compiled.stages, compiled.pools, compiled.prices
+    assert prices is not None  # no table means compilation found an error, raised above
     targets = {p.node: p.targets[0] for p in pools}
     counting, problems = counters(pipeline, targets, options.count_tokens)
     _raise_located(problems, checked)
@@ -126,14 +122,6 @@ def _raise_located(problems: list[Problem], checked: CheckedPipeline) -> None:
     errors = [locate(p, checked.loaded.document) for p in problems if p.severity == "error"]
     if errors:
         raise ConfigError(errors)
-
-
-def _price_table(checked: CheckedPipeline, pools: list[tuple[str, tuple[Target, ...]]]) -> PriceTable:
-    """The run's price table; every target must have a price, as a run requires."""
-    prices, problems = check_prices(pools, checked.loaded.spec)
-    _raise_located(problems, checked)
-    assert prices is not None  # no table means a problem was raised above
-    return prices
 
 
 def _cache(checked: CheckedPipeline) -> ResponseCache | None:

@@ -224,7 +224,7 @@ class Engine:
         unknown = set(options) - _RUN_OPTIONS
         if unknown:
             raise TypeError(f"unknown run options {sorted(unknown)}; known: {sorted(_RUN_OPTIONS)}")
-        kind, target = self._target(app_or_spec, options.pop("overrides", ()))
+        kind, target = self._target(app_or_spec, options.pop("overrides", ()), options.get("cache", True))
         run_id = options.get("resume") or options.pop("run_id", None) or self._new_run_id(kind)
         handle = RunHandle(self, run_id, tenant, kind, target, inputs, options)
         handle._owner = threading.get_ident() if here and kind == "checked" else None
@@ -241,8 +241,11 @@ class Engine:
             self._launch(ready)
         return handle
 
-    def _target(self, app_or_spec: Any, overrides: Any) -> tuple[str, Any]:
+    def _target(self, app_or_spec: Any, overrides: Any, cache: bool = True) -> tuple[str, Any]:
+        """What a submitted run executes: a compiled graph app, or a compiled pipeline (a pipeline that
+        does not compile raises ``ConfigError`` here, at submit, before anything starts)."""
         from engine.check import CheckedPipeline, check_file
+        from engine.compile import Compiled, compile_pipeline
         from engine.graph import CompiledGraph, Graph
 
         if isinstance(app_or_spec, CompiledGraph):
@@ -252,12 +255,15 @@ class Engine:
             if app is None:
                 app = self._compiled[app_or_spec] = app_or_spec.compile()
             return "graph", app
+        if isinstance(app_or_spec, Compiled):
+            return "checked", app_or_spec.raise_errors()
         if isinstance(app_or_spec, CheckedPipeline):
-            return "checked", app_or_spec
+            return "checked", compile_pipeline(app_or_spec, cache=cache).raise_errors()
         if isinstance(app_or_spec, (str, os.PathLike)):
-            return "checked", check_file(os.fspath(app_or_spec), overrides=list(overrides))
+            checked = check_file(os.fspath(app_or_spec), overrides=list(overrides))
+            return "checked", compile_pipeline(checked, cache=cache).raise_errors()
         raise TypeError(
-            f"submit() takes a CompiledGraph, a Graph, a pipeline path or a CheckedPipeline, "
+            f"submit() takes a CompiledGraph, a Graph, a pipeline path, a CheckedPipeline or a Compiled, "
             f"not {type(app_or_spec).__name__}"
         )
 

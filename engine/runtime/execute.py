@@ -20,27 +20,16 @@ from connectors.readers import Split, reader_for
 from connectors.writers import PartInfo
 from engine import metrics, telemetry
 from engine.audit import AuditLog, actor
-from engine.check import CheckedPipeline, locate
+from engine.check import CheckedPipeline
+from engine.compile import Compiled, capacity_problems, compile_pipeline, placement_problems
 from engine.errors import BudgetExceeded, ConfigError, DataError, Diagnostic, HeadraceError, RunError
 from engine.logs import get_logger, run_context
-from engine.optimizer import optimize
-from engine.physical import (
-    PhysicalStage,
-    Placement,
-    build_physical,
-    check_capacity,
-    check_outputs,
-    check_placement,
-    check_policy,
-    plan_pools,
-)
-from engine.plan import Problem
-from engine.policy import Policy
+from engine.physical import PhysicalStage, Placement
 from engine.runtime.cluster import ray_session
 from engine.runtime.failures import explain
-from engine.runtime.graphs import GraphRunSummary, default_url, is_state_graph, run_graph
+from engine.runtime.graphs import GraphRunSummary, default_url, run_graph
 from engine.runtime.llm.ledger import TenantScope
-from engine.runtime.llm.services import check_pools, start_services
+from engine.runtime.llm.services import start_services
 from engine.runtime.progress import Progress
 from engine.runtime.recording import RunRecording
 from engine.runtime.scheduler import Scheduler, StageRun
@@ -56,7 +45,7 @@ def new_run_id() -> str:
 
 
 def run_checked(
-    checked: CheckedPipeline,
+    target: CheckedPipeline | Compiled,
     *,
     address: str | None = None,
     run_id: str | None = None,
@@ -70,7 +59,11 @@ def run_checked(
     observe: Callable[[RunSummary], None] | None = None,
     tenant_name: str | None = None,
 ) -> RunSummary | GraphRunSummary:
-    """Run ``checked`` to completion on Ray and return its summary (failures are in the summary).
+    """Run ``target`` to completion on Ray and return its summary (failures are in the summary).
+
+    A ``CheckedPipeline`` is compiled first (:func:`engine.compile.compile_pipeline`); a pipeline that
+    does not compile raises ``ConfigError`` before Ray starts. The runtime itself only executes the
+    compiled plan.
 
     With ``resume=RUN_ID`` the run continues an earlier one of the same pipeline: splits whose parts
     were committed are skipped, so the output ends up with exactly the rows of an uninterrupted run.
@@ -91,6 +84,15 @@ def run_checked(
     When tracing is on (:mod:`engine.telemetry`) the run is one trace under a ``run`` span; when this
     process serves metrics (:mod:`engine.metrics`) the run is reported live and counted by status.
     """
+    compiled = (
+        target if isinstance(target, Compiled) else compile_pipeline(target, placement=placement, cache=cache)
+    )
+    if isinstance(target, Compiled) and placement is not None:
+        compiled = dataclasses.replace(
+            compiled, problems=compiled.problems + tuple(placement_problems(compiled, placement))
+        )
+    compiled.raise_errors()
+    checked = compiled.checked
     started: list[RunSummary] = []
 
     def watch(summary: RunSummary) -> None:
@@ -98,7 +100,7 @@ def run_checked(
         if observe is not None:
             observe(summary)
 
-    graph = is_state_graph(checked.loaded.spec)
+    graph = compiled.kind == "graph"
     if not graph:
         run_id = resume or run_id or new_run_id()
     name = checked.loaded.spec.name
@@ -117,7 +119,7 @@ def run_checked(
                 )
             else:
                 outcome = _run_dataflow(
-                    checked,
+                    compiled,
                     address=address,
                     run_id=run_id,
                     resume=resume,
@@ -165,7 +167,7 @@ def _end_run_span(span: Any, summary: RunSummary | GraphRunSummary) -> None:
 
 
 def _run_dataflow(
-    checked: CheckedPipeline,
+    compiled: Compiled,
     *,
     address: str | None,
     run_id: str | None,
@@ -181,25 +183,13 @@ def _run_dataflow(
 ) -> RunSummary:
     if input is not None or checkpoint is not None:
         message = "--input and --checkpoint are for state graphs; a dataflow pipeline reads its sources"
-        raise ConfigError([Diagnostic(checked.loaded.document.path, 1, 1, message)])
+        raise ConfigError([Diagnostic(compiled.checked.loaded.document.path, 1, 1, message)])
     run_id = resume or run_id or new_run_id()
+    checked = compiled.checked
     plan = checked.plan
     pipeline = checked.loaded.spec
-    stages, problems = optimize(plan)
-    _raise_located(problems, checked)
-    physical = build_physical(stages, pipeline.defaults.batch_rows, checked.resolver())
-    _raise_located(check_outputs(physical), checked)
-    policy = Policy.from_env()
-    _raise_located(check_policy(physical, plan.nodes.values(), policy), checked)
-    pools, problems = plan_pools(stages, pipeline.defaults)
-    _raise_located(problems, checked)
-    _raise_located(check_pools(pools, pipeline), checked)
-    if placement is not None:
-        _raise_located(check_placement(stages, pools, placement), checked)
-    cache_url = checked.cache_url() if cache else None
-    if cache_url is not None and pools and (problem := policy.path_problem(cache_url)) is not None:
-        hint = "set `cache.url` (or HEADRACE_CACHE_DIR) inside an allowed root, or run with --no-cache"
-        _raise_located([Problem(("cache",), problem, hint, code="policy", at="key")], checked)
+    stages, physical, pools = compiled.stages, list(compiled.physical), list(compiled.pools)
+    cache_url = compiled.cache_url if cache else None
     audit = AuditLog()
     audit.append("run_started", _audit_fields(run_id, checked, physical, resume))
     started = time.perf_counter()
@@ -219,7 +209,8 @@ def _run_dataflow(
     )
     try:
         with ray_session(address) as cluster:
-            _raise_located(check_capacity(stages, cluster.resources), checked)
+            if problems := capacity_problems(compiled, cluster.resources):
+                raise ConfigError(problems)
             _drive(
                 checked,
                 physical,
@@ -493,9 +484,3 @@ def _ray_map(
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, Exception) else exc
         raise DataError(f"planning splits failed: {cause}") from None
-
-
-def _raise_located(problems: list[Problem], checked: CheckedPipeline) -> None:
-    errors = [locate(p, checked.loaded.document) for p in problems if p.severity == "error"]
-    if errors:
-        raise ConfigError(errors)

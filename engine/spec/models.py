@@ -318,6 +318,11 @@ class NodeSpec(Model):
         :meth:`column_refs`), where the op needs one; checked when the column's type is known."""
         return {}
 
+    def arrow_types(self) -> dict[tuple[str | int, ...], str]:
+        """Arrow type names this node's fields give (``int64``, ``timestamp[s]``...), by the field path
+        (relative to the node) that names each; compilation refuses names Arrow does not know."""
+        return {}
+
 
 class SourceSpec(NodeSpec):
     """A node that reads data from outside the pipeline."""

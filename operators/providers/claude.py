@@ -35,7 +35,7 @@ from operators.providers.base import (
 from operators.providers.errors import (
     BadResponse,
     ConnectionFailed,
-    ProviderConfigError,
+    MissingCredentials,
     ProviderError,
     ProviderTimeout,
     error_for_status,
@@ -151,7 +151,7 @@ class AnthropicProvider:
         reader = ConfigReader(NAME, config or {}, frozenset({"api_key", "base_url"}))
         self._api_key = reader.string("api_key", "ANTHROPIC_API_KEY", environ=env)
         if not self._api_key:
-            raise ProviderConfigError(
+            raise MissingCredentials(
                 "no API key: set ANTHROPIC_API_KEY or the provider config's `api_key`", provider=NAME
             )
         self._base_url = reader.string("base_url", "ANTHROPIC_BASE_URL", environ=env)

@@ -118,6 +118,11 @@ class ProviderConfigError(ProviderError):
     """The provider cannot be built or used as configured (what to set is in the message)."""
 
 
+class MissingCredentials(ProviderConfigError):
+    """The provider has no API key (or other credential) in its config or the environment; ``headrace
+    validate`` warns about it (the machine that runs may have one), ``run`` refuses."""
+
+
 class RecordingMissing(ProviderError):
     """Replay-only mode has no recording for this request (the message names the request's hash)."""
 

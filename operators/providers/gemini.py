@@ -44,7 +44,7 @@ from operators.providers.base import (
 from operators.providers.errors import (
     BadResponse,
     ConnectionFailed,
-    ProviderConfigError,
+    MissingCredentials,
     ProviderError,
     ProviderTimeout,
     error_for_status,
@@ -216,7 +216,7 @@ class GeminiProvider:
         reader = ConfigReader(NAME, config or {}, frozenset({"api_key", "base_url", "api_version"}))
         self._api_key = reader.string("api_key", "GEMINI_API_KEY", "GOOGLE_API_KEY", environ=env)
         if not self._api_key:
-            raise ProviderConfigError(
+            raise MissingCredentials(
                 "no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) or the provider config's `api_key`",
                 provider=NAME,
             )

@@ -107,8 +107,10 @@ nodes:
     op: write_parquet
     input: classify
     path: out
+defaults: {provider: offline}
 """
-"""A valid LLM pipeline with declared input columns: line 12 is the prompt (value at col 13)."""
+"""A valid LLM pipeline with declared input columns: line 12 is the prompt (value at col 13); its
+provider is set last so that adding it moved no line (an LLM node without one does not compile)."""
 
 
 def _llm(**replace: str) -> str:

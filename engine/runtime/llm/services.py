@@ -1,10 +1,9 @@
-"""Starting a run's LLM machinery: compile-time checks, the ledger, the shared limiter, the pools.
+"""Starting a run's LLM machinery: the ledger, the shared limiter, the pools.
 
-Before Ray starts, every LLM node's providers are built once (a missing key or a bad config fails here,
-located in the pipeline file) and every model must have a price, so a run never spends without knowing
-what it spends. In the Ray session the run gets its own ``LedgerActor``, joins the cluster's one
-``RateLimiterActor`` (named and detached, so every pipeline on the cluster shares it), and starts the
-actors of each node's pool.
+The pools' providers, models and prices were checked when the pipeline was compiled
+(:mod:`engine.compile.providers`), before Ray started. In the Ray session the run gets its own
+``LedgerActor``, joins the cluster's one ``RateLimiterActor`` (named and detached, so every pipeline on
+the cluster shares it), and starts the actors of each node's pool.
 """
 
 from __future__ import annotations
@@ -16,57 +15,15 @@ from typing import Any
 
 import ray
 
-from engine.physical import Placement, PoolPlan, check_prices
-from engine.plan import Problem
+from engine.physical import Placement, PoolPlan
 from engine.runtime.llm.calls import CallSettings, account_id
 from engine.runtime.llm.ledger import LedgerActor, TenantScope
 from engine.runtime.llm.limiter import LIMITER_NAME, NAMESPACE, RateLimiterActor
 from engine.runtime.llm.pool import LlmPoolActor, PoolSetup
 from engine.spec.models import Budget, Pipeline
 from operators.llm import LlmSpec
-from operators.providers.base import BatchProvider, Provider
-from operators.providers.errors import ProviderError
-from operators.providers.registry import get_provider
 
 _POLL_S = 0.5
-
-
-def check_pools(pools: list[PoolPlan], pipeline: Pipeline) -> list[Problem]:
-    """Problems that would stop an LLM node's first call: a provider that cannot be built (a missing key,
-    a bad config), a batch mode its provider lacks, or a model without a price."""
-    _, problems = check_prices([(p.node, p.targets) for p in pools], pipeline)
-    built: dict[str, Provider] = {}
-    for pool in pools:
-        for i, target in enumerate(pool.targets):
-            where = ("nodes", pool.node, "provider") if i == 0 else ("nodes", pool.node, "fallback", i - 1)
-            if target.provider not in built:
-                try:
-                    built[target.provider] = get_provider(
-                        target.provider, pipeline.provider_config(target.provider)
-                    )
-                except ProviderError as exc:
-                    problems.append(Problem(where, str(exc), code="provider"))
-                    continue
-            if i == 0 and getattr(pool.spec, "mode", "online") == "batch":
-                if not isinstance(built[target.provider], BatchProvider):
-                    problems.append(
-                        Problem(
-                            ("nodes", pool.node, "mode"),
-                            f"provider '{target.provider}' has no batch API",
-                            "use `mode: online`, or a provider with one (anthropic, gemini)",
-                            code="provider",
-                        )
-                    )
-                elif pool.spec.fallback:  # type: ignore[attr-defined]
-                    problems.append(
-                        Problem(
-                            ("nodes", pool.node, "fallback"),
-                            "`mode: batch` sends rows to the node's own provider only; fallbacks never apply",
-                            "remove `fallback`, or use `mode: online`",
-                            code="provider",
-                        )
-                    )
-    return problems
 
 
 @dataclass

@@ -1,0 +1,137 @@
+"""The compile step: a checked pipeline in, a frozen :class:`Compiled` out, with every problem found.
+
+The checks run in the order a run used to meet them, and each one runs on what the earlier ones could
+build, so one pass reports every problem it can rather than stopping at the first:
+
+1. stages and fusion (:func:`engine.optimizer.optimize`): a join, an op with no runtime;
+2. Arrow type names in the nodes' fields (``column_types: {id: integer64}``);
+3. physical stages (:func:`engine.physical.build_physical`) and their outputs: an output equal to or
+   inside an input, two sinks in one folder, a ``memory://`` path;
+4. policy (:func:`engine.physical.check_policy`): paths outside the allowed roots, code from modules not
+   allowed, the response cache's folder; the place for every deployment-policy check;
+5. LLM pools (:func:`engine.physical.plan_pools`, :func:`engine.compile.providers.check_pools`): an
+   unknown provider, a model with no default or no price, a provider that cannot be built;
+6. when given, a tenant's placement and the cluster's capacity (:func:`placement_problems`,
+   :func:`capacity_problems`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import pyarrow as pa
+
+from engine.check import CheckedPipeline, locate
+from engine.compile.compiled import Compiled
+from engine.compile.providers import check_pools
+from engine.errors import Diagnostic
+from engine.optimizer import optimize
+from engine.physical import (
+    Placement,
+    build_physical,
+    check_capacity,
+    check_outputs,
+    check_placement,
+    check_policy,
+    plan_pools,
+)
+from engine.plan import Plan, Problem
+from engine.policy import Policy
+from engine.spec.models import Pipeline
+
+
+def compile_pipeline(
+    checked: CheckedPipeline,
+    *,
+    capacity: Mapping[str, float] | None = None,
+    placement: Placement | None = None,
+    policy: Policy | None = None,
+    cache: bool = True,
+    credentials: Literal["error", "warning"] = "error",
+) -> Compiled:
+    """Compile ``checked``; never raises for a problem of the pipeline (see :meth:`Compiled.raise_errors`).
+
+    ``capacity`` (Ray resource name -> amount, as ``ray.cluster_resources()`` gives) and ``placement``
+    add the checks that need a cluster; ``policy`` defaults to the deployment's (``Policy.from_env``);
+    ``cache=False`` compiles for a run that neither reads nor writes the response cache; ``credentials``
+    is the severity of a provider's missing key (``validate`` warns: the machine that runs may have one).
+    """
+    pipeline = checked.loaded.spec
+    policy = policy if policy is not None else Policy.from_env()
+    if _is_state_graph(pipeline):
+        return Compiled(checked, "graph", (), (), (), None, policy, None, tuple(checked.warnings))
+    problems: list[Problem] = []
+    stages, found = optimize(checked.plan)
+    problems += found
+    problems += _type_problems(checked.plan)
+    physical = build_physical(stages, pipeline.defaults.batch_rows, checked.resolver())
+    problems += check_outputs(physical)
+    problems += check_policy(physical, checked.plan.nodes.values(), policy)
+    pools, found = plan_pools(stages, pipeline.defaults)
+    problems += found
+    prices, found = check_pools(pools, pipeline, credentials=credentials)
+    problems += found
+    cache_url = checked.cache_url() if cache else None
+    if cache_url is not None and pools and (refused := policy.path_problem(cache_url)) is not None:
+        hint = "set `cache.url` (or HEADRACE_CACHE_DIR) inside an allowed root, or run with --no-cache"
+        problems.append(Problem(("cache",), refused, hint, code="policy", at="key"))
+    compiled = Compiled(
+        checked,
+        "dataflow",
+        tuple(stages),
+        tuple(physical),
+        tuple(pools),
+        prices,
+        policy,
+        cache_url,
+        tuple(checked.warnings) + _located(problems, checked),
+    )
+    extra: list[Diagnostic] = []
+    if placement is not None:
+        extra += placement_problems(compiled, placement)
+    if capacity is not None:
+        extra += capacity_problems(compiled, capacity)
+    if not extra:
+        return compiled
+    return dataclasses.replace(compiled, problems=compiled.problems + tuple(extra))
+
+
+def placement_problems(compiled: Compiled, placement: Placement) -> list[Diagnostic]:
+    """Tasks and pool actors of ``compiled`` that could never be scheduled inside ``placement``."""
+    found = check_placement(list(compiled.stages), list(compiled.pools), placement)
+    return list(_located(found, compiled.checked))
+
+
+def capacity_problems(compiled: Compiled, capacity: Mapping[str, float]) -> list[Diagnostic]:
+    """Stages of ``compiled`` whose one task needs more than a cluster with ``capacity`` offers."""
+    return list(_located(check_capacity(list(compiled.stages), capacity), compiled.checked))
+
+
+def _type_problems(plan: Plan) -> list[Problem]:
+    """A problem for every Arrow type name that Arrow does not know (the run would crash reading it)."""
+    problems = []
+    for node in plan.nodes.values():
+        for where, name in node.spec.arrow_types().items():
+            try:
+                pa.type_for_alias(name)
+            except (ValueError, KeyError):
+                problems.append(
+                    Problem(
+                        ("nodes", node.id, *where),
+                        f"node '{node.id}': '{name}' is not an Arrow type name",
+                        "use one of int8..int64, uint8..uint64, float, double, bool, string, large_string, "
+                        "binary, date32, date64, timestamp[s|ms|us|ns], time32[s|ms], time64[us|ns]",
+                        code="type",
+                    )
+                )
+    return problems
+
+
+def _located(problems: Iterable[Problem], checked: CheckedPipeline) -> tuple[Diagnostic, ...]:
+    return tuple(locate(p, checked.loaded.document) for p in problems)
+
+
+def _is_state_graph(pipeline: Pipeline) -> bool:
+    return bool(pipeline.edges) or any(n.kind == "state" for n in pipeline.nodes.values())
