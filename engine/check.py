@@ -67,11 +67,12 @@ def check_file(
         raise ConfigError(loaded.warnings + sorted(located, key=lambda d: (d.line, d.col))) from None
     warnings = loaded.warnings + [locate(p, loaded.document) for p in problems]
     checked = CheckedPipeline(loaded, plan, warnings)
-    refused = policy_problems(checked, Policy.from_env(env))
+    found = policy_problems(checked, Policy.from_env(env))
+    warnings += [locate(p, loaded.document) for p in found if p.severity == "warning"]
+    refused = [locate(p, loaded.document) for p in found if p.severity == "error"]
     if refused:
-        located = sorted((locate(p, loaded.document) for p in refused), key=lambda d: (d.line, d.col))
-        raise ConfigError(warnings + located)
-    return checked
+        raise ConfigError(warnings + sorted(refused, key=lambda d: (d.line, d.col)))
+    return CheckedPipeline(loaded, plan, warnings)
 
 
 def policy_problems(checked: CheckedPipeline, policy: Policy) -> list[Problem]:
@@ -100,8 +101,9 @@ def policy_problems(checked: CheckedPipeline, policy: Policy) -> list[Problem]:
         else None
     )
     if cache is not None and (problem := policy.path_problem(cache)):
+        # a warning: `run --no-cache` does not touch it (and `run` refuses it otherwise)
         hint = "set `cache.url` (or HEADRACE_CACHE_DIR) inside an allowed root, or run with --no-cache"
-        problems.append(Problem(("cache",), problem, hint, code="policy", at="key"))
+        problems.append(Problem(("cache",), problem, hint, severity="warning", code="policy", at="key"))
     return problems
 
 
