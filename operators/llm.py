@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from jinja2 import TemplateSyntaxError
 from pydantic import Field, JsonValue, field_validator, model_validator
 
-from engine.spec.expressions import template_names
+from engine.spec.expressions import template_names, unsafe_reads
 from engine.spec.models import Columns, Model, TransformSpec
 from engine.spec.registry import register_op
 
@@ -18,6 +18,14 @@ def _check_template(value: str | None) -> str | None:
             template_names(value)
         except TemplateSyntaxError as exc:
             raise ValueError(f"template syntax error on its line {exc.lineno}: {exc.message}") from None
+        unsafe = unsafe_reads(value)
+        if unsafe:
+            name, line, col = unsafe[0]
+            more = f" (and {len(unsafe) - 1} more)" if len(unsafe) > 1 else ""
+            raise ValueError(
+                f"the template reads '{name}' at its line {line}, column {col}{more}: the sandbox refuses "
+                "Python internals (dunder attributes), so every row would fail; read columns and their fields"
+            )
     return value
 
 

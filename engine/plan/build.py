@@ -16,7 +16,7 @@ from typing import Literal
 from jinja2 import TemplateSyntaxError
 
 from engine.plan.ir import NodeId, Plan, PlanNode
-from engine.spec.expressions import condition_names
+from engine.spec.expressions import condition_names, unsafe_reads
 from engine.spec.models import END, START, Columns, ErrorPolicy, Pipeline, Resources, RetryPolicy
 
 JsonPath = tuple[str | int, ...]
@@ -277,6 +277,10 @@ def _check_condition(expr: str, fields: set[str] | None, where: JsonPath, proble
     except TemplateSyntaxError as exc:
         problems.append(Problem(where, f"condition syntax error: {exc.message}", code="bad_expression"))
         return
+    for name, _line, col in unsafe_reads("{{ (" + expr + ") }}"):
+        column = max(col - 5, 1)  # within the expression, without the `{{ (` wrapped around it
+        message = f"the condition reads '{name}' at its column {column}: the sandbox refuses Python internals"
+        problems.append(Problem(where, message, code="bad_expression"))
     if fields is not None:
         for name in sorted(used - fields):
             problems.append(

@@ -9,7 +9,9 @@ from typing import Any
 import jinja2
 import pyarrow as pa
 import pytest
+from pydantic import ValidationError
 
+from engine.spec.expressions import render
 from operators.llm import LlmClassify, LlmExtract, LlmFilter, LlmMap
 from operators.llm_rows import (
     MAX_PROMPT_CHARS,
@@ -106,8 +108,12 @@ def test_a_missing_column_fails_instead_of_rendering_empty():
     ],
 )
 def test_the_sandbox_refuses_python_internals(template):
+    # refused when the node is checked (issue 18: validate names the line and column)...
+    with pytest.raises(ValidationError, match="sandbox refuses Python internals"):
+        map_task(template)
+    # ...and by the sandbox itself, should a template reach it unchecked
     with pytest.raises(jinja2.exceptions.SecurityError) as refused:
-        map_task(template).request(ROW, TARGET)
+        render(template)({**ROW, "params": {}})
 
     assert "unsafe" in str(refused.value)
     assert "<class" not in str(refused.value) and "0x" not in str(refused.value)
