@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from connectors.files import resolve
 from engine.errors import ConfigError, Diagnostic
 from engine.plan import Plan, PlanProblems, Problem, build_plan
-from engine.policy import Policy
 from engine.spec.document import Document, format_path
 from engine.spec.loader import LoadedPipeline, load_pipeline
 from operators.pii import insert_pii_masks
@@ -66,45 +65,7 @@ def check_file(
         located = [locate(p, loaded.document) for p in exc.problems]
         raise ConfigError(loaded.warnings + sorted(located, key=lambda d: (d.line, d.col))) from None
     warnings = loaded.warnings + [locate(p, loaded.document) for p in problems]
-    checked = CheckedPipeline(loaded, plan, warnings)
-    found = policy_problems(checked, Policy.from_env(env))
-    warnings += [locate(p, loaded.document) for p in found if p.severity == "warning"]
-    refused = [locate(p, loaded.document) for p in found if p.severity == "error"]
-    if refused:
-        raise ConfigError(warnings + sorted(refused, key=lambda d: (d.line, d.col)))
     return CheckedPipeline(loaded, plan, warnings)
-
-
-def policy_problems(checked: CheckedPipeline, policy: Policy) -> list[Problem]:
-    """Every path and import path of the file the operator's policy refuses, at the field that names it
-    (``run`` checks the expanded inputs and outputs again; a worker checks what a folder or glob holds)."""
-    resolve = checked.resolver()
-    problems: list[Problem] = []
-    hint = f"the operator's {policy.name} policy (HEADRACE_POLICY, HEADRACE_ALLOWED_*) decides this"
-    for node in checked.plan.nodes.values():
-        spec = node.spec
-        paths = getattr(spec, "path", None)
-        for i, path in enumerate([paths] if isinstance(paths, str) else paths or ()):
-            if isinstance(path, str) and (problem := policy.path_problem(resolve(node.id, path))):
-                where = ("nodes", node.id, "path") + ((i,) if isinstance(paths, list) else ())
-                problems.append(Problem(where, problem, hint, code="policy"))
-        dead = getattr(getattr(node, "on_error", None), "dead_letter_path", None)
-        if isinstance(dead, str) and (problem := policy.path_problem(resolve(node.id, dead))):
-            where = ("nodes", node.id, "on_error", "dead_letter_path")
-            problems.append(Problem(where, problem, hint, code="policy"))
-        fn = getattr(spec, "fn", None)
-        if isinstance(fn, str) and ":" in fn and (problem := policy.module_problem(fn)):
-            problems.append(Problem(("nodes", node.id, "fn"), problem, hint, code="policy"))
-    cache = (
-        checked.cache_url()
-        if any(getattr(n.spec, "pooled", False) for n in checked.plan.nodes.values())
-        else None
-    )
-    if cache is not None and (problem := policy.path_problem(cache)):
-        # a warning: `run --no-cache` does not touch it (and `run` refuses it otherwise)
-        hint = "set `cache.url` (or HEADRACE_CACHE_DIR) inside an allowed root, or run with --no-cache"
-        problems.append(Problem(("cache",), problem, hint, severity="warning", code="policy", at="key"))
-    return problems
 
 
 def locate(problem: Problem, doc: Document) -> Diagnostic:

@@ -159,7 +159,10 @@ class Policy:
         shown = f"{url} (really {where})" if where != url else url
         if not self.roots:
             return f"{shown}: the {self.name} policy allows no files (list folders in HEADRACE_ALLOWED_ROOTS)"
-        return f"{shown} is outside the allowed roots {list(self.roots)} (HEADRACE_ALLOWED_ROOTS)"
+        return (
+            f"{shown} is outside the allowed roots {list(self.roots)} of the {self.name} policy "
+            "(HEADRACE_ALLOWED_ROOTS)"
+        )
 
     def check_path(self, url: str, node: str) -> None:
         """Raise ``PolicyViolation`` naming ``node`` when ``url`` is not allowed."""

@@ -12,23 +12,28 @@ from engine.policy import Policy, PolicyViolation
 from engine.policy_config import load_policy
 from tests.unit.helpers import invoke
 
-# What any pipeline file could do with no policy set: each is a node and the line it sits on.
+# What any pipeline file could do with no policy set: the nodes between a CSV source (line 4) and a
+# Parquet sink, the word the refusal names, and the line it is reported at.
 HOSTILE_NODES = [
-    ("steal", 'steal: {op: read_text, path: "/etc/passwd"}', "/etc/passwd"),
-    ("fetch", 'fetch: {op: read_csv, path: "http://192.0.2.1/x.csv"}', "http"),
-    ("shell", 'shell: {op: flat_map, input: ok, fn: "subprocess:run"}', "subprocess"),
+    ("steal", 'ok: {op: read_text, path: "/etc/passwd"}', "/etc/passwd", 4),
+    ("fetch", 'ok: {op: read_csv, path: "http://192.0.2.1/x.csv"}', "http", 4),
+    (
+        "shell",
+        'src: {op: read_csv, path: in.csv}\n  ok: {op: flat_map, input: src, fn: "subprocess:run"}',
+        "subprocess",
+        5,
+    ),
 ]
 
 
-def _pipeline(tmp_path: Path, node: str) -> Path:
+def _pipeline(tmp_path: Path, nodes: str) -> Path:
     (tmp_path / "in.csv").write_text("n\n1\n", encoding="utf-8")
     path = tmp_path / "pipe.yaml"
     path.write_text(
         f"""version: 1
 name: hostile
 nodes:
-  ok: {{op: read_csv, path: in.csv}}
-  {node}
+  {nodes}
   out: {{op: write_parquet, input: ok, path: out/}}
 """,
         encoding="utf-8",
@@ -36,11 +41,11 @@ nodes:
     return path
 
 
-@pytest.mark.parametrize(("name", "node", "word"), HOSTILE_NODES)
+@pytest.mark.parametrize(("name", "nodes", "word", "line"), HOSTILE_NODES)
 def test_validate_refuses_what_the_closed_policy_forbids_at_its_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, node: str, word: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, nodes: str, word: str, line: int
 ) -> None:
-    path = _pipeline(tmp_path, node)
+    path = _pipeline(tmp_path, nodes)
     monkeypatch.delenv("HEADRACE_POLICY", raising=False)
     for var in ("HEADRACE_ALLOWED_ROOTS", "HEADRACE_ALLOWED_SCHEMES", "HEADRACE_ALLOWED_MODULES"):
         monkeypatch.delenv(var, raising=False)
@@ -50,18 +55,35 @@ def test_validate_refuses_what_the_closed_policy_forbids_at_its_line(
     result = invoke("validate", str(path))
     assert result.exit_code == 1, result.output
     lines = [ln for ln in result.output.splitlines() if ": error: " in ln]
-    assert len(lines) == 1 and lines[0].startswith(f"{path}:5:"), result.output
+    assert len(lines) == 1 and lines[0].startswith(f"{path}:{line}:"), result.output
     assert word in lines[0] and "policy" in lines[0]
 
 
-def test_validate_reports_a_path_outside_the_roots_which_it_passed_before(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = _pipeline(tmp_path, 'other: {op: read_csv, path: "/etc/hosts"}')
+def test_validate_reports_a_path_outside_the_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _pipeline(tmp_path, 'ok: {op: read_csv, path: "/etc/hosts"}')
     monkeypatch.setenv("HEADRACE_ALLOWED_ROOTS", str(tmp_path))
     result = invoke("validate", str(path))
     assert result.exit_code == 1
-    assert f"{path}:5:" in result.output and "outside the allowed roots" in result.output
+    assert f"{path}:4:" in result.output and "outside the allowed roots" in result.output
+
+
+def test_validate_reports_a_state_graph_call_the_policy_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        """version: 1
+name: g
+state: {fields: {n: {type: integer, default: 0}}}
+nodes:
+  step: {op: call, fn: "subprocess:run"}
+edges: [{from: START, to: step}, {from: step, to: END}]
+""",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("HEADRACE_POLICY", "closed")
+    result = invoke("validate", str(path))
+    assert result.exit_code == 1 and f"{path}:5:" in result.output and "subprocess" in result.output
 
 
 def test_the_closed_policy_allows_exactly_what_is_listed(tmp_path: Path) -> None:
