@@ -61,8 +61,8 @@ def compile_pipeline(
     pipeline = checked.loaded.spec
     policy = policy if policy is not None else Policy.from_env()
     if _is_state_graph(pipeline):  # its `call` nodes' code is what the policy judges
-        refused = _located(check_policy([], checked.plan.nodes.values(), policy), checked)
-        return Compiled(checked, "graph", (), (), (), None, policy, None, tuple(checked.warnings) + refused)
+        denied = _located(check_policy([], checked.plan.nodes.values(), policy), checked)
+        return Compiled(checked, "graph", (), (), (), None, policy, None, tuple(checked.warnings) + denied)
     problems: list[Problem] = []
     stages, found = optimize(checked.plan)
     problems += found
