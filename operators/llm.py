@@ -115,7 +115,9 @@ class LlmClassify(LlmSpec):
     """Put each row in one of a closed list of labels; any other answer dead-letters the row."""
 
     op: Literal["llm_classify"] = Field(description="Classify each row into one of `labels`.")
-    labels: list[str] = Field(min_length=2, description="The allowed labels.")
+    labels: list[str] = Field(
+        min_length=2, description="The allowed labels.", json_schema_extra={"uniqueItems": True}
+    )
     output: str = Field("label", min_length=1, description="Name of the label column.")
 
     @field_validator("labels")
@@ -136,7 +138,11 @@ class LlmExtract(LlmSpec):
 
     op: Literal["llm_extract"] = Field(description="Extract fields per row against a JSON Schema.")
     output_schema: dict[str, JsonValue] = Field(
-        description="A JSON Schema (an object schema) the answer must satisfy."
+        description="A JSON Schema (an object schema) the answer must satisfy.",
+        json_schema_extra={
+            "required": ["type"],
+            "properties": {"type": {"const": "object", "description": "Answers are objects."}},
+        },
     )
     output: str = Field("extracted", min_length=1, description="Name of the output column (a struct).")
     max_attempts: int = Field(

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from engine.spec.models import ColumnKind, Columns, Model, TransformSpec
 from engine.spec.registry import register_op
@@ -35,6 +35,13 @@ class Dedupe(TransformSpec):
 
 class Aggregation(Model):
     """One output column of an aggregate."""
+
+    model_config = ConfigDict(
+        json_schema_extra={  # the schema's copy of _column_needed
+            "if": {"type": "object", "properties": {"fn": {"const": "count"}}, "required": ["fn"]},
+            "else": {"type": "object", "properties": {"column": {"type": "string"}}, "required": ["column"]},
+        }
+    )
 
     fn: Literal["count", "sum", "min", "max", "mean", "collect"] = Field(
         description="`count` rows (or non-null values of `column`), `sum`, `min`, `max`, `mean`, or "

@@ -177,6 +177,15 @@ def _resolve(root: Mapping[str, Any], node: Mapping[str, Any], data: Any) -> Map
             name = node["$ref"].split("/")[-1]
             node = root["$defs"][name]
             continue
+        switch = node.get("allOf")
+        if switch and all("if" in c and "then" in c for c in switch):  # the switch on `op` (schema.py)
+            if not isinstance(data, dict):
+                return None
+            chosen = [c["then"] for c in switch if _matches(c["if"], data)]
+            if len(chosen) != 1:
+                return None
+            node = chosen[0]
+            continue
         choices = node.get("oneOf") or node.get("anyOf")
         if choices:
             disc = node.get("discriminator")
@@ -193,6 +202,12 @@ def _resolve(root: Mapping[str, Any], node: Mapping[str, Any], data: Any) -> Map
             continue
         return node
     return None
+
+
+def _matches(condition: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` has the ``const`` values an ``if`` of the op switch asks for."""
+    wanted = condition.get("properties") or {}
+    return all(name in data and data[name] == sub.get("const") for name, sub in wanted.items())
 
 
 def _step(

@@ -49,7 +49,7 @@ def load_pipeline(
 def validate_document(doc: Document) -> Pipeline:
     """Validate a current-format document against the models."""
     try:
-        return pipeline_model().model_validate(doc.data)
+        return pipeline_model().model_validate(doc.data, strict=True)
     except ValidationError as exc:
         raise ConfigError(explain(exc, doc, pipeline_schema())) from None
 

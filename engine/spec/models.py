@@ -131,6 +131,17 @@ class RetryPolicy(Model):
 class ErrorPolicy(Model):
     """What happens to a row or batch that still fails after its retries."""
 
+    model_config = ConfigDict(
+        json_schema_extra={  # the schema's copy of _dead_letter_needs_path
+            "if": {"type": "object", "properties": {"mode": {"const": "dead_letter"}}, "required": ["mode"]},
+            "then": {
+                "type": "object",
+                "properties": {"dead_letter_path": {"type": "string"}},
+                "required": ["dead_letter_path"],
+            },
+        }
+    )
+
     mode: Literal["fail", "skip", "dead_letter"] = Field(
         "fail",
         description="`fail` stops the run (outputs committed so far are kept); `skip` drops the row "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from engine.spec.models import FORMAT_VERSION
@@ -13,13 +14,21 @@ SCHEMA_ID = f"https://headrace.dev/schema/pipeline-v{FORMAT_VERSION}.json"
 
 def json_schema() -> dict[str, Any]:
     """The draft 2020-12 schema of format ``FORMAT_VERSION``, with every registered op."""
-    schema = _strict_names(pipeline_model().model_json_schema(by_alias=True, mode="validation"))
+    schema = _switch_on_op(
+        _strict_names(pipeline_model().model_json_schema(by_alias=True, mode="validation"))
+    )
     return {
         "$schema": SCHEMA_DIALECT,
         "$id": SCHEMA_ID,
         "title": f"headrace pipeline (format v{FORMAT_VERSION})",
         **{k: v for k, v in schema.items() if k != "title"},
     }
+
+
+def op_models(schema: Mapping[str, Any]) -> dict[str, str]:
+    """Each op of ``schema`` (as :func:`json_schema` gives it) and the name of its model in ``$defs``."""
+    switch = schema["properties"]["nodes"]["additionalProperties"]["allOf"]
+    return {c["if"]["properties"]["op"]["const"]: c["then"]["$ref"].split("/")[-1] for c in switch}
 
 
 def _strict_names(node: Any) -> Any:
@@ -39,4 +48,40 @@ def _strict_names(node: Any) -> Any:
         del out["patternProperties"]
         out["propertyNames"] = {"pattern": pattern}
         out["additionalProperties"] = value
+    return out
+
+
+def _switch_on_op(node: Any) -> Any:
+    """Rewrite pydantic's ``oneOf`` + ``discriminator`` unions as an ``enum`` of the tags and one
+    ``if``/``then`` per tag.
+
+    ``discriminator`` is an OpenAPI keyword, not JSON Schema: validators in strict mode (ajv) refuse the
+    schema, and the others ignore it and try every ``oneOf`` branch, so one typo in a node reported an
+    error per op. With the switch an unknown ``op`` is one ``enum`` error, and a node of a known op is
+    checked against that op's model only.
+    """
+    if isinstance(node, list):
+        return [_switch_on_op(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _switch_on_op(v) for k, v in node.items()}
+    tag = out.get("discriminator")
+    if not isinstance(tag, dict) or "oneOf" not in out:
+        return out
+    name, mapping = tag["propertyName"], tag["mapping"]
+    del out["discriminator"], out["oneOf"]
+    out.update(
+        {
+            "type": "object",
+            "required": [name],
+            "properties": {name: {"enum": sorted(mapping), "description": "What the node does."}},
+            "allOf": [
+                {
+                    "if": {"type": "object", "properties": {name: {"const": value}}, "required": [name]},
+                    "then": {"$ref": ref},
+                }
+                for value, ref in sorted(mapping.items())
+            ],
+        }
+    )
     return out

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from engine.spec.document import read_document
+from engine.spec.schema import op_models
 from tests.unit.helpers import CONFIG_FILES, CONFIGS, invoke, write
 
 
@@ -28,12 +29,14 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 def _properties(node: Any, where: str = "#") -> Iterator[tuple[str, Any]]:
-    """Every (location, subschema) named under a `properties` keyword, anywhere in the schema."""
+    """Every (location, subschema) named under a `properties` keyword, anywhere in the schema (but in
+    `if`/`then`/`else` conditions, which restate fields described where they are declared)."""
     if isinstance(node, dict):
         for name, sub in (node.get("properties") or {}).items():
             yield f"{where}/properties/{name}", sub
         for key, value in node.items():
-            yield from _properties(value, f"{where}/{key}")
+            if key not in ("if", "then", "else"):
+                yield from _properties(value, f"{where}/{key}")
     elif isinstance(node, list):
         for i, value in enumerate(node):
             yield from _properties(value, f"{where}/{i}")
@@ -63,7 +66,8 @@ def test_every_property_has_a_description() -> None:
 
 def test_schema_lists_every_op_in_the_node_union() -> None:
     nodes = _schema()["properties"]["nodes"]["additionalProperties"]
-    ops = set(nodes["discriminator"]["mapping"])
+    ops = set(nodes["properties"]["op"]["enum"])
+    assert set(op_models(_schema())) == ops  # one `if op == X then X's model` per op
     assert {
         "read_csv",
         "sql",
