@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine.errors import HeadraceError
+from engine.logs import redact_data
 
 AUDIT_FORMAT = 1
 GENESIS = "0" * 64
@@ -84,6 +85,7 @@ class AuditLog:
             with self._locked() as fh:
                 last = _last_line(fh)
                 prev, seq = (last["hash"], last["seq"] + 1) if last else (GENESIS, 0)
+                fields = redact_data(dict(fields))  # a secret interpolated into a plain field
                 body = {"format": AUDIT_FORMAT, "seq": seq, "time": time.time(), "event": event, **fields}
                 entry = {**body, "prev": prev, "hash": _digest(prev, body)}
                 fh.seek(0, os.SEEK_END)

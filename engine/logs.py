@@ -11,7 +11,10 @@ lines when stderr is not a terminal (a container, a CI job, a log shipper), else
 ``node`` and other fields from ``extra=``; keys without a value are null, so every line has them.
 ``HEADRACE_LOG_LEVEL`` (default ``warning``) and ``HEADRACE_LOG_FORMAT`` (``json`` | ``text``) override
 the defaults. Provider keys (``sk-ant-...``, ``AIza...``), bearer tokens and the values of the
-environment's ``*_API_KEY``/``*_TOKEN``/``*_SECRET`` variables are replaced by ``[redacted]``.
+environment's secret variables (:func:`secret_variable`: the provider key variables and any name holding
+``KEY``, ``TOKEN``, ``SECRET`` or ``PASSWORD``) are replaced by ``[redacted]``. :func:`redact` and
+:func:`redact_data` are also what the audit log, the run records and the CLI's summaries pass through,
+so a secret interpolated into a plain field (``name: ${ANTHROPIC_API_KEY}``) is shown nowhere.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import IO, Any
@@ -34,7 +37,10 @@ _SECRET_PATTERNS = re.compile(
     r"sk-ant-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{20,}|(?i:bearer)\s+[A-Za-z0-9._\-]{8,}"
     r"|(?i:(?:api[_-]?key|x-goog-api-key|x-api-key|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{6,}"
 )
-_SECRET_VARIABLES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+_PROVIDER_KEYS = frozenset({"ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY"})
+_MIN_SECRET_CHARS = 6
+"""Shorter values are not redacted: replacing every ``abc`` in a log line hides more than it protects."""
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -53,11 +59,49 @@ def run_context(run_id: str, pipeline: str) -> Iterator[None]:
         _run.reset(token)
 
 
-def redact(text: str, environ: dict[str, str] | None = None) -> str:
-    """``text`` with provider keys, tokens and secret-looking variables' values replaced."""
+def secret_variable(name: str) -> bool:
+    """Whether an environment variable holds a secret: a provider key variable, or a name holding
+    ``KEY``, ``TOKEN``, ``SECRET`` or ``PASSWORD`` (any case)."""
+    upper = name.upper()
+    return upper in _PROVIDER_KEYS or any(word in upper for word in _SECRET_WORDS)
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The values of the environment's secret variables, longest first."""
     env = os.environ if environ is None else environ
-    for name, value in env.items():
-        if name.endswith(_SECRET_VARIABLES) and len(value) >= 8 and value in text:
+    found = {v for k, v in env.items() if secret_variable(k) and len(v) >= _MIN_SECRET_CHARS}
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """``text`` with provider keys, tokens and secret variables' values replaced."""
+    return _redact(text, secret_values(environ))
+
+
+def redact_data(value: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings) with :func:`redact` applied to every string in it,
+    keys included; other values are returned as they are."""
+    secrets = secret_values(environ)
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            return _redact(item, secrets)
+        if isinstance(item, Mapping):
+            return {walk(k): walk(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return type(item)(walk(v) for v in item)
+        return item
+
+    return walk(value)
+
+
+def _redact_field(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for value in secrets:
+        if value in text:
             text = text.replace(value, "[redacted]")
     return _SECRET_PATTERNS.sub(_mask, text)
 
@@ -96,7 +140,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
             "run_id": getattr(record, "run_id", None),
-            "pipeline": getattr(record, "pipeline", None),
+            "pipeline": _redact_field(getattr(record, "pipeline", None)),
             "node": getattr(record, "node", None),
         }
         for key, value in vars(record).items():

@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.errors import HeadraceError
+from engine.logs import redact_data, secret_values
 
 if TYPE_CHECKING:
     from engine.runtime.summary import RunSummary
@@ -203,6 +204,13 @@ class _Collector(Collector):
     """Builds every family at scrape time from the totals and the live summaries."""
 
     def collect(self) -> Iterator[Metric]:
+        secrets = secret_values()
+        for metric in self._families():
+            if secrets:  # a secret interpolated into a pipeline's name is not published as a label
+                metric.samples = [s._replace(labels=redact_data(s.labels)) for s in metric.samples]
+            yield metric
+
+    def _families(self) -> Iterator[Metric]:
         with _state.lock:
             live = list(_state.live.values())
             runs = dict(_state.runs)

@@ -85,7 +85,7 @@ def run(
     from engine import metrics, telemetry
     from engine.check import check_file
     from engine.compile import compile_pipeline
-    from engine.logs import configure_logging
+    from engine.logs import configure_logging, redact, redact_data
     from engine.runtime.engine import Engine
 
     configure_logging()
@@ -123,8 +123,8 @@ def run(
                 checkpoint=checkpoint,
             )
         telemetry.shutdown()  # export what a batching exporter still holds
-    if as_json:
-        click.echo(json.dumps(summary.as_dict(), indent=None))
+    if as_json:  # a secret interpolated into a plain field (the name, a path) is not printed
+        click.echo(json.dumps(redact_data(summary.as_dict()), indent=None))
     else:
-        click.echo(summary.render())
+        click.echo(redact(summary.render()))
     sys.exit(summary.exit_code)

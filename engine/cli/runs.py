@@ -27,6 +27,7 @@ from engine.cli.run_records import (
     seconds_of,
     utc,
 )
+from engine.logs import redact_data
 
 _STATUSES = ["running", "interrupted", "succeeded", "failed", "budget_exceeded", "cancelled"]
 
@@ -91,7 +92,7 @@ def list_runs(
         "since": moment(since, "--since"),
         "until": moment(until, "--until"),
     }
-    found = _listing(store, filters, limit)
+    found = redact_data(_listing(store, filters, limit))  # records hold none; older ones might
     if as_json:
         click.echo(json.dumps(found))
         return

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from engine.logs import get_logger
+from engine.logs import get_logger, redact_data
 from engine.records.base import RecordStore
 from engine.records.events import Event
 
@@ -39,6 +39,7 @@ class Recorder:
 
     def emit(self, kind: str, node: str | None = None, at: float | None = None, /, **data: Any) -> None:
         """Record that ``kind`` happened (to ``node``) at unix time ``at`` (default: now), with ``data``."""
+        data = redact_data(data)  # a secret interpolated into a field (the pipeline's name, a path...)
         with self._lock:
             stamp = time.time() if at is None else at
             self._pending.append(Event(self.run_id, self._next, stamp, kind, node, data))
