@@ -10,9 +10,9 @@ lines when stderr is not a terminal (a container, a CI job, a log shipper), else
 ``run_id`` and ``pipeline`` come from :func:`run_context` (entered by ``run_checked`` around a run),
 ``node`` and other fields from ``extra=``; keys without a value are null, so every line has them.
 ``HEADRACE_LOG_LEVEL`` (default ``warning``) and ``HEADRACE_LOG_FORMAT`` (``json`` | ``text``) override
-the defaults. Provider keys (``sk-ant-...``, ``AIza...``), bearer tokens and the values of the
-environment's secret variables (:func:`secret_variable`: the provider key variables and any name holding
-``KEY``, ``TOKEN``, ``SECRET`` or ``PASSWORD``) are replaced by ``[redacted]``. :func:`redact` and
+the defaults. Provider keys (``sk-ant-...``, OpenAI's ``sk-...``, ``AIza...``), bearer tokens and the values
+of the environment's secret variables (:func:`secret_variable`: the provider key variables and any name
+holding ``KEY``, ``TOKEN``, ``SECRET`` or ``PASSWORD``) are replaced by ``[redacted]``. :func:`redact` and
 :func:`redact_data` are also what the audit log, the run records and the CLI's summaries pass through,
 so a secret interpolated into a plain field (``name: ${ANTHROPIC_API_KEY}``) is shown nowhere.
 """
@@ -34,7 +34,8 @@ LOGGER = "headrace"
 _run: ContextVar[tuple[str, str] | None] = ContextVar("headrace_run", default=None)
 
 _SECRET_PATTERNS = re.compile(
-    r"sk-ant-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{20,}|(?i:bearer)\s+[A-Za-z0-9._\-]{8,}"
+    r"sk-ant-[A-Za-z0-9_\-]{6,}|sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"
+    r"|AIza[0-9A-Za-z_\-]{20,}|(?i:bearer)\s+[A-Za-z0-9._\-]{8,}"
     r"|(?i:(?:api[_-]?key|x-goog-api-key|x-api-key|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{6,}"
 )
 _SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")

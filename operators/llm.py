@@ -50,8 +50,8 @@ class LlmSpec(TransformSpec):
 
     provider: str | None = Field(
         None,
-        description="`anthropic`, `gemini`, `offline` (no network) or `replay`; defaults to "
-        "`defaults.provider`.",
+        description="`anthropic`, `gemini`, `openai` (OpenAI or any compatible server), `offline` (no "
+        "network) or `replay`; defaults to `defaults.provider`.",
     )
     model: str | None = Field(None, description="Model name; defaults to `defaults.model`.")
     prompt: str = Field(

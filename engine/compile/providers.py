@@ -51,7 +51,7 @@ def check_pools(
                         Problem(
                             ("nodes", pool.node, "mode"),
                             f"provider '{target.provider}' has no batch API",
-                            "use `mode: online`, or a provider with one (anthropic, gemini)",
+                            "use `mode: online`, or a provider with one (anthropic, gemini, openai)",
                             code="provider",
                         )
                     )

@@ -220,7 +220,7 @@ class Defaults(Model):
 
     provider: str | None = Field(
         None,
-        description="LLM provider for LLM nodes: `anthropic`, `gemini`, `offline` or a plugin's.",
+        description="LLM provider for LLM nodes: `anthropic`, `gemini`, `openai`, `offline` or a plugin's.",
     )
     model: str | None = Field(None, description="LLM model name for LLM nodes.")
     batch_rows: int = Field(
@@ -387,7 +387,8 @@ class Pipeline(Model):
     budget: Budget | None = Field(None, description="Spending limits for one run.")
     providers: dict[str, ProviderSettings] = Field(
         default_factory=dict,
-        description="Settings per LLM provider name (`anthropic`, `gemini`, `offline`, `replay`, plugins).",
+        description="Settings per LLM provider name (`anthropic`, `gemini`, `openai`, `offline`, `replay`, "
+        "plugins).",
     )
     cache: CacheSettings = Field(default_factory=CacheSettings, description="The LLM response cache.")
     pii: PiiSettings | None = Field(

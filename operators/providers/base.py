@@ -104,7 +104,9 @@ class LlmResponse:
     is the structured answer (an object for ``output_schema``, the label for ``labels``), else None.
     Token counts are the provider's own (estimated for ``offline``). ``source`` says whether a provider
     was paid for this answer (``live``) or not (``offline``, ``replay``); ``batch`` says it was paid at the
-    provider's batch price (an answer from ``BatchProvider.batch_results``).
+    provider's batch price (an answer from ``BatchProvider.batch_results``). ``input_tokens`` counts every
+    input token, ``cached_input_tokens`` the part of them read from the provider's prompt cache, and
+    ``output_tokens`` every billed output token, reasoning (thinking) tokens included.
     """
 
     text: str | None
@@ -116,7 +118,9 @@ class LlmResponse:
     stop_reason: StopReason | None = None
     request_id: str | None = None
     source: Source = "live"
-    batch: bool = False  # last, with a default: JSON written before the field existed still loads
+    batch: bool = False  # with a default: JSON written before the field existed still loads
+    cached_input_tokens: int = 0
+    """Of ``input_tokens``, those read from the provider's prompt cache (billed at ``cache_read``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The response as JSON values."""

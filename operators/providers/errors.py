@@ -21,6 +21,7 @@ because SDK errors keep the HTTP request, whose headers hold the key.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -30,7 +31,8 @@ class ProviderError(Exception):
     """A failed LLM call, described in provider-neutral terms.
 
     ``status`` is the HTTP status when there was one; ``retry_after_s`` is the server's requested wait
-    (from ``retry-after``, ``retry-after-ms`` or Gemini's ``RetryInfo``), or None.
+    (from ``retry-after``, ``retry-after-ms``, OpenAI's ``x-ratelimit-reset-*`` or Gemini's
+    ``RetryInfo``), or None.
     """
 
     retryable_default: bool = False
@@ -171,6 +173,38 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, moment.timestamp() - time.time())
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration_s(text: str) -> float | None:
+    """Seconds of an OpenAI reset duration (``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"``), or None."""
+    text = text.strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def parse_rate_limit_reset(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds until an exhausted limit resets, from OpenAI's ``x-ratelimit-*`` headers, or None.
+
+    Of ``x-ratelimit-reset-requests`` and ``x-ratelimit-reset-tokens``, those whose ``remaining`` count is
+    0 (or not sent) are read, and the longest wait wins: every exhausted limit must have room again.
+    """
+    if not headers:
+        return None
+    waits = []
+    for kind in ("requests", "tokens"):
+        reset = headers.get(f"x-ratelimit-reset-{kind}")
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        if reset and (remaining is None or remaining.strip() == "0"):
+            seconds = _duration_s(reset)
+            if seconds is not None:
+                waits.append(seconds)
+    return max(waits) if waits else None
 
 
 def parse_retry_delay(details: Any) -> float | None:

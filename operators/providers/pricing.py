@@ -32,6 +32,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, TypeVar
 
+from operators.providers.base import LlmResponse
+
 _T = TypeVar("_T")
 PER_MILLION = 1_000_000
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "batch_discount")
@@ -51,6 +53,11 @@ class UnknownPrice(ValueError):
         self.model = model
         self.suggestions = suggestions
         hint = f"; closest known: {', '.join(suggestions)}" if suggestions else ""
+        if provider == "openai":
+            hint += (
+                "; a model served on your own hardware or a gateway through `openai` has no list price: "
+                "set it in providers.openai.prices (0 is allowed)"
+            )
         super().__init__(
             f"no price for {provider} model {model!r}: {reason}{hint}. Check the model name, or give its "
             "`input` and `output` price (USD per million tokens) as a price override"
@@ -113,6 +120,15 @@ class Price:
             + cache_write_tokens * cache_write
         ) / PER_MILLION
         return dollars * (1.0 - self.batch_discount) if batch else dollars
+
+
+def answer_cost(price: Price, response: LlmResponse) -> float:
+    """What an answer cost: its cached input at the ``cache_read`` rate, the rest of its input at the
+    input rate, its output (reasoning included) at the output rate, at the batch price for a batch answer."""
+    cached = min(max(0, response.cached_input_tokens), response.input_tokens)
+    return price.cost(
+        response.input_tokens - cached, response.output_tokens, batch=response.batch, cache_read_tokens=cached
+    )
 
 
 def worst_case_cost(price: Price, input_tokens: int, max_output_tokens: int, *, batch: bool = False) -> float:

@@ -39,6 +39,12 @@ def _gemini(config: Mapping[str, Any]) -> Provider:
     return GeminiProvider(config)
 
 
+def _openai(config: Mapping[str, Any]) -> Provider:
+    from operators.providers.openai_chat import OpenAIProvider
+
+    return OpenAIProvider(config)
+
+
 def _offline(config: Mapping[str, Any]) -> Provider:
     from operators.providers.offline import OfflineProvider
 
@@ -54,6 +60,7 @@ def _replay(config: Mapping[str, Any]) -> Provider:
 BUILTINS: Mapping[str, ProviderFactory] = {
     "anthropic": _anthropic,
     "gemini": _gemini,
+    "openai": _openai,
     "offline": _offline,
     "replay": _replay,
 }
@@ -61,6 +68,7 @@ BUILTINS: Mapping[str, ProviderFactory] = {
 DEFAULT_MODELS: Mapping[str, str] = {
     "anthropic": "claude-haiku-4-5",
     "gemini": "gemini-2.5-flash",
+    "openai": "gpt-5-mini",
     "offline": "offline",
 }
 """The model an LLM node uses when neither it nor the pipeline's defaults name one."""

@@ -1,6 +1,6 @@
-"""LLM nodes on a real local Ray, through the real ``anthropic`` and ``google-genai`` SDKs, against the
-loopback server: every row answered exactly once under injected faults, the cache, budgets, the shared
-rate limit, fallbacks, structured output and dead letters."""
+"""LLM nodes on a real local Ray, through the real ``anthropic``, ``google-genai`` and ``openai`` SDKs,
+against the loopback server: every row answered exactly once under injected faults, the cache, budgets,
+the shared rate limit, fallbacks, structured output and dead letters."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from engine.runtime import RunSummary, run_checked
 from operators.providers.pricing import PriceTable
 from tests.cli import HEADRACE, run_headrace
 from tests.loopback import ErrorReply, Faults, LLMServer
+from tests.loopback.openai_wire import OpenAIUsage
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -43,7 +44,8 @@ def label_responder(request: dict[str, Any]) -> Any:
     """Answers the label the row's text hashes to (the text follows 'Message: ' in the prompt)."""
     text = request["prompt"].split("Message: ", 1)[1].split("\n", 1)[0]
     label = expected_label(text)
-    return {"value": label} if request["provider"] == "anthropic" else label
+    # Anthropic's forced tool and OpenAI's JSON schema take an object: the label is wrapped as "value"
+    return {"value": label} if request["provider"] in ("anthropic", "openai") else label
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +90,8 @@ providers:
     config: {{base_url: "{server.url}", api_key: "${{HEADRACE_TEST_KEY}}"}}
   gemini:
     config: {{base_url: "{server.url}", api_key: "${{HEADRACE_TEST_KEY}}"}}
+  openai:
+    config: {{base_url: "{server.openai_url}", api_key: "${{HEADRACE_TEST_KEY}}"}}
 nodes:
   input: {{op: read_csv, path: {tmp_path}/rows.csv, column_types: {{id: int64, text: string}}}}
   classify:
@@ -119,11 +123,14 @@ def tokens_of(request: Any) -> int:
     usage = request.usage
     if "input_tokens" in usage:
         return int(usage["input_tokens"] + usage["output_tokens"])
+    if "prompt_tokens" in usage:
+        return int(usage["prompt_tokens"] + usage["completion_tokens"])
     return int(usage["promptTokenCount"] + usage["candidatesTokenCount"])
 
 
 def billed(server: LLMServer) -> list[Any]:
-    return [r for r in server.requests if r.endpoint in ("messages", "generateContent") and r.status == 200]
+    inference = ("messages", "generateContent", "chat.completions")
+    return [r for r in server.requests if r.endpoint in inference and r.status == 200]
 
 
 def test_ten_thousand_rows_under_429s_and_500s_are_each_labelled_once(
@@ -452,6 +459,81 @@ def test_llm_classify_example_runs_on_either_provider_from_sdk_variables(
     labels = dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist(), strict=True))
     assert labels == {int(r["id"]): expected_label(r["text"]) for r in source}
     assert KEY not in proc.stdout + proc.stderr
+
+
+def test_llm_openai_compatible_example_runs_against_the_server_in_openai_base_url(
+    tmp_path: Path, server: LLMServer
+) -> None:
+    env = {
+        "HEADRACE_OUT": str(tmp_path / "out"),
+        "HEADRACE_CACHE_DIR": str(tmp_path / "cache"),
+        "OPENAI_BASE_URL": server.openai_url,
+        "OPENAI_API_KEY": KEY,
+    }
+    proc = run_headrace("run", EXAMPLES / "llm_openai_compatible.yaml", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    node = result["nodes"]["classify"]
+    answered = billed(server)
+    assert {(r.provider, r.model) for r in answered} == {("openai", "Qwen/Qwen2.5-7B-Instruct")}
+    assert len(answered) == node["llm"]["requests"] == 48
+    fmt = answered[0].body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    assert node["tokens"] == sum(tokens_of(r) for r in answered)
+    assert result["total_cost_usd"] == 0.0  # a self-hosted model, priced at 0 in the example
+    table = pq.read_table(tmp_path / "out" / "llm_openai_compatible")
+    source = list(csv.DictReader((EXAMPLES / "data" / "messages.csv").open(encoding="utf-8")))
+    labels = dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist(), strict=True))
+    assert labels == {int(r["id"]): expected_label(r["text"]) for r in source}
+    assert KEY not in proc.stdout + proc.stderr
+
+
+def test_openai_rows_under_429s_and_500s_are_each_labelled_once_and_priced_with_cached_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADRACE_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_rows(tmp_path / "rows.csv", 1_500)
+    usage_extra = OpenAIUsage(cached_tokens=5, reasoning_tokens=12)
+    faults = Faults(rate_429=0.20, rate_500=0.05, seed=11)
+    with LLMServer(responder=label_responder, faults=faults, openai_usage=usage_extra) as server:
+        summary = run(pipeline(tmp_path, server, provider="openai"))
+        requests = server.requests
+    assert summary.status == "succeeded", summary.error
+    rows = read_output(tmp_path / "out")
+    assert [r["id"] for r in rows] == [d["id"] for d in data]
+    assert all(r["label"] == expected_label(r["text"]) for r in rows)
+    answered = [r for r in requests if r.endpoint == "chat.completions" and r.status == 200]
+    assert len(answered) == 1_500 and {r.status for r in requests if r.fault} == {429, 500}
+    usage = summary.nodes["classify"].llm
+    assert usage is not None and usage["failed_requests"] == sum(1 for r in requests if r.fault)
+    assert usage["output_tokens"] == sum(r.usage["completion_tokens"] for r in answered)  # reasoning too
+    price = PriceTable().price("openai", "gpt-5-mini")
+    cached = sum(r.usage["prompt_tokens_details"]["cached_tokens"] for r in answered)
+    plain = sum(r.usage["prompt_tokens"] for r in answered) - cached
+    want = price.cost(plain, usage["output_tokens"], cache_read_tokens=cached)
+    assert cached == 5 * 1_500 and summary.nodes["classify"].cost_usd == pytest.approx(want, rel=1e-9)
+
+
+def test_openai_batch_mode_goes_through_files_and_batches_at_the_batch_price(
+    tmp_path: Path, server: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADRACE_CACHE_DIR", str(tmp_path / "cache"))
+    server.batch_delay_s = 0.3
+    write_rows(tmp_path / "rows.csv", 300)
+    node_extra = "    mode: batch\n    batch_poll_s: 0.1"
+    summary = run(pipeline(tmp_path, server, provider="openai", node_extra=node_extra))
+    assert summary.status == "succeeded", summary.error
+    rows = read_output(tmp_path / "out")
+    assert len(rows) == 300 and all(r["label"] == expected_label(r["text"]) for r in rows)
+    endpoints = [r.endpoint for r in server.requests]
+    assert "chat.completions" not in endpoints
+    assert endpoints.count("files.create") == endpoints.count("openai.batches.create") >= 1
+    assert "files.content" in endpoints
+    usage = summary.nodes["classify"].llm
+    assert usage is not None and usage["requests"] == 300
+    price = PriceTable().price("openai", "gpt-5-mini")
+    full = price.cost(usage["input_tokens"], usage["output_tokens"])
+    assert summary.nodes["classify"].cost_usd == pytest.approx(full * 0.5)
 
 
 def test_llm_extract_example_writes_the_schema_as_a_struct(tmp_path: Path, server: LLMServer) -> None:

@@ -35,6 +35,7 @@ class Batch:
     canceled_at: datetime | None = None
     provider: Provider = "anthropic"
     model: str | None = None  # Gemini batches are for one model, named in the create URL
+    source: str = ""  # an OpenAI batch's input file id
 
     def ended(self) -> bool:
         """Whether processing has ended (the delay passed, or the batch was canceled)."""

@@ -22,7 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.loopback import gemini_batches, wire
+from tests.loopback import gemini_batches, openai_batches, wire
+from tests.loopback import openai_wire as wire_openai
 from tests.loopback.faults import ErrorReply, FaultKind
 from tests.loopback.wire import Provider
 
@@ -47,7 +48,7 @@ class RecordedRequest:
     received_at: float  # time.monotonic() when the request line and headers had been read
     responded_at: float  # time.monotonic() when the answer was sent (the hang's start for rate_timeout)
     status: int  # 0 when the connection was closed without an answer (rate_timeout)
-    usage: dict[str, int] | None  # the usage object returned (Anthropic or Gemini field names)
+    usage: dict[str, Any] | None  # the usage object returned (each provider's own field names)
     fault: FaultKind | None  # what made the request fail, when it was injected
     request_id: str
 
@@ -139,10 +140,14 @@ class _Handler(BaseHTTPRequestHandler):
         received = time.monotonic()
         split = urlsplit(self.path)
         raw = self._read_body()
+        content_type = self.headers.get("content-type", "")
         try:
-            body: Any = json.loads(raw) if raw else None
+            if content_type.startswith("multipart/form-data"):  # OpenAI's file upload
+                body: Any = openai_batches.parse_multipart(content_type, raw)
+            else:
+                body = json.loads(raw) if raw else None
             body_ok = True
-        except ValueError:
+        except (ValueError, ErrorReply):
             body, body_ok = None, False
         route, match = _find_route(self.command, split.path)
         provider: Provider | Literal["unknown"] = route.provider if route else _guess_provider(split.path)
@@ -163,6 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
                 provider, ErrorReply(500, f"loopback server error: {exc!r}"), request_id=request_id
             )
         reply.headers.setdefault("request-id", request_id)
+        reply.headers.setdefault("x-request-id", request_id)  # OpenAI's name for it
         if not reply.hang:
             owner.wait(reply.delay_s)
 
@@ -231,6 +237,11 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ErrorReply(401, "invalid x-api-key")
             if not self.headers.get("anthropic-version"):
                 raise ErrorReply(400, "anthropic-version: header is required")
+        elif provider == "openai":
+            if not key:
+                raise ErrorReply(401, "You didn't provide an API key.")
+            if expected is not None and key != expected:
+                raise ErrorReply(401, "Incorrect API key provided.")
         else:
             if not key:
                 raise ErrorReply(403, "Method doesn't allow unregistered callers. Please use an API key.")
@@ -286,6 +297,46 @@ class _Handler(BaseHTTPRequestHandler):
         # The SDK asks for "application/binary"; the file itself is JSON Lines.
         return Reply(200, batches.results(batches.get(match["batch"])), content_type="application/binary")
 
+    def chat_completions(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
+        owner = self.server.owner
+        call = wire_openai.parse_openai(body, structured=owner.openai_structured)
+        completion_id = owner.next_id("chatcmpl-loopback")
+        render = lambda c, a: wire_openai.openai_completion(c, a, completion_id, owner.openai_usage)  # noqa: E731
+        return owner.infer(call, render, "openai", request_id)
+
+    def openai_file_create(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
+        owner = self.server.owner
+        fields = body if isinstance(body, dict) else {}
+        return json_reply(200, owner.files.add(owner.next_id("file-loopback"), fields))
+
+    def openai_file_content(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
+        owner = self.server.owner
+        data = openai_batches.result_file(owner.batches, match["file"])
+        data = owner.files.content(match["file"]) if data is None else data
+        return Reply(200, data, content_type="application/octet-stream")
+
+    def openai_batch_create(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
+        owner = self.server.owner
+        batch, usage = openai_batches.create(
+            owner.batches,
+            owner.files,
+            body,
+            owner.next_id("batch_loopback"),
+            owner.batch_delay_s,
+            owner.answer_openai,
+        )
+        return json_reply(200, openai_batches.describe(batch), usage=usage, model=batch.model)
+
+    def openai_batch_retrieve(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
+        batch = self.server.owner.batches.get(match["batch"], "openai")
+        return json_reply(200, openai_batches.describe(batch), model=batch.model)
+
+    def openai_batch_cancel(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
+        batches = self.server.owner.batches
+        batch = batches.get(match["batch"], "openai")
+        batches.cancel(batch)
+        return json_reply(200, openai_batches.describe(batch), model=batch.model)
+
     def gemini_batch_create(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
         owner = self.server.owner
         batch_id = owner.next_id("loopback-batch-")
@@ -318,6 +369,42 @@ class _Route:
 _GEMINI = r"/(?P<version>v1|v1beta|v1alpha)/models/(?P<model>[^/:]+)"
 _GEMINI_BATCH = r"/(?P<version>v1|v1beta|v1alpha)/batches/(?P<batch>[^/:]+)"
 _ROUTES = (
+    # OpenAI's batch ids start with batch_: Gemini's /v1/batches/{id} route must not take them
+    _Route(
+        "POST", re.compile(r"/v1/chat/completions"), "openai", "chat.completions", _Handler.chat_completions
+    ),
+    _Route("POST", re.compile(r"/v1/files"), "openai", "files.create", _Handler.openai_file_create),
+    _Route(
+        "GET",
+        re.compile(r"/v1/files/(?P<file>[^/]+)/content"),
+        "openai",
+        "files.content",
+        _Handler.openai_file_content,
+    ),
+    _Route(
+        "POST", re.compile(r"/v1/batches"), "openai", "openai.batches.create", _Handler.openai_batch_create
+    ),
+    _Route(
+        "GET",
+        re.compile(r"/v1/batches/(?P<batch>batch_[^/]+)"),
+        "openai",
+        "openai.batches.retrieve",
+        _Handler.openai_batch_retrieve,
+    ),
+    _Route(
+        "POST",
+        re.compile(r"/v1/batches/(?P<batch>batch_[^/]+)/cancel"),
+        "openai",
+        "openai.batches.cancel",
+        _Handler.openai_batch_cancel,
+    ),
+    _Route(
+        "POST",
+        re.compile(_GEMINI_BATCH + r":cancel"),
+        "gemini",
+        "batches.cancel",
+        _Handler.gemini_batch_cancel,
+    ),
     _Route("POST", re.compile(r"/v1/messages"), "anthropic", "messages", _Handler.messages),
     _Route(
         "POST", re.compile(r"/v1/messages/count_tokens"), "anthropic", "count_tokens", _Handler.count_tokens
@@ -362,13 +449,6 @@ _ROUTES = (
         _Handler.gemini_batch_create,
     ),
     _Route("GET", re.compile(_GEMINI_BATCH), "gemini", "batches.get", _Handler.gemini_batch_get),
-    _Route(
-        "POST",
-        re.compile(_GEMINI_BATCH + r":cancel"),
-        "gemini",
-        "batches.cancel",
-        _Handler.gemini_batch_cancel,
-    ),
 )
 
 
@@ -383,4 +463,6 @@ def _guess_provider(path: str) -> Provider | Literal["unknown"]:
     """Whose error shape a 404 should have."""
     if path.startswith("/v1/messages"):
         return "anthropic"
+    if path.startswith(("/v1/chat/", "/v1/files", "/v1/batches")):
+        return "openai"
     return "gemini" if "/models/" in path or "/batches/" in path else "unknown"

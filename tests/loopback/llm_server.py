@@ -1,9 +1,10 @@
-"""A loopback HTTP server that speaks the Anthropic Messages API and Gemini's generateContent (with batches).
+"""A loopback HTTP server that speaks the Anthropic Messages API, Gemini's generateContent and OpenAI's Chat
+Completions (each with its batch API).
 
-The real ``anthropic`` and ``google-genai`` SDKs talk to it unchanged (point ``base_url`` at ``server.url``),
-so integration tests and benchmarks exercise the providers' actual HTTP path: retries, timeouts, error
-mapping, connection pooling. Stdlib only, one thread per connection, latency as a sleep so that hundreds
-of requests wait in parallel.
+The real ``anthropic``, ``google-genai`` and ``openai`` SDKs talk to it unchanged (point ``base_url`` at
+``server.url``), so integration tests and benchmarks exercise the providers' actual HTTP path: retries,
+timeouts, error mapping, connection pooling. Stdlib only, one thread per connection, latency as a sleep
+so that hundreds of requests wait in parallel.
 
 Endpoints (anything else answers 404 in the provider's error shape)::
 
@@ -18,8 +19,13 @@ Endpoints (anything else answers 404 in the provider's error shape)::
     POST /{v1,v1beta,v1alpha}/models/{model}:batchGenerateContent  Gemini batch mode: create (inlined)
     GET  /{v1,v1beta,v1alpha}/batches/{id}                     Gemini batch mode: get (with the output)
     POST /{v1,v1beta,v1alpha}/batches/{id}:cancel              Gemini batch mode: cancel
+    POST /v1/chat/completions                  OpenAI Chat Completions (JSON text for response_format)
+    POST /v1/files, GET /v1/files/{id}/content OpenAI Files (batch input, output and error files)
+    POST /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel    OpenAI Batch API
 
-Faults, latency and the rate limit apply to the two inference endpoints only (messages, generateContent).
+Faults, latency and the rate limit apply to the three inference endpoints only (messages,
+generateContent, chat.completions). An OpenAI 429 from the rate limit carries the ``x-ratelimit-*``
+headers OpenAI sends (no ``retry-after``); injected 429s carry ``retry-after`` as for the others.
 """
 
 from __future__ import annotations
@@ -36,9 +42,17 @@ from tests.loopback import wire
 from tests.loopback.batches import BatchStore
 from tests.loopback.faults import ErrorReply, FaultKind, FaultPlan, Faults, RequestBucket
 from tests.loopback.handler import HTTPServer, RecordedRequest, Reply, json_reply
+from tests.loopback.openai_batches import OpenAIFiles
+from tests.loopback.openai_wire import (
+    OpenAIUsage,
+    openai_completion,
+    openai_error,
+    parse_openai,
+    reset_duration,
+)
 from tests.loopback.wire import Call, Provider, Responder
 
-INFERENCE_ENDPOINTS = ("messages", "generateContent")
+INFERENCE_ENDPOINTS = ("messages", "generateContent", "chat.completions")
 _FAULT_MESSAGES = {429: "rate limit", 500: "internal error", 529: "overload"}
 # Status 200 and a JSON content type, cut mid-object: the client's parser must fail.
 _MALFORMED = b'{"id": "msg_malformed", "content": [{"type": "te'
@@ -57,7 +71,9 @@ class LLMServer:
     Knobs: ``latency_s`` before every inference answer (a sleep: waits overlap); ``faults`` injected
     deterministically; ``rpm_limit`` answers 429 beyond that many requests per minute (token bucket of
     ``rpm_burst``, one second's worth by default); batches stay ``in_progress`` for ``batch_delay_s``;
-    with ``api_key`` set, any other key is refused. A stopped server cannot be started again.
+    with ``api_key`` set, any other key is refused. OpenAI only: ``openai_structured=False`` refuses a
+    ``response_format`` other than text (as servers without structured output do), and ``openai_usage``
+    adds cached and reasoning tokens to every answer's usage. A stopped server cannot be started again.
     """
 
     def __init__(
@@ -70,6 +86,8 @@ class LLMServer:
         rpm_burst: int | None = None,
         batch_delay_s: float = 0.5,
         api_key: str | None = None,
+        openai_structured: bool = True,
+        openai_usage: OpenAIUsage | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -77,6 +95,9 @@ class LLMServer:
         self.responder = responder
         self.batch_delay_s = batch_delay_s
         self.api_key = api_key
+        self.openai_structured = openai_structured
+        self.openai_usage = openai_usage or OpenAIUsage()
+        self.files = OpenAIFiles()
         self.bucket = RequestBucket(rpm_limit, rpm_burst) if rpm_limit else None
         self._plan = FaultPlan(faults or Faults())
         self._lock = threading.Lock()
@@ -91,6 +112,11 @@ class LLMServer:
     def url(self) -> str:
         """The base URL to give an SDK, e.g. ``http://127.0.0.1:PORT`` (no trailing slash)."""
         return f"http://{self._httpd.server_name}:{self._httpd.server_port}"
+
+    @property
+    def openai_url(self) -> str:
+        """The base URL to give the ``openai`` SDK: ``url`` with ``/v1``, as OpenAI's and vLLM's read."""
+        return f"{self.url}/v1"
 
     @property
     def faults(self) -> Faults:
@@ -200,9 +226,19 @@ class LLMServer:
                     "anthropic-ratelimit-requests-limit": f"{self.bucket.rpm:g}",
                     "anthropic-ratelimit-requests-remaining": str(remaining),
                 }
+            elif provider == "openai":  # OpenAI's: the reset is when the next request is allowed
+                headers = {
+                    "x-ratelimit-limit-requests": f"{self.bucket.rpm:g}",
+                    "x-ratelimit-remaining-requests": str(remaining),
+                    "x-ratelimit-reset-requests": reset_duration(
+                        wait_s if not allowed else 60 / self.bucket.rpm
+                    ),
+                }
             if not allowed:
                 message = f"Rate limit of {self.bucket.rpm:g} requests per minute exceeded."
-                fault, error = "rpm_limit", ErrorReply(429, message, retry_after_s=wait_s)
+                # OpenAI says when to come back in x-ratelimit-reset-requests, not in retry-after
+                after = None if provider == "openai" else wait_s
+                fault, error = "rpm_limit", ErrorReply(429, message, retry_after_s=after)
         if fault == "rate_timeout":
             return Reply(0, b"", model=model, fault=fault, hang=True, delay_s=faults.hang_s)
         if fault == "rate_malformed":
@@ -253,6 +289,10 @@ class LLMServer:
             # Gemini has no 529; its overload answer is 503 UNAVAILABLE.
             status = 503 if error.status == 529 else error.status
             payload = wire.gemini_error(status, error.message, error.retry_after_s)
+        elif provider == "openai":
+            status = 503 if error.status == 529 else error.status  # nor has OpenAI
+            payload = openai_error(status, error.message)
+            headers.setdefault("x-request-id", request_id)
         else:
             status, payload = error.status, wire.anthropic_error(error.status, error.message, request_id)
         return json_reply(status, payload, headers=headers, fault=fault, model=model)
@@ -262,6 +302,16 @@ class LLMServer:
         call = wire.parse_anthropic(params)
         return wire.anthropic_message(
             call, wire.resolve_answer(call, self.responder), self.next_id("msg_loopback_")
+        )
+
+    def answer_openai(self, body: Any) -> dict[str, Any]:
+        """The ChatCompletion answering one line of an OpenAI batch (no latency, no faults)."""
+        call = parse_openai(body, structured=self.openai_structured)
+        return openai_completion(
+            call,
+            wire.resolve_answer(call, self.responder),
+            self.next_id("chatcmpl-loopback"),
+            self.openai_usage,
         )
 
     def answer_gemini(self, request: Any, model: str) -> dict[str, Any]:

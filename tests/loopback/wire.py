@@ -17,7 +17,7 @@ from typing import Any, Literal, TypedDict
 from tests.loopback.faults import ErrorReply
 from tests.loopback.schema import schema_instance
 
-Provider = Literal["anthropic", "gemini"]
+Provider = Literal["anthropic", "gemini", "openai"]
 Answer = str | dict[str, Any] | list[Any]
 
 

@@ -334,3 +334,139 @@ def test_no_credential_is_given_a_value_in_cluster_files(path: str) -> None:
     text = (CLUSTER / path).read_text()
     for name in CREDENTIALS:
         assert not re.search(rf"\b{name}\s*[:=]\s*\S", text), f"{path} sets {name}"
+
+
+# --- the vLLM recipe: a model behind an OpenAI-compatible endpoint, headrace's pools next to it ----------
+
+VLLM = "kuberay-vllm-rayservice.yaml"
+# What Ray Serve LLM's `build_openai_app` takes (LLMServingArgs in ray/llm/_internal/serve/core/ingress/
+# builder.py, whose module needs vLLM to import: the names are kept here and the models checked below).
+SERVING_ARGS = {"llm_configs", "ingress_cls_config", "ingress_deployment_config"}
+
+
+def _vllm() -> dict[str, Any]:
+    return _kuberay(VLLM)
+
+
+def _serve_config() -> dict[str, Any]:
+    text = _vllm()["spec"]["serveConfigV2"]
+    assert isinstance(text, str), "KubeRay takes serveConfigV2 as a YAML string"
+    config: dict[str, Any] = yaml.safe_load(text)
+    return config
+
+
+def _llm_configs() -> list[dict[str, Any]]:
+    (app,) = _serve_config()["applications"]
+    return list(app["args"]["llm_configs"])
+
+
+def _vllm_groups() -> dict[str, dict[str, Any]]:
+    cluster = _vllm()["spec"]["rayClusterConfig"]
+    return {"head": cluster["headGroupSpec"], **{g["groupName"]: g for g in cluster["workerGroupSpecs"]}}
+
+
+def test_the_vllm_serve_config_passes_ray_serves_own_schema() -> None:
+    pytest.importorskip("grpc_reflection", reason="Ray Serve's schema needs ray[serve] (the dev extra)")
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(_serve_config())
+    (app,) = config.applications
+    assert app.import_path == "ray.serve.llm:build_openai_app" and app.route_prefix == "/"
+    assert set(app.args) <= SERVING_ARGS and app.args["llm_configs"]
+    misspelt = copy.deepcopy(_serve_config())
+    misspelt["applications"][0]["import_pth"] = misspelt["applications"][0].pop("import_path")
+    with pytest.raises(ValueError, match="import_path"):
+        ServeDeploySchema.model_validate(misspelt)
+
+
+def test_each_served_model_passes_ray_serve_llms_llm_config() -> None:
+    module = pytest.importorskip(
+        "ray.llm._internal.serve.core.configs.llm_config", reason="Ray Serve LLM's config models"
+    )
+    for raw in _llm_configs():
+        config = module.LLMConfig.model_validate(raw)
+        assert config.model_id and config.engine_kwargs["max_model_len"] > 0
+    typo = {**_llm_configs()[0], "engine_kwarg": {}}
+    with pytest.raises(ValueError, match="engine_kwarg"):
+        module.LLMConfig.model_validate(typo)
+
+
+def test_the_vllm_cluster_is_a_valid_ray_cluster_with_gpus_and_a_place_for_pools() -> None:
+    service = _vllm()
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == _args()["RAY_VERSION"]
+    # the parser Ray's autoscaler applies to the RayCluster KubeRay makes from the RayService
+    cr = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "spec": cluster}
+    cr["metadata"] = {"name": service["metadata"]["name"], "namespace": "default"}
+    config = _derive_autoscaling_config_from_ray_cr(cr)
+    validate_config(config)
+    types = config["available_node_types"]
+    assert types["gpu"]["resources"]["GPU"] == 1 and "GPU" not in types["headrace-pools"]["resources"]
+    assert {n for n, t in types.items() if "llm_gateway" in t["resources"]} == {"headrace-pools"}
+    # Serve's ingress needs vLLM's packages: it may only land where the ray-llm image runs
+    (app,) = _serve_config()["applications"]
+    pinned = app["args"]["ingress_deployment_config"]["ray_actor_options"]["resources"]
+    assert {n for n, t in types.items() if set(pinned) <= set(t["resources"])} == {"gpu", "headgroup"}
+    for name, group in _vllm_groups().items():
+        params = group["rayStartParams"]
+        assert all(isinstance(v, str) for v in params.values()), (name, params)
+        resources = json.loads(json.loads(params["resources"])) if "resources" in params else {}
+        assert ("serve_llm" in resources) == (name in ("head", "gpu")), name
+
+
+def test_each_replica_gets_the_gpus_its_engine_asks_for() -> None:
+    (model,) = _llm_configs()
+    engine = model["engine_kwargs"]
+    wanted = engine.get("tensor_parallel_size", 1) * engine.get("pipeline_parallel_size", 1)
+    (container,) = _vllm_groups()["gpu"]["template"]["spec"]["containers"]
+    limits = container["resources"]["limits"]
+    assert (
+        int(limits["nvidia.com/gpu"]) == wanted == int(container["resources"]["requests"]["nvidia.com/gpu"])
+    )
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/dev/shm" in mounts  # vLLM's workers share tensors through it
+
+
+def test_every_vllm_pod_template_is_valid_and_runs_the_pinned_images() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra)")
+    headrace_image = _kuberay("kuberay-raycluster.yaml")["spec"]["headGroupSpec"]["template"]["spec"][
+        "containers"
+    ][0]["image"]
+    ray_version, python_tag = _args()["RAY_VERSION"], _args()["PYTHON_TAG"]
+    uid, gid = (int(x) for x in [r for k, r in _instructions() if k == "USER"][-1].split(":"))
+    for name, group in _vllm_groups().items():
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
+        kubernetes_validate.validate(
+            {**wrapped, "template": group["template"]}, kubernetes_validate.latest_version(), strict=True
+        )
+        pod = group["template"]["spec"]
+        assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, gid)
+        (container,) = pod["containers"]
+        assert {"secretRef": {"name": SECRET_NAME}} in container["envFrom"]
+        assert container["resources"]["requests"] == container["resources"]["limits"]
+        if name == "headrace-pools":
+            assert container["image"] == headrace_image
+        else:  # the same Ray and Python as the headrace image, with vLLM
+            assert re.fullmatch(rf"rayproject/ray-llm:{ray_version}-{python_tag}-cu\d+", container["image"])
+
+
+def test_the_openai_example_reaches_the_served_model_from_pools_placed_next_to_it() -> None:
+    from engine.check import check_file
+
+    (model,) = _llm_configs()
+    served = model["model_loading_config"]["model_id"]
+    header = [line for line in (CLUSTER / VLLM).read_text().splitlines() if line.startswith("#")]
+    base_url = f"http://{_vllm()['metadata']['name']}-serve-svc:8000/v1"
+    assert any(base_url in line for line in header)  # the URL KubeRay's serve Service answers on
+    assert yaml.safe_load(_vllm()["spec"]["serveConfigV2"])["http_options"]["port"] == 8000
+    example = ROOT / "configs" / "examples" / "llm_openai_compatible.yaml"
+    overrides = [
+        f"providers.openai.config.base_url={base_url}",
+        "nodes.classify.resources.custom.llm_gateway=1",
+    ]
+    spec = check_file(str(example), overrides=overrides).loaded.spec  # raises on any error
+    node = spec.nodes["classify"]
+    assert (node.provider, node.model) == ("openai", served)  # type: ignore[union-attr]
+    assert node.resources.custom == {"llm_gateway": 1}  # type: ignore[union-attr]
+    assert spec.providers["openai"].prices[served] == {"input": 0.0, "output": 0.0}

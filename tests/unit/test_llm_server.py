@@ -1,4 +1,5 @@
-"""The loopback LLM server, driven by the real ``anthropic`` and ``google-genai`` SDKs (no Ray, no network).
+"""The loopback LLM server, driven by the real ``anthropic``, ``google-genai`` and ``openai`` SDKs (no Ray,
+no network).
 
 What is proved here is that the fake is faithful enough to stand in for the providers: the SDKs parse its
 answers, map its errors to their own exception types, retry as they would against the real APIs, and
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -19,6 +21,7 @@ from typing import Any
 
 import anthropic
 import jsonschema
+import openai
 import pydantic
 import pytest
 from google import genai
@@ -516,3 +519,102 @@ def test_public_names_are_pinned() -> None:
         "ResponderRequest",
         "schema_instance",
     ]
+
+
+# ---------------------------------------------------------------- OpenAI Chat Completions and Batch API
+
+
+def _openai(server: LLMServer, **options: Any) -> openai.OpenAI:
+    return openai.OpenAI(api_key=KEY, base_url=server.openai_url, **options)
+
+
+def _complete(client: openai.OpenAI, prompt: str = "x", *, raw: bool = False, **fields: Any) -> Any:
+    """A Chat Completions call with plain dicts (the SDK's TypedDict overloads are not the point here)."""
+    chat = client.chat.completions
+    create: Any = chat.with_raw_response.create if raw else chat.create
+    return create(model="gpt-5-mini", messages=_ask(prompt), **fields)
+
+
+def test_openai_chat_completion_has_usage_and_the_loopback_answer(server: LLMServer) -> None:
+    create: Any = _openai(server).chat.completions.create
+    completion = create(
+        model="gpt-5-mini", messages=[{"role": "system", "content": "Be brief."}, *_ask("hello")]
+    )
+    claude = _text(_claude(server), "hello")
+    choice = completion.choices[0]
+    assert choice.message.content == claude and choice.finish_reason == "stop"  # same pure answer
+    assert completion.usage is not None and completion.usage.prompt_tokens == 4  # ceil(14 chars / 4)
+    assert server.requests[0].endpoint == "chat.completions" and server.requests[0].provider == "openai"
+
+
+def test_openai_json_schema_answers_valid_json_and_refuses_what_openai_refuses(server: LLMServer) -> None:
+    client = _openai(server, max_retries=0)
+    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": TICKET_SCHEMA}}
+    answer = _complete(client, response_format=fmt)
+    jsonschema.validate(json.loads(answer.choices[0].message.content or ""), TICKET_SCHEMA)
+    strict = {"type": "json_schema", "json_schema": {"name": "t", "schema": TICKET_SCHEMA, "strict": True}}
+    enum_root = {"type": "json_schema", "json_schema": {"name": "t", "schema": {"enum": ["a"]}}}
+    for bad in (strict, enum_root):  # strict needs closed objects; the root must be an object
+        with pytest.raises(openai.BadRequestError, match="Invalid schema"):
+            _complete(client, response_format=bad)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        _complete(client, max_tokens=5, max_completion_tokens=5)
+    with (
+        LLMServer(openai_structured=False) as plain,
+        pytest.raises(openai.BadRequestError, match="not supported"),
+    ):
+        _complete(_openai(plain, max_retries=0), response_format={"type": "json_object"})
+
+
+def test_openai_rate_limit_sends_x_ratelimit_headers_and_the_sdk_reads_errors() -> None:
+    with LLMServer(rpm_limit=60, rpm_burst=1, faults=Faults(fail_first_n=1, fail_first_status=500)) as server:
+        client = _openai(server, max_retries=0)
+        with pytest.raises(openai.InternalServerError):
+            _complete(client)
+        ok = _complete(client, raw=True)
+        with pytest.raises(openai.RateLimitError) as raised:
+            _complete(client)
+    assert (
+        ok.headers["x-ratelimit-limit-requests"] == "60"
+        and ok.headers["x-ratelimit-remaining-requests"] == "0"
+    )
+    headers = raised.value.response.headers
+    assert "retry-after" not in headers and re.fullmatch(
+        r"\d+ms|[\d.]+s", headers["x-ratelimit-reset-requests"]
+    )
+    assert raised.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
+
+
+def test_openai_batch_runs_from_an_uploaded_file_to_output_and_error_files() -> None:
+    def refuse(request: ResponderRequest) -> str | None:
+        if "refuse" in request["prompt"]:
+            raise ErrorReply(400, "refused")
+        return None
+
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-5-mini", "messages": _ask(prompt)},
+        }
+        for i, prompt in enumerate(["one", "two", "please refuse"])
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    with LLMServer(batch_delay_s=0.2, responder=refuse) as server:
+        client = _openai(server)
+        uploaded = client.files.create(file=("in.jsonl", data), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.status == "in_progress" and batch.output_file_id is None
+        time.sleep(0.3)
+        done = client.batches.retrieve(batch.id)
+        assert done.status == "completed" and done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+        out = [json.loads(x) for x in client.files.content(done.output_file_id or "").text.splitlines()]
+        errors = [json.loads(x) for x in client.files.content(done.error_file_id or "").text.splitlines()]
+        assert client.files.content(uploaded.id).content == data
+    assert [o["custom_id"] for o in out] == ["r0", "r1"] and errors[0]["custom_id"] == "r2"
+    assert out[0]["response"]["body"]["choices"][0]["message"]["content"].startswith("Loopback answer")
+    assert errors[0]["response"]["status_code"] == 400

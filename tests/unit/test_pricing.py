@@ -169,7 +169,7 @@ def test_unknown_model_suggests_the_family_pattern(table: PriceTable) -> None:
 
 def test_unknown_provider_lists_the_known_ones(table: PriceTable) -> None:
     with pytest.raises(
-        UnknownPrice, match=r"no prices for provider 'mistral' \(known: anthropic, gemini, offline\)"
+        UnknownPrice, match=r"no prices for provider 'mistral' \(known: anthropic, gemini, offline, openai\)"
     ):
         table.price("mistral", "mistral-small")
 

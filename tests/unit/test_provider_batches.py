@@ -32,20 +32,21 @@ from tests.loopback.schema import TICKET_SCHEMA
 pytestmark = pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession:DeprecationWarning")
 
 KEY = "test-key-0123456789"
-MODELS = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
+MODELS = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash", "openai": "gpt-5-mini"}
 # The field names of the usage the loopback server records for a request, per provider.
 USAGE = {
     "anthropic": ("input_tokens", "output_tokens"),
     "gemini": ("promptTokenCount", "candidatesTokenCount"),
+    "openai": ("prompt_tokens", "completion_tokens"),
 }
-CREATE = {"anthropic": "batches.create", "gemini": "batchGenerateContent"}
-SDK_PROVIDERS = pytest.mark.parametrize("name", ["anthropic", "gemini"])
+CREATE = {"anthropic": "batches.create", "gemini": "batchGenerateContent", "openai": "openai.batches.create"}
+SDK_PROVIDERS = pytest.mark.parametrize("name", ["anthropic", "gemini", "openai"])
 T = TypeVar("T")
 Items = list[tuple[str, LlmRequest]]
 
 
 class SdkProvider(Provider, BatchProvider, Protocol):
-    """What the ``anthropic`` and ``gemini`` providers are: both interfaces."""
+    """What the ``anthropic``, ``gemini`` and ``openai`` providers are: both interfaces."""
 
 
 def _request(name: str, prompt: str, **fields: Any) -> LlmRequest:
@@ -63,7 +64,8 @@ def _items(name: str) -> Items:
 
 
 def _provider(name: str, server: LLMServer, **config: Any) -> SdkProvider:
-    provider = get_provider(name, {"api_key": KEY, "base_url": server.url, **config})
+    url = server.openai_url if name == "openai" else server.url
+    provider = get_provider(name, {"api_key": KEY, "base_url": url, **config})
     assert isinstance(provider, BatchProvider)
     return cast(SdkProvider, provider)
 
@@ -93,7 +95,14 @@ async def _until_ended(provider: BatchProvider, batch_id: str) -> BatchStatus:
 @pytest.fixture(autouse=True)
 def _no_provider_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     """Credentials of the developer's shell must not leak into (or decide) these tests."""
-    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+    for name in (
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -148,12 +157,20 @@ def test_a_batch_answers_every_request_by_custom_id_like_a_live_call(server: LLM
 def test_each_batch_request_is_the_body_a_live_call_sends(server: LLMServer, name: str) -> None:
     items = _items(name)
     _run(_provider(name, server), lambda p: p.submit_batch(items))
-    (created,) = server.requests
+    *uploads, created = server.requests
     server.clear()
     _run(_provider(name, server), lambda p: asyncio.gather(*(p.call(r) for _, r in items)))
     live_bodies = sorted((r.body for r in server.requests), key=json.dumps)
     if name == "anthropic":
         sent = [entry["params"] for entry in created.body["requests"]]
+    elif name == "openai":  # the requests went up as a JSONL file; the batch names that file
+        (upload,) = uploads
+        lines = [json.loads(line) for line in upload.body["file"].decode().splitlines()]
+        assert created.body["input_file_id"].startswith("file-") and upload.body["purpose"] == "batch"
+        assert [(ln["custom_id"], ln["method"], ln["url"]) for ln in lines] == [
+            (i, "POST", "/v1/chat/completions") for i, _ in items
+        ]
+        sent = [line["body"] for line in lines]
     else:  # the batch names the model in each inlined request; generateContent names it in the URL
         inlined = created.body["batch"]["inputConfig"]["requests"]["requests"]
         assert [entry["metadata"] for entry in inlined] == [{"custom_id": i} for i, _ in items]
@@ -251,16 +268,17 @@ def test_bad_custom_ids_are_refused_before_any_http(
     assert server.requests == []
 
 
-def test_a_gemini_batch_is_for_one_model(server: LLMServer) -> None:
-    mixed = [("a", _request("gemini", "one")), ("b", LlmRequest("gemini", "gemini-2.5-pro", "two"))]
+@pytest.mark.parametrize(("name", "other"), [("gemini", "gemini-2.5-pro"), ("openai", "gpt-5")])
+def test_a_gemini_or_openai_batch_is_for_one_model(server: LLMServer, name: str, other: str) -> None:
+    mixed = [("a", _request(name, "one")), ("b", LlmRequest(name, other, "two"))]
     with pytest.raises(ValueError, match="one model"):
-        _run(_provider("gemini", server), lambda p: p.submit_batch(mixed))
+        _run(_provider(name, server), lambda p: p.submit_batch(mixed))
     assert server.requests == []
 
 
 @SDK_PROVIDERS
 def test_an_unknown_batch_is_not_found(server: LLMServer, name: str) -> None:
-    unknown = "msgbatch_nope" if name == "anthropic" else "batches/nope"
+    unknown = {"anthropic": "msgbatch_nope", "gemini": "batches/nope", "openai": "batch_nope"}[name]
     with pytest.raises(RequestRejected) as raised:
         _run(_provider(name, server), lambda p: p.batch_status(unknown))
     assert raised.value.status == 404 and not raised.value.retryable
@@ -313,7 +331,8 @@ def test_a_batch_submitted_elsewhere_is_read_with_its_requests(server: LLMServer
 
 
 def test_only_the_sdk_providers_are_batch_providers(server: LLMServer, tmp_path: Any) -> None:
-    assert all(isinstance(_provider(name, server), BatchProvider) for name in ("anthropic", "gemini"))
+    sdk_providers = ("anthropic", "gemini", "openai")
+    assert all(isinstance(_provider(name, server), BatchProvider) for name in sdk_providers)
     offline = get_provider("offline", {})
     replay = get_provider("replay", {"path": str(tmp_path / "r.jsonl"), "provider": "offline"})
     assert not isinstance(offline, BatchProvider) and not isinstance(replay, BatchProvider)

@@ -1,6 +1,6 @@
-"""The provider layer, driven through the real ``anthropic`` and ``google-genai`` SDKs against the loopback
-server (no Ray, no network): answers and usage, structured output, error mapping, credentials from the
-environment, secrets kept out of errors, the offline and replay providers, and the registry.
+"""The provider layer, driven through the real ``anthropic``, ``google-genai`` and ``openai`` SDKs against
+the loopback server (no Ray, no network): answers and usage, structured output, error mapping, credentials
+from the environment, secrets kept out of errors, the offline and replay providers, and the registry.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from tests.loopback.schema import TICKET_SCHEMA
 pytestmark = pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession:DeprecationWarning")
 
 KEY = "test-key-0123456789"
-MODELS = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
+MODELS = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash", "openai": "gpt-5-mini"}
 T = TypeVar("T")
 
 
@@ -81,7 +81,8 @@ def _request(name: str, prompt: str = "hello there", **fields: Any) -> LlmReques
 
 
 def _provider(name: str, server: LLMServer, **config: Any) -> Provider:
-    return get_provider(name, {"api_key": KEY, "base_url": server.url, **config})
+    url = server.openai_url if name == "openai" else server.url
+    return get_provider(name, {"api_key": KEY, "base_url": url, **config})
 
 
 @pytest.fixture
@@ -99,11 +100,13 @@ def _no_provider_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         "GEMINI_API_KEY",
         "GOOGLE_API_KEY",
         "GOOGLE_GEMINI_BASE_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
     ):
         monkeypatch.delenv(name, raising=False)
 
 
-SDK_PROVIDERS = pytest.mark.parametrize("name", ["anthropic", "gemini"])
+SDK_PROVIDERS = pytest.mark.parametrize("name", ["anthropic", "gemini", "openai"])
 
 
 # ---------------------------------------------------------------- answers
@@ -124,10 +127,11 @@ def test_text_answer_with_usage(server: LLMServer, name: str) -> None:
     assert "Be brief." in json.dumps(logged[0].body)  # the system prompt reached the API
 
 
-def test_both_providers_give_the_loopback_answer_and_cut_at_max_tokens(server: LLMServer) -> None:
-    claude, gemini = (_run(_ask(_provider(n, server), _request(n))) for n in ("anthropic", "gemini"))
-    assert claude[0].text == gemini[0].text  # the loopback answer is a pure function of the prompt
-    for name in ("anthropic", "gemini"):
+def test_every_provider_gives_the_loopback_answer_and_cuts_at_max_tokens(server: LLMServer) -> None:
+    names = ("anthropic", "gemini", "openai")
+    claude, gemini, openai = (_run(_ask(_provider(n, server), _request(n))) for n in names)
+    assert claude[0].text == gemini[0].text == openai[0].text  # a pure function of the prompt
+    for name in names:
         (cut,) = _run(_ask(_provider(name, server), _request(name, max_tokens=1)))
         assert cut.stop_reason == "max_tokens" and cut.output_tokens == 1
 
@@ -142,6 +146,9 @@ def test_structured_output_validates_against_the_schema(server: LLMServer, name:
     if name == "anthropic":
         assert body["tool_choice"]["type"] == "tool"
         assert body["tools"][0]["input_schema"] == TICKET_SCHEMA
+    elif name == "openai":
+        assert body["response_format"]["type"] == "json_schema"
+        assert body["response_format"]["json_schema"]["schema"] == TICKET_SCHEMA
     else:
         assert body["generationConfig"]["responseMimeType"] == "application/json"
         assert "responseJsonSchema" in body["generationConfig"]
@@ -182,7 +189,7 @@ def test_faults_map_to_retryable_errors(
 def test_overload_is_retryable(name: str) -> None:
     with LLMServer(faults=Faults(rate_529=1.0)) as server:
         raised = _run(_fail(_provider(name, server), _request(name)))
-    # Anthropic's 529 "overloaded" is a rate signal; Gemini answers an overload as 503 UNAVAILABLE.
+    # Anthropic's 529 "overloaded" is a rate signal; Gemini and OpenAI answer an overload as 503.
     expected = (RateLimited, 529) if name == "anthropic" else (ServerError, 503)
     assert (type(raised), raised.status, raised.retryable) == (*expected, True)
 
@@ -206,8 +213,8 @@ def test_rejections_are_final_and_never_show_the_key(name: str) -> None:
         wrong_key = _run(_fail(_provider(name, server, api_key=secret), _request(name)))
     with LLMServer(responder=echo_key) as server:
         echoed = _run(_fail(_provider(name, server, api_key=secret), _request(name)))
-    # Gemini answers a bad key with 400 INVALID_ARGUMENT, as the real API does; Anthropic with 401.
-    for raised, status in ((wrong_key, 401 if name == "anthropic" else 400), (echoed, 400)):
+    # Gemini answers a bad key with 400 INVALID_ARGUMENT, as the real API does; Anthropic and OpenAI with 401.
+    for raised, status in ((wrong_key, 400 if name == "gemini" else 401), (echoed, 400)):
         assert type(raised) is RequestRejected and not raised.retryable and raised.status == status
         assert secret not in str(raised) and secret not in repr(raised) and raised.__cause__ is None
     assert "[REDACTED]" in str(echoed)
@@ -238,12 +245,14 @@ def test_sdk_variables_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         monkeypatch.setenv("GOOGLE_API_KEY", KEY)  # the fallback of GEMINI_API_KEY
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
-        for name in ("anthropic", "gemini"):
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_url)
+        for name in ("anthropic", "gemini", "openai"):
             assert _run(_ask(get_provider(name, {}), _request(name)))[0].text
         monkeypatch.setenv("GEMINI_API_KEY", KEY)
         monkeypatch.setenv("GOOGLE_API_KEY", "wrong-google-key")  # GEMINI_API_KEY comes first
         assert _run(_ask(get_provider("gemini", {}), _request("gemini")))[0].text
-        assert [r.status for r in server.requests] == [200, 200, 200]
+        assert [r.status for r in server.requests] == [200, 200, 200, 200]
 
 
 def test_config_wins_over_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -359,7 +368,7 @@ def test_registry_lists_builtins_and_plugins(monkeypatch: pytest.MonkeyPatch) ->
     try:
         with pytest.warns(RuntimeWarning, match="built-in"):
             names = available_providers()
-        assert {"anthropic", "gemini", "offline", "replay", "echo"} <= set(names)
+        assert {"anthropic", "gemini", "openai", "offline", "replay", "echo"} <= set(names)
         assert type(get_provider("echo", {})).__name__ == "OfflineProvider"
         with pytest.raises(ProviderConfigError, match="known: anthropic"):
             get_provider("nope", {})
@@ -373,6 +382,7 @@ def test_every_provider_satisfies_the_protocol(server: LLMServer, tmp_path: Path
     built = [
         _provider("anthropic", server),
         _provider("gemini", server),
+        _provider("openai", server),
         get_provider("offline", {}),
         get_provider("replay", {"path": str(tmp_path / "r.jsonl"), "provider": "offline"}),
     ]
@@ -438,7 +448,10 @@ def _server_count(name: str, body: Any, model: str | None) -> int:
     return wire.parse_gemini(body, model or "").input_tokens
 
 
-@SDK_PROVIDERS
+COUNTING = pytest.mark.parametrize("name", ["anthropic", "gemini"])  # Chat Completions counts nothing
+
+
+@COUNTING
 def test_count_tokens_is_what_the_api_counts(server: LLMServer, name: str) -> None:
     plain = _request(name, system="Be brief.", temperature=0.2, max_tokens=100)
     structured = _request(name, "my invoice is wrong", output_schema=TICKET_SCHEMA)
@@ -454,7 +467,7 @@ def test_count_tokens_is_what_the_api_counts(server: LLMServer, name: str) -> No
     assert counts[1] > counts[2]  # the answer's schema (Anthropic: its tool) is counted too
 
 
-@SDK_PROVIDERS
+@COUNTING
 def test_a_count_with_a_bad_key_is_rejected_without_the_key(name: str) -> None:
     secret = "sk-super-secret-abcdef0123456789"
     with LLMServer(api_key="another-key-entirely") as server:
@@ -470,5 +483,6 @@ def test_only_the_sdk_providers_count_tokens(server: LLMServer, tmp_path: Path) 
     replay = get_provider("replay", {"path": str(tmp_path / "r.jsonl"), "provider": "anthropic"})
     assert isinstance(_provider("anthropic", server), TokenCounter)
     assert isinstance(_provider("gemini", server), TokenCounter)
+    assert not isinstance(_provider("openai", server), TokenCounter)  # estimates count locally
     assert not isinstance(get_provider("offline", {}), TokenCounter)
     assert not isinstance(replay, TokenCounter)  # a recording holds answers, not counts

@@ -27,7 +27,7 @@ from operators.llm_rows import InvalidAnswer, RowTask
 from operators.providers.base import BatchProvider, LlmRequest, LlmResponse
 from operators.providers.cache import ResponseCache
 from operators.providers.errors import ProviderError
-from operators.providers.pricing import PriceTable
+from operators.providers.pricing import PriceTable, answer_cost
 
 
 @dataclass
@@ -132,7 +132,7 @@ class BatchRowCaller:
             outcome = results.get(f"r{item.index}")
             if isinstance(outcome, LlmResponse):
                 answered += 1
-                cost = price.cost(outcome.input_tokens, outcome.output_tokens, batch=True)
+                cost = answer_cost(price, outcome)  # at the batch price: the answer is marked batch
                 spent = Charge(
                     spent.cost_usd + cost,
                     spent.input_tokens + outcome.input_tokens,

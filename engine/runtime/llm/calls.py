@@ -34,7 +34,7 @@ from operators.llm_rows import InvalidAnswer, RowTask, Target
 from operators.providers.base import LlmRequest, LlmResponse, Provider
 from operators.providers.cache import ResponseCache
 from operators.providers.errors import ProviderError, RateLimited
-from operators.providers.pricing import PriceTable
+from operators.providers.pricing import PriceTable, answer_cost
 
 _PAID = "live"
 MAX_RESPONSE_CHARS = 4_000_000
@@ -157,8 +157,13 @@ def account_id(provider: str, config: Mapping[str, Any], environ: Mapping[str, s
     env_keys = {
         "anthropic": ("ANTHROPIC_API_KEY",),
         "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+        "openai": ("OPENAI_API_KEY",),
     }.get(provider, ())
-    env_urls = {"anthropic": ("ANTHROPIC_BASE_URL",), "gemini": ("GOOGLE_GEMINI_BASE_URL",)}.get(provider, ())
+    env_urls = {
+        "anthropic": ("ANTHROPIC_BASE_URL",),
+        "gemini": ("GOOGLE_GEMINI_BASE_URL",),
+        "openai": ("OPENAI_BASE_URL",),
+    }.get(provider, ())
     key = config.get("api_key") or next((environ[k] for k in env_keys if environ.get(k)), "")
     url = config.get("base_url") or next((environ[k] for k in env_urls if environ.get(k)), "")
     return hashlib.sha256(f"{provider}\0{key}\0{url}".encode()).hexdigest()[:16]
@@ -288,7 +293,7 @@ class RowCaller:
                     raise
                 else:
                     billed = response.source == _PAID
-                    cost = price.cost(response.input_tokens, response.output_tokens) if billed else 0.0
+                    cost = answer_cost(price, response) if billed else 0.0
                     actual = Charge(cost, response.input_tokens, response.output_tokens)
                     await self._settle(reserved, actual)
                     if limits is not None:
@@ -324,7 +329,7 @@ class RowCaller:
             {
                 "llm.input_tokens": response.input_tokens,
                 "llm.output_tokens": response.output_tokens,
-                "llm.cost_usd": price.cost(response.input_tokens, response.output_tokens) if billed else 0.0,
+                "llm.cost_usd": answer_cost(price, response) if billed else 0.0,
                 "llm.stop_reason": response.stop_reason,
                 "llm.status": "ok",
             },
