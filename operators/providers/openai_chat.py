@@ -39,6 +39,7 @@ from operators.providers.base import BatchStatus, ConfigReader, LlmRequest, LlmR
 from operators.providers.errors import (
     BadResponse,
     ConnectionFailed,
+    MissingCredentials,
     ProviderConfigError,
     ProviderError,
     ProviderTimeout,
@@ -234,7 +235,7 @@ class OpenAIProvider:
         reader = ConfigReader(NAME, config or {}, allowed)
         self._api_key = reader.string("api_key", "OPENAI_API_KEY", environ=env)
         if not self._api_key:
-            raise ProviderConfigError(
+            raise MissingCredentials(
                 "no API key: set OPENAI_API_KEY or the provider config's `api_key` (a self-hosted server "
                 "that checks none still needs one: any text, e.g. OPENAI_API_KEY=none)",
                 provider=NAME,
