@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError, DataError, Diagnostic, HeadraceError, PlanError, RunError
-from engine.spec.models import END, FORMAT_VERSION, START, NodeSpec, Pipeline
-from engine.spec.registry import register_op
 
 if TYPE_CHECKING:
     from engine.check import CheckedPipeline, check_file
@@ -18,8 +16,18 @@ if TYPE_CHECKING:
     from engine.runtime import RunSummary, run_checked
     from engine.runtime.engine import Engine, EngineBusy, RunHandle, TenantQuota
     from engine.spec.loader import load_pipeline
+    from engine.spec.models import END, FORMAT_VERSION, START, NodeSpec, Pipeline
+    from engine.spec.registry import register_op
 
+# The pipeline models (pydantic, ~0.3 s to build) load on first use too: `headrace run` through a warm
+# engine never needs them.
 _LAZY = {
+    "END": "engine.spec.models",
+    "FORMAT_VERSION": "engine.spec.models",
+    "START": "engine.spec.models",
+    "NodeSpec": "engine.spec.models",
+    "Pipeline": "engine.spec.models",
+    "register_op": "engine.spec.registry",
     "CheckedPipeline": "engine.check",
     "check_file": "engine.check",
     "Command": "engine.graph",

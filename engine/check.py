@@ -22,11 +22,16 @@ class CheckedPipeline:
     loaded: LoadedPipeline
     plan: Plan
     warnings: list[Diagnostic]
+    cwd: str | None = None
+    """The directory ``--set`` paths (and a stdin pipeline's paths) are relative to; None: the process's
+    (a warm engine runs pipelines for clients in other directories)."""
 
     def base_dir(self) -> str:
         """The folder relative paths in the file are relative to (the cwd for stdin)."""
         path = self.loaded.document.path
-        return os.path.dirname(os.path.abspath(path)) if path not in ("-", "<stdin>") else os.getcwd()
+        if path in ("-", "<stdin>"):
+            return self.cwd or os.getcwd()
+        return os.path.dirname(os.path.abspath(os.path.join(self.cwd or os.getcwd(), path)))
 
     def resolver(self) -> Callable[[str, str], str]:
         """``resolve(node, path)``: a node's path made absolute. Paths in the file are relative to the
@@ -35,7 +40,7 @@ class CheckedPipeline:
         origin = self.loaded.document.source_map.origin
 
         def resolve_path(node: str, path: str) -> str:
-            return resolve(path, os.getcwd() if origin(("nodes", node, "path")) else file_dir)
+            return resolve(path, (self.cwd or os.getcwd()) if origin(("nodes", node, "path")) else file_dir)
 
         return resolve_path
 
@@ -53,8 +58,13 @@ def check_file(
     content: bytes | str | None = None,
     overrides: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
 ) -> CheckedPipeline:
-    """Validate ``path`` completely; raise :class:`ConfigError` with every error (and warning)."""
+    """Validate ``path`` completely; raise :class:`ConfigError` with every error (and warning).
+
+    ``env`` holds the values of ``${NAME}`` references (default: this process's environment); ``cwd`` is
+    the directory a relative ``path`` and ``--set`` paths are relative to (default: this process's; with
+    another, give the file's ``content`` too)."""
     loaded = load_pipeline(path, content=content, overrides=overrides, env=env)
     try:
         plan, problems = build_plan(loaded.spec)
@@ -65,7 +75,7 @@ def check_file(
         located = [locate(p, loaded.document) for p in exc.problems]
         raise ConfigError(loaded.warnings + sorted(located, key=lambda d: (d.line, d.col))) from None
     warnings = loaded.warnings + [locate(p, loaded.document) for p in problems]
-    return CheckedPipeline(loaded, plan, warnings)
+    return CheckedPipeline(loaded, plan, warnings, cwd)
 
 
 def locate(problem: Problem, doc: Document) -> Diagnostic:

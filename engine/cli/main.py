@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 
@@ -56,7 +56,33 @@ def _friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _LazyGroup(click.Group):
+    """A group whose heavier subcommands are imported when they are called (or listed in --help), so
+    that `headrace run` through a warm engine does not import what `runs` or `estimate` need."""
+
+    lazy: ClassVar[dict[str, str]] = {
+        "audit": "engine.cli.audit:audit",
+        "estimate": "engine.cli.estimate:estimate",
+        "run": "engine.cli.run:run",
+        "runs": "engine.cli.runs:runs",
+        "serve": "engine.cli.serve:serve",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            import importlib
+
+            module, name = self.lazy[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(package_name="headrace")
 def cli() -> None:
     """headrace: streaming data pipelines with LLM steps, on Ray."""
@@ -221,21 +247,6 @@ def _emit(text: str, output: str | None) -> None:
         tmp.replace(output)
     else:
         click.echo(text, nl=False)
-
-
-def _register_run() -> None:
-    from engine.cli.audit import audit
-    from engine.cli.estimate import estimate
-    from engine.cli.run import run
-    from engine.cli.runs import runs
-
-    cli.add_command(run)
-    cli.add_command(estimate)
-    cli.add_command(audit)
-    cli.add_command(runs)
-
-
-_register_run()
 
 
 def main() -> None:

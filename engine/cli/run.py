@@ -1,15 +1,25 @@
-"""``headrace run``: validate, compile and run a pipeline, then print its summary."""
+"""``headrace run``: validate, compile and run a pipeline, then print its summary.
+
+The run goes to a warm engine (``headrace serve``) when there is one: ``--engine URL`` or
+``HEADRACE_ENGINE`` name it, else the discovery file under ``$HEADRACE_HOME`` finds a local one; with
+none (or ``--no-engine``) this process starts a private Ray. This module imports only click at the top,
+so that a run through an engine starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from engine.cli.main import _friendly, _set_option
-from engine.cli.runs import parse_json_option
+
+if TYPE_CHECKING:
+    from engine.service.client import EngineTarget
 
 
 @click.command()
@@ -62,6 +72,18 @@ from engine.cli.runs import parse_json_option
     metavar="ADDR",
     help="The address the metrics endpoint binds (loopback by default; 0.0.0.0 for every interface).",
 )
+@click.option(
+    "--engine",
+    "engine_url",
+    metavar="URL",
+    help="Run on the warm engine at URL (`headrace serve`); default: $HEADRACE_ENGINE, else the one the "
+    "discovery file under $HEADRACE_HOME names, if it answers.",
+)
+@click.option(
+    "--no-engine",
+    is_flag=True,
+    help="Start a private Ray in this process even when a warm engine is running.",
+)
 @_friendly
 def run(
     path: str,
@@ -76,12 +98,40 @@ def run(
     trace: str | None,
     metrics_port: int | None,
     metrics_addr: str,
+    engine_url: str | None,
+    no_engine: bool,
 ) -> None:
-    """Validate, compile and run a pipeline (a local Ray is started when no --address is given).
+    """Validate, compile and run a pipeline: on a warm engine (`headrace serve`) when one is running,
+    else on a private Ray started here (or the cluster at --address).
 
-    A state graph (state nodes and edges) runs in this process from --input, checkpointed after
-    every node; `headrace runs` lists, resumes, replays and forks its runs.
+    A state graph (state nodes and edges) runs from --input, checkpointed after every node; `headrace
+    runs` lists, resumes, replays and forks its runs. --address, --trace and --metrics-port belong to
+    a run in this process: with them the run does not go to an engine found by discovery.
     """
+    graph_input = None
+    if input_text is not None:
+        from engine.cli.runs import parse_json_option
+
+        graph_input = parse_json_option(input_text, "--input")
+        if not isinstance(graph_input, dict):
+            raise click.BadParameter("give the input state as a JSON object", param_hint="--input")
+    target = _engine_target(engine_url, no_engine, address, trace, metrics_port)
+    if target is not None:
+        from engine.cli.run_remote import run_remote
+
+        sys.exit(
+            run_remote(
+                target,
+                path=path,
+                overrides=overrides,
+                as_json=as_json,
+                run_id=run_id,
+                resume=resume,
+                graph_input=graph_input,
+                checkpoint=checkpoint,
+                cache=not no_cache,
+            )
+        )
     from engine import metrics, telemetry
     from engine.check import check_file
     from engine.compile import compile_pipeline
@@ -100,11 +150,6 @@ def run(
     compiled = compile_pipeline(checked, cache=not no_cache).raise_errors()
     for warning in compiled.problems:
         click.echo(warning.format(), err=True)
-    graph_input = None
-    if input_text is not None:
-        graph_input = parse_json_option(input_text, "--input")
-        if not isinstance(graph_input, dict):
-            raise click.BadParameter("give the input state as a JSON object", param_hint="--input")
     # The same engine as a long-lived service, for one run. A dataflow's Ray is started here, in the
     # main thread (where Ray installs its signal handlers); a state graph starts Ray only if one of
     # its nodes runs on Ray, so a light graph never pays for it.
@@ -128,3 +173,26 @@ def run(
     else:
         click.echo(redact(summary.render()))
     sys.exit(summary.exit_code)
+
+
+def _engine_target(
+    engine_url: str | None, no_engine: bool, address: str | None, trace: str | None, metrics_port: int | None
+) -> EngineTarget | None:
+    """The warm engine this run goes to, or None to run in this process."""
+    if no_engine:
+        if engine_url:
+            raise click.UsageError("give --engine or --no-engine, not both")
+        return None
+    local = [
+        name
+        for name, given in (("--address", address), ("--trace", trace), ("--metrics-port", metrics_port))
+        if given is not None
+    ]
+    explicit = engine_url or os.environ.get("HEADRACE_ENGINE") or None
+    if local:
+        if engine_url:
+            raise click.UsageError(f"{', '.join(local)} apply to a run in this process, not with --engine")
+        return None  # HEADRACE_ENGINE or discovery: the user asked for this process's features
+    from engine.service.client import find_engine
+
+    return find_engine(explicit)

@@ -57,14 +57,19 @@ def object_store_bytes() -> int:
     return int(os.environ.get("HEADRACE_OBJECT_STORE_BYTES", DEFAULT_OBJECT_STORE_BYTES))
 
 
+def local_cpus() -> int:
+    """The CPUs of a local Ray: ``HEADRACE_NUM_CPUS`` when set (``headrace serve --num-cpus``), else all."""
+    return int(os.environ.get("HEADRACE_NUM_CPUS") or os.cpu_count() or 1)
+
+
 def start_local_ray() -> None:
-    """Start a new local Ray in this process, with every CPU and an explicitly sized object store."""
+    """Start a new local Ray in this process, with its CPUs and an explicitly sized object store."""
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray.init(
         # "local" always starts a new instance; with no address Ray would join any cluster that
         # `ray start` left running on the machine
         address="local",
-        num_cpus=os.cpu_count() or 1,
+        num_cpus=local_cpus(),
         object_store_memory=object_store_bytes(),
         include_dashboard=False,
         logging_level=logging.WARNING,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from engine.errors import HeadraceError
@@ -60,6 +60,7 @@ class RunHandle:
         self._owner: int | None = None  # the thread of an Engine.run() call
         self._run_here = False
         self._lock = threading.Lock()
+        self._callbacks: list[Callable[[RunHandle], None]] = []
 
     def __repr__(self) -> str:
         return f"RunHandle({self.run_id!r}, tenant={self.tenant!r}, status={self._status!r})"
@@ -105,6 +106,21 @@ class RunHandle:
                 # the timeout covers a value appended between the check above and this wait
                 cond.wait(0.05)
 
+    def progress(self) -> dict[str, Any] | None:
+        """A dataflow run's live summary (``RunSummary.as_dict()``) as it stands; None before it starts
+        and for a graph app's run (whose :meth:`stream` yields its states)."""
+        live = self._live
+        return live.as_dict() if live is not None else None
+
+    def add_done_callback(self, callback: Callable[[RunHandle], None]) -> None:
+        """Call ``callback(handle)`` once the run has ended (at once if it has), in the thread that ends
+        it: keep it short and thread-safe."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
     def cancel(self) -> bool:
         """Cancel the run: a queued run is removed, a running graph run's task is cancelled, a running
         dataflow run is interrupted (best effort). False when the run had already ended."""
@@ -124,8 +140,12 @@ class RunHandle:
     ) -> None:
         self._status, self._result, self._error = status, result, error
         self._target = self._inputs = None  # a finished run holds only its outcome
-        self._done.set()
+        with self._lock:
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
         cond = self._cond
         if cond is not None:
             with cond:
                 cond.notify_all()
+        for callback in callbacks:
+            callback(self)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import jsonschema
 import pytest
 import ray.autoscaler
@@ -307,7 +308,9 @@ def test_the_rayjob_runs_headrace_on_the_raycluster() -> None:
     }
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[:2] == ["headrace", "run"]
-    params = cli.commands["run"].make_context("run", argv[2:]).params
+    command = cli.get_command(click.Context(cli), "run")
+    assert command is not None
+    params = command.make_context("run", argv[2:]).params
     assert params["address"] == "auto" and params["as_json"] is True
     # the pipeline is the repository's copy that the image holds
     pipeline = Path(params["path"]).relative_to(IMAGE_WORKDIR)

@@ -1,0 +1,177 @@
+"""The runs a warm engine serves: submitted to its :class:`~engine.runtime.engine.Engine`, each with an
+event log (accepted, progress every half second, end) and a view for ``GET /v1/runs/{id}``.
+
+Submitting checks the pipeline through the compile cache first, so a refused pipeline never reaches
+the engine; a run's end event carries what ``headrace run`` prints and exits with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.compile import Compiled
+from engine.errors import ConfigError, HeadraceError
+from engine.runtime.engine import Engine, RunHandle
+from engine.runtime.handles import RunCancelled
+from engine.service.compile_cache import CompileCache
+from engine.service.events import EventLog
+from engine.service.models import RunRequest
+
+_TICK_S = 0.5
+_INTERNAL = 70
+
+
+class UnknownRun(KeyError):
+    """No run with that id is held by this engine."""
+
+
+class DuplicateRun(ValueError):
+    """A run with that id is already held by this engine."""
+
+
+@dataclass
+class ServedRun:
+    """A run submitted through the service."""
+
+    handle: RunHandle
+    events: EventLog
+    last_progress: Any = field(default=None)
+
+
+class ServedRuns:
+    """Submits runs to the engine and keeps their event logs."""
+
+    def __init__(self, engine: Engine, cache: CompileCache, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self.cache = cache
+        self._loop = loop
+        self._runs: dict[str, ServedRun] = {}
+        self._lock = threading.Lock()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def submit(self, request: RunRequest) -> tuple[ServedRun, list[dict[str, Any]]]:
+        """Check and submit ``request``; raise :class:`ConfigError` for an invalid pipeline."""
+        compiled = self._check(request)
+        run_id = request.resume or request.run_id
+        with self._lock:
+            if run_id is not None and run_id in self._runs and not self._runs[run_id].handle.done():
+                raise DuplicateRun(f"run {run_id!r} is in flight on this engine")
+        options: dict[str, Any] = {"cache": request.cache, "progress": False}
+        for name in ("run_id", "resume", "checkpoint"):
+            if (value := getattr(request, name)) is not None:
+                options[name] = value
+        handle = self.engine.submit(
+            compiled, request.inputs, tenant=request.tenant, priority=request.priority, **options
+        )
+        served = ServedRun(handle, EventLog(self._loop))
+        served.events.append("accepted", {"run_id": handle.run_id, "tenant": handle.tenant})
+        with self._lock:
+            self._runs[handle.run_id] = served
+        handle.add_done_callback(lambda h: _post_end(served, h))
+        return served, [d.as_dict() for d in compiled.problems]
+
+    def get(self, run_id: str) -> ServedRun:
+        """The run ``run_id``, or :class:`UnknownRun`."""
+        with self._lock:
+            served = self._runs.get(run_id)
+        if served is None:
+            raise UnknownRun(run_id)
+        return served
+
+    def cancel_all(self) -> int:
+        """Cancel every run in flight (the server is stopping); how many were."""
+        with self._lock:
+            live = [s.handle for s in self._runs.values() if not s.handle.done()]
+        return sum(1 for handle in live if handle.cancel())
+
+    def in_flight(self) -> int:
+        """Runs not ended yet."""
+        with self._lock:
+            return sum(1 for s in self._runs.values() if not s.handle.done())
+
+    # -- progress ---------------------------------------------------------------------------------------
+
+    def start_ticker(self) -> None:
+        """Post each live run's progress every half second (from the server's loop)."""
+        self._ticker = self._loop.create_task(self._tick())
+
+    async def stop_ticker(self) -> None:
+        """Stop posting progress."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK_S)
+            with self._lock:
+                live = [s for s in self._runs.values() if not s.handle.done()]
+            for served in live:
+                snapshot = served.handle.progress()
+                if snapshot is not None and snapshot != served.last_progress:
+                    served.last_progress = snapshot
+                    served.events.append("progress", {"status": served.handle.status(), "summary": snapshot})
+
+    def _check(self, request: RunRequest) -> Compiled:
+        env: Mapping[str, str] = os.environ if request.env is None else request.env
+        cwd = request.cwd
+        if request.pipeline is not None:
+            return self.cache.check(
+                "-",
+                request.pipeline.encode("utf-8"),
+                overrides=request.overrides,
+                env=env,
+                cwd=cwd,
+                cache=request.cache,
+            )
+        assert request.path is not None
+        where = os.path.join(cwd or os.getcwd(), request.path)
+        try:
+            with open(where, "rb") as fh:
+                content = fh.read()
+        except OSError:
+            # the same refusal `headrace validate` gives for a file it cannot read
+            from engine.check import check_file
+
+            check_file(where, overrides=request.overrides, env=env, cwd=cwd)
+            raise
+        return self.cache.check(
+            request.path, content, overrides=request.overrides, env=env, cwd=cwd, cache=request.cache
+        )
+
+
+def _post_end(served: ServedRun, handle: RunHandle) -> None:
+    served.events.append("end", view(handle))
+
+
+def view(handle: RunHandle) -> dict[str, Any]:
+    """What ``GET /v1/runs/{id}`` and a run's ``end`` event say about it (a ``RunView`` as JSON)."""
+    out: dict[str, Any] = {"run_id": handle.run_id, "tenant": handle.tenant, "status": handle.status()}
+    if not handle.done():
+        return out
+    try:
+        result = handle.result(timeout=0)
+    except ConfigError as exc:
+        problems = [d.as_dict() for d in exc.diagnostics]
+        out.update(
+            exit_code=exc.exit_code, error={"code": exc.code, "message": str(exc), "problems": problems}
+        )
+        return out
+    except RunCancelled as exc:
+        out.update(exit_code=exc.exit_code, error={"code": exc.code, "message": str(exc)})
+        return out
+    except HeadraceError as exc:
+        out.update(exit_code=exc.exit_code, error={"code": exc.code, "message": str(exc)})
+        return out
+    except BaseException as exc:  # a bug in headrace: said as the CLI says it
+        message = f"{type(exc).__name__}: {exc}"
+        out.update(exit_code=_INTERNAL, error={"code": "internal", "message": message})
+        return out
+    out.update(
+        status=result.status, exit_code=result.exit_code, summary=result.as_dict(), text=result.render()
+    )
+    return out

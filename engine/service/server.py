@@ -1,0 +1,150 @@
+"""``headrace serve``'s process: Ray and an :class:`~engine.runtime.engine.Engine` kept warm, the HTTP
+API on uvicorn, and the discovery file that lets ``headrace run`` find it.
+
+Start-up: the engine (and Ray) start in the main thread, the socket is bound (port 0 picks one), the
+server starts listening, and only then is the discovery file written. Stopping (SIGTERM, Ctrl-C): the
+server stops taking runs and cancels those in flight at once, so their event streams end with
+``cancelled`` and their records say so; uvicorn then closes the connections, the engine waits for the
+runs to wind down, Ray stops, and the discovery file goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from engine.errors import HeadraceError
+from engine.runtime.engine import Engine
+from engine.service.app import create_app
+from engine.service.auth import LocalToken
+from engine.service.compile_cache import CompileCache
+from engine.service.discovery import EngineInfo, discovery_path, live_info, remove_info, write_info
+from engine.service.runs import ServedRuns
+
+_log = logging.getLogger(__name__)
+_GRACE_S = 30
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How ``headrace serve`` runs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8537
+    address: str | None = None
+    """A Ray cluster to join (``auto``, ``ray://host:10001``); None: start a local Ray."""
+    max_concurrent_runs: int = 64
+    max_queued: int = 10_000
+    log_level: str = "warning"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, told when it listens and when a signal asks it to stop."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Any, on_stop: Any) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+        self._on_stop = on_stop
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:
+            self._on_started()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            self._on_stop()
+        super().handle_exit(sig, frame)
+
+
+def serve(options: ServeOptions, *, announce: Any = print) -> None:
+    """Run the warm engine until SIGTERM or Ctrl-C; ``announce(text)`` tells the user where it listens."""
+    where = discovery_path()
+    running = live_info(where)
+    if running is not None and running.pid != os.getpid():
+        raise HeadraceError(
+            f"an engine already serves this HEADRACE_HOME at {running.url} (pid {running.pid}); stop it "
+            f"first, or give this one another HEADRACE_HOME"
+        )
+    sock = _bind(options.host, options.port)
+    url = _url(options.host, sock.getsockname()[1])
+    token = LocalToken()
+    app = create_app(None, token)
+    engine = Engine(
+        options.address, max_concurrent_runs=options.max_concurrent_runs, max_queued=options.max_queued
+    )
+    engine.start()  # Ray starts here, in the main thread (where it installs its signal handlers)
+    info = EngineInfo(url, os.getpid(), time.time(), token.token)
+    state: dict[str, Any] = {}
+
+    def started() -> None:
+        runs = ServedRuns(engine, CompileCache(), asyncio.get_running_loop())
+        runs.start_ticker()
+        state["runs"] = app.state.runs = runs
+        write_info(info, where)
+        announce(f"headrace engine at {url} (pid {info.pid}); discovery file {where}")
+
+    def stopping() -> None:
+        app.state.stopping = True
+        runs: ServedRuns | None = state.get("runs")
+        if runs is not None:
+            # cancelled now, not when uvicorn gets round to it: their streams end with the outcome
+            threading.Thread(target=runs.cancel_all, name="headrace-serve-cancel", daemon=True).start()
+
+    config = uvicorn.Config(
+        app,
+        log_level=options.log_level,
+        timeout_graceful_shutdown=_GRACE_S,
+        lifespan="off",
+        access_log=False,
+    )
+    server = _Server(config, started, stopping)
+    # uvicorn re-raises the signal that stopped it once it has: keep that from killing us before the
+    # cleanup below (Ray's handlers, installed by ray.init, would end the process too)
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack
+    try:
+        server.run(sockets=[sock])
+    finally:
+        app.state.stopping = True
+        remove_info(where, info.pid)
+        try:
+            engine.close(cancel=True)
+        finally:
+            sock.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        announce("headrace engine stopped")
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    _log.info("signal %d after the server stopped: cleaning up", signum)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise HeadraceError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
