@@ -88,6 +88,7 @@ class EngineClient:
         headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
         # no read timeout: an event stream is quiet while a run works (the server sends keep-alives)
         self.url = target.url
+        self._last_event: dict[str, str] = {}
         self._http = httpx.Client(
             base_url=target.url, headers=headers, timeout=httpx.Timeout(30.0, read=None)
         )
@@ -119,8 +120,8 @@ class EngineClient:
 
     def events(self, run_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(kind, data)`` of each event of the run until its ``end``, reconnecting with
-        ``Last-Event-ID`` when the stream breaks."""
-        last: str | None = None
+        ``Last-Event-ID`` when the stream breaks (or when called again for the same run)."""
+        last = self._last_event.get(run_id)
         failures = 0
         while True:
             headers = {"Last-Event-ID": last} if last is not None else {}
@@ -132,6 +133,8 @@ class EngineClient:
                             continue  # a keep-alive comment
                         failures = 0
                         last = sse.id or last
+                        if last is not None:
+                            self._last_event[run_id] = last
                         yield sse.event, sse.json()
                         if sse.event == "end":
                             return

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from engine.check import check_file
 from engine.compile import Compiled, compile_pipeline
 from engine.errors import ConfigError
+from engine.policy import Policy
 
 _Key = tuple[str, str, tuple[str, ...], str | None, bool]
 _SERVER_SIDE = ("HEADRACE_POLICY", "HEADRACE_ALLOWED_")
@@ -111,7 +112,9 @@ class CompileCache:
         refusal: ConfigError | None = None
         try:
             checked = check_file(path, content=content, overrides=overrides, env=recorder, cwd=cwd)
-            compiled = compile_pipeline(checked, cache=cache).raise_errors()
+            # the policy read through the recorder: its variables join the key (and are the server's)
+            policy = Policy.from_env(recorder)
+            compiled = compile_pipeline(checked, cache=cache, policy=policy).raise_errors()
         except ConfigError as exc:
             refusal = exc
         entry = _Entry(tuple(sorted(recorder.asked.items())), compiled, refusal)

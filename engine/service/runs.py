@@ -23,6 +23,8 @@ from engine.service.events import EventLog
 from engine.service.models import RunRequest
 
 _TICK_S = 0.5
+_KEEP_ENDED = 10_000
+"""Ended runs held for ``GET /v1/runs/{id}`` (older ones are in the runs store: `headrace runs show`)."""
 _INTERNAL = 70
 
 
@@ -72,8 +74,15 @@ class ServedRuns:
         served.events.append("accepted", {"run_id": handle.run_id, "tenant": handle.tenant})
         with self._lock:
             self._runs[handle.run_id] = served
+            if len(self._runs) > _KEEP_ENDED:
+                self._forget_ended()
         handle.add_done_callback(lambda h: _post_end(served, h))
         return served, [d.as_dict() for d in compiled.problems]
+
+    def _forget_ended(self) -> None:
+        ended = [run_id for run_id, s in self._runs.items() if s.handle.done()]
+        for run_id in ended[: len(self._runs) - _KEEP_ENDED]:  # oldest first: dicts keep insertion order
+            del self._runs[run_id]
 
     def get(self, run_id: str) -> ServedRun:
         """The run ``run_id``, or :class:`UnknownRun`."""
