@@ -6,6 +6,8 @@
     ├── DataError                 a row or batch of input data is unusable (node, file, offset)
     │   └── TransientError        an I/O failure that may pass: the driver retries it with backoff
     ├── RunError                  a run failed while executing (node, cause)
+    ├── ClusterError              the Ray cluster cannot be reached or refuses this driver (address,
+    │                             authentication token, a bad HEADRACE_SHIP_CODE)
     ├── QuotaError                a tenant's cluster-wide quota cannot be enforced: engines on one
     │                             cluster declare different values, or the cluster cannot hold its CPUs
     └── BudgetExceeded            the next LLM call would pass a budget: no new calls start, calls in
@@ -133,6 +135,13 @@ class RunError(HeadraceError):
     """A run failed while executing."""
 
     code = "run_failed"
+    exit_code = 3
+
+
+class ClusterError(HeadraceError):
+    """The driver cannot join the cluster it was pointed at; the message says what to fix."""
+
+    code = "cluster_unreachable"
     exit_code = 3
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import ray
+
+from engine.errors import ClusterError
 
 DEFAULT_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 
@@ -29,6 +35,16 @@ PROVIDER_VARIABLES = (
 """Variables workers read on the machines they run on (provider keys and endpoints, the cache, the
 operator's policy); shipped to a cluster's workers (a local Ray's workers inherit the driver's)."""
 
+
+SHIP_CODE_VARIABLE = "HEADRACE_SHIP_CODE"
+"""``auto`` (default): ship headrace's packages to a cluster unless the driver runs inside a Ray job;
+``always``; ``never`` (the cluster's image has headrace installed)."""
+
+JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray's job supervisor in a submitted job's driver: the job's runtime environment, which Ray
+merges with the one ``ray.init`` asks for and refuses to merge when both set the same field or variable."""
+
+_REACH_TIMEOUT_S = 3.0
 
 TELEMETRY_PREFIXES = ("OTEL_",)
 """OpenTelemetry's standard variables (OTLP endpoint and headers, service name, sampler): a worker's
@@ -88,24 +104,101 @@ def ray_session(address: str | None = None) -> Iterator[ClusterInfo]:
         yield ClusterInfo("existing", dict(ray.cluster_resources()), started_here=False)
         return
     if address:
-        import connectors
-        import engine
-        import operators
-
-        # Credentials travel in the job's runtime environment, which Ray keeps to this job; they are
-        # never written into a pipeline file, a summary or a log line.
-        runtime_env: dict[str, object] = {"py_modules": [engine, operators, connectors]}
-        if env := worker_env():
-            runtime_env["env_vars"] = env
-        ray.init(
-            address=address,
-            runtime_env=runtime_env,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-        )
+        check_reachable(address)
+        try:
+            ray.init(
+                address=address,
+                runtime_env=join_runtime_env(),
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+        except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+            raise ClusterError(_join_failure(address, exc)) from None
     else:
         start_local_ray()
     try:
         yield ClusterInfo(address or "local", dict(ray.cluster_resources()), started_here=True)
     finally:
         ray.shutdown()
+
+
+def join_runtime_env(environ: Mapping[str, str] | None = None) -> dict[str, object] | None:
+    """The runtime environment a driver joining a cluster asks for: headrace's packages (as folder paths,
+    which Ray can copy when it merges environments, unlike module objects) and the workers' variables.
+
+    Inside a Ray job the job's own runtime environment already reaches every worker: the driver then
+    ships no code (the job's image or working directory has headrace, as it runs this driver) and adds
+    only variables the job does not set, so Ray's merge never conflicts. ``HEADRACE_SHIP_CODE`` overrides
+    the choice of shipping code (``always``, ``never``).
+    """
+    env = os.environ if environ is None else environ
+    ship = env.get(SHIP_CODE_VARIABLE, "auto").strip().lower() or "auto"
+    if ship not in ("auto", "always", "never"):
+        raise ClusterError(
+            f"{SHIP_CODE_VARIABLE}={env[SHIP_CODE_VARIABLE]!r} is not one of auto, always, never; "
+            "use `never` when the cluster's image has headrace installed"
+        )
+    job_env: Mapping[str, object] = {}
+    if JOB_CONFIG_VARIABLE in env:
+        job_env = json.loads(env[JOB_CONFIG_VARIABLE]).get("runtime_env") or {}
+    in_job = JOB_CONFIG_VARIABLE in env
+    runtime_env: dict[str, object] = {}
+    if (ship == "always" or (ship == "auto" and not in_job)) and "py_modules" not in job_env:
+        runtime_env["py_modules"] = _package_folders()
+    job_vars = job_env.get("env_vars") or {}
+    assert isinstance(job_vars, Mapping)
+    shipped = {k: v for k, v in worker_env(dict(env)).items() if k not in job_vars}
+    if shipped:
+        runtime_env["env_vars"] = shipped
+    return runtime_env or None
+
+
+def _package_folders() -> list[str]:
+    import connectors
+    import engine
+    import operators
+
+    return [str(Path(m.__file__ or "").parent) for m in (engine, operators, connectors)]
+
+
+def check_reachable(address: str, timeout_s: float = _REACH_TIMEOUT_S) -> None:
+    """Refuse at once an address where nothing listens (``ray.init`` would retry for minutes, silently).
+
+    ``auto`` and addresses without a port are left to Ray, which finds or refuses them quickly.
+    """
+    if address == "auto":
+        return
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = f"no answer within {timeout_s:g}s" if isinstance(exc, TimeoutError) else exc.strerror
+        raise ClusterError(
+            f"no Ray cluster answers at {address} ({reason or type(exc).__name__}); start one with "
+            "`ray start --head`, or check the address: the head's GCS port (default 6379) for "
+            "`HOST:PORT`, or the Ray client port (default 10001) for `ray://HOST:PORT`"
+        ) from None
+
+
+def _join_failure(address: str, exc: BaseException) -> str:
+    text = str(exc)
+    first = text.splitlines()[0] if text else type(exc).__name__
+    how = (
+        "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token "
+        "(`ray get-auth-token` on the head prints it)"
+    )
+    if isinstance(exc, ray.exceptions.AuthenticationError):
+        return f"the Ray cluster at {address} refused this driver: it requires token authentication; {how}"
+    # Ray reports a missing or wrong token as a failed connection (only its log line says
+    # "Unauthenticated"), and the address itself answered: the token is the likely cause
+    return (
+        f"could not join the Ray cluster at {address}: {first}. If the cluster uses token "
+        f"authentication, this driver needs its token: {how}"
+    )
