@@ -69,23 +69,20 @@ def head() -> Iterator[Head]:
     env.pop("RAY_ADDRESS", None)
     # Ray 2.60's job server asks for a token: the head and every client of this test share one
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
-    # every port of its own: Ray's defaults (10001, 52365, ...) collide with any other head on the machine
-    ports = {
-        flag: _free_port()
-        for flag in (
-            "--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-            "--metrics-export-port", "--runtime-env-agent-port", "--node-manager-port",
-            "--object-manager-port",
-        )
-    }  # fmt: skip
     start = [
         RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
         "--num-cpus=2", f"--object-store-memory={256 * 1024 * 1024}", f"--temp-dir={temp_dir}",
-        "--disable-usage-stats", *(f"{flag}={value}" for flag, value in ports.items()),
+        # the client server's default port (10001) would collide with any other head on the machine
+        "--disable-usage-stats", f"--ray-client-server-port={_free_port()}",
     ]  # fmt: skip
-    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
     try:
+        for _attempt in range(3):
+            # `ray start` gives its raylet 30 s to register, which a loaded machine can miss
+            started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+            if started.returncode == 0:
+                break
+            _kill(temp_dir)
         assert started.returncode == 0, f"ray start failed:\n{started.stdout[-2000:]}{started.stderr[-2000:]}"
         url = f"http://127.0.0.1:{dashboard}"
         deadline = time.monotonic() + 120
@@ -100,10 +97,14 @@ def head() -> Iterator[Head]:
             time.sleep(2)
         yield Head(url, f"127.0.0.1:{port}", env)
     finally:
-        for pid in _pids(temp_dir):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _kill(temp_dir: str) -> None:
+    for pid in _pids(temp_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _submit(head: Head, entrypoint: str, runtime_env: dict[str, object]) -> subprocess.CompletedProcess[str]:
