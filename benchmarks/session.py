@@ -63,6 +63,18 @@ def _concurrency(options: RunOptions, cases: tuple[str, ...]) -> dict[str, Any]:
     return run_family(options)
 
 
+def _many(options: RunOptions, cases: tuple[str, ...]) -> dict[str, Any]:
+    from benchmarks.many import run_family
+
+    return run_family(options, cases)
+
+
+def _many_cases() -> tuple[str, ...]:
+    from benchmarks.many import CASES
+
+    return tuple(CASES)
+
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -76,6 +88,7 @@ FAMILIES: dict[str, Family] = {
             (),
             _concurrency,
         ),
+        Family("many", "many small pipelines at once", "latest-many.md", _many_cases(), _many),
     )
 }
 """Every family, in the order a session runs them (the order of issue 7)."""

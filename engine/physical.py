@@ -43,8 +43,8 @@ class StageJob:
     """Resolved folder for this stage's dead-letter files."""
     emit: bool = False
     """True when a barrier follows: the head returns its batches instead of writing a part."""
-    pools: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    """Actor handles of each pooled (LLM) node's pool; filled in by the runtime once they exist."""
+    pools: Mapping[str, Any] = field(default_factory=dict)
+    """Each pooled (LLM) node's way to its shared pool (a ``PoolClient``); filled in by the runtime."""
     trace: Mapping[str, str] = field(default_factory=dict)
     """The run's trace context for the task's spans (see engine.telemetry); empty: tracing is off."""
 
@@ -61,7 +61,7 @@ class TailJob:
     output: str | None
     on_error: Mapping[str, ErrorPolicy] = field(default_factory=dict)
     dead_letters: str | None = None
-    pools: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    pools: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
     """The pipeline's params (an LLM barrier renders templates with them)."""
     trace: Mapping[str, str] = field(default_factory=dict)
@@ -250,9 +250,9 @@ def check_capacity(stages: list[Stage], capacity: Mapping[str, float]) -> list[P
     return problems
 
 
-def check_placement(stages: list[Stage], pools: list[PoolPlan], placement: Placement) -> list[Problem]:
-    """Problems for tasks and pool actors that could never be scheduled inside ``placement``: one larger
-    than a bundle, or pool actors holding so much that no task of their stage fits beside them."""
+def check_placement(stages: list[Stage], placement: Placement) -> list[Problem]:
+    """Problems for tasks that could never be scheduled inside ``placement``: one larger than a bundle.
+    (LLM pools are cluster services, outside every tenant's group: they hold none of its CPUs.)"""
     problems: list[Problem] = []
     hint = f"lower the node's num_cpus to {placement.max_task_cpus:g} or less, or raise the tenant's max_cpus"
     for stage in stages:
@@ -261,24 +261,6 @@ def check_placement(stages: list[Stage], pools: list[PoolPlan], placement: Place
         if (refusal := placement.refusal(node, cpus)) is not None:
             where = ("nodes", node, "resources", "num_cpus")
             problems.append(Problem(where, refusal, hint, code="capacity"))
-    for pool in pools:
-        cpus = pool.ray_options.get("num_cpus", 0.0)
-        if (refusal := placement.refusal(pool.node, cpus)) is not None:
-            where = ("nodes", pool.node, "resources", "num_cpus")
-            problems.append(Problem(where, refusal, hint, code="capacity"))
-    held = sum(p.ray_options.get("num_cpus", 0.0) * p.size for p in pools)
-    task = max((ray_options(s.resources)["num_cpus"] for s in stages), default=0.0)
-    if pools and held > 0 and held + task > placement.cpus + 1e-9:
-        node = next(p.node for p in pools if p.ray_options.get("num_cpus", 0.0) > 0)
-        problems.append(
-            Problem(
-                ("nodes", node, "resources", "num_cpus"),
-                f"the LLM pools' actors hold {held:g} CPU of {placement.owner}, leaving less than the "
-                f"{task:g} CPU a task of the pipeline needs: the run could never finish",
-                "give the pool actors num_cpus 0 (they wait on the network), or raise the tenant's max_cpus",
-                code="capacity",
-            )
-        )
     return problems
 
 

@@ -100,8 +100,9 @@ def compile_pipeline(
 
 
 def placement_problems(compiled: Compiled, placement: Placement) -> list[Diagnostic]:
-    """Tasks and pool actors of ``compiled`` that could never be scheduled inside ``placement``."""
-    found = check_placement(list(compiled.stages), list(compiled.pools), placement)
+    """Tasks of ``compiled`` that could never be scheduled inside ``placement`` (LLM pools are shared
+    cluster services, outside every tenant's group)."""
+    found = check_placement(list(compiled.stages), placement)
     return list(_located(found, compiled.checked))
 
 

@@ -155,6 +155,10 @@ class Admission(Generic[T]):
         """Remove and return every queued run (the engine is closing)."""
         return [t for name in list(self._tenants) for t in self.drain(name)]
 
+    def weight(self, tenant: str) -> float:
+        """The tenant's weight (its share of free slots, and of the shared LLM pools)."""
+        return self._quotas.get(tenant, self._default).weight
+
     def queued_of(self, tenant: str) -> int:
         """Runs of ``tenant`` waiting."""
         state = self._tenants.get(tenant)

@@ -364,6 +364,7 @@ class Engine:
                 checkpoint=options.get("checkpoint"),
                 tenant=scope,
                 tenant_name=handle.tenant,
+                tenant_weight=self._admission.weight(handle.tenant),
                 placement=placement,
                 observe=lambda live: setattr(handle, "_live", live),
             )

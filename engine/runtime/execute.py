@@ -28,12 +28,13 @@ from engine.physical import PhysicalStage, Placement
 from engine.runtime.cluster import ray_session
 from engine.runtime.failures import explain
 from engine.runtime.graphs import GraphRunSummary, default_url, run_graph
-from engine.runtime.llm.ledger import TenantScope
 from engine.runtime.llm.services import start_services
 from engine.runtime.progress import Progress
 from engine.runtime.recording import RunRecording
 from engine.runtime.scheduler import Scheduler, StageRun
 from engine.runtime.summary import NodeStats, RunSummary
+from engine.runtime.task_slots import llm_task_slots
+from engine.runtime.tenants import RemoteTenant
 from engine.runtime.worker import SplitResult
 
 _log = get_logger("runtime")
@@ -54,10 +55,11 @@ def run_checked(
     cache: bool = True,
     input: Mapping[str, Any] | None = None,
     checkpoint: str | None = None,
-    tenant: TenantScope | None = None,
+    tenant: RemoteTenant | None = None,
     placement: Placement | None = None,
     observe: Callable[[RunSummary], None] | None = None,
     tenant_name: str | None = None,
+    tenant_weight: float = 1.0,
 ) -> RunSummary | GraphRunSummary:
     """Run ``target`` to completion on Ray and return its summary (failures are in the summary).
 
@@ -72,7 +74,8 @@ def run_checked(
     A state-graph pipeline (state nodes or ``edges``) runs in-process on ``input`` with checkpoints in
     ``checkpoint`` (a store URL; see :mod:`engine.runtime.graphs`) and returns a ``GraphRunSummary``.
 
-    ``tenant`` adds a tenant's cost quota to the run's ledger; ``placement`` sends every Ray task and
+    ``tenant`` adds a tenant's cost quota to the run's account, ``tenant_weight`` is the tenant's share
+    of the shared LLM pools against other tenants; ``placement`` sends every Ray task and
     actor of the run into a tenant's CPU placement group (a task that could never fit there is refused
     before the run starts); ``observe`` is handed the live summary of a dataflow run as it starts (the
     engine streams progress from it). ``tenant_name`` is the tenant the run's record names (default: the
@@ -129,6 +132,7 @@ def run_checked(
                     checkpoint=checkpoint,
                     tenant=tenant,
                     tenant_name=tenant_name,
+                    tenant_weight=tenant_weight,
                     placement=placement,
                     observe=watch,
                 )
@@ -176,8 +180,9 @@ def _run_dataflow(
     cache: bool,
     input: Mapping[str, Any] | None,
     checkpoint: str | None,
-    tenant: TenantScope | None,
+    tenant: RemoteTenant | None,
     tenant_name: str | None,
+    tenant_weight: float,
     placement: Placement | None,
     observe: Callable[[RunSummary], None],
 ) -> RunSummary:
@@ -198,11 +203,12 @@ def _run_dataflow(
     observe(summary)
     if metrics.serving():
         metrics.track(summary, {p.node: (p.targets[0].provider, p.targets[0].model) for p in pools})
+    tenant_name = tenant_name or pipeline.labels.get("tenant", "default")
     recording = RunRecording(default_url(), run_id)
     recording.started(
         checked,
         kind="dataflow",
-        tenant=tenant_name or pipeline.labels.get("tenant", "default"),
+        tenant=tenant_name,
         resume_of=resume,
         inputs=sorted({url for s in physical for url in s.inputs}),
         outputs=sorted({s.job.output for s in physical}),
@@ -223,6 +229,8 @@ def _run_dataflow(
                 progress=progress,
                 cache_url=cache_url,
                 tenant=tenant,
+                tenant_name=tenant_name,
+                tenant_weight=tenant_weight,
                 placement=placement,
                 started=started,
             )
@@ -265,7 +273,9 @@ def _drive(
     resume: str | None,
     progress: bool,
     cache_url: str | None,
-    tenant: TenantScope | None,
+    tenant: RemoteTenant | None,
+    tenant_name: str,
+    tenant_weight: float,
     placement: Placement | None,
     started: float,
 ) -> None:
@@ -273,7 +283,7 @@ def _drive(
     pipeline = checked.loaded.spec
     plan = checked.plan
     report = Progress(summary, enabled=progress)
-    llm = start_services(pools, pipeline, run_id, cache_url, tenant, placement)
+    llm = start_services(pools, pipeline, run_id, cache_url, tenant, tenant_weight, tenant_name)
     physical = [_with_pools(stage, llm.pools, pipeline.params) for stage in physical]
     if trace := telemetry.carrier():
         physical = [_with_trace(stage, trace) for stage in physical]
@@ -331,7 +341,7 @@ def _drive(
     finally:
         if llm.pools:
             with contextlib.suppress(Exception):
-                final = llm.final_usage()
+                final = llm.close()  # the run's account is closed; its figures go into the record
                 _apply_usage(summary, final)
                 recording.usage(final)
         summary.seconds = time.perf_counter() - started
@@ -398,7 +408,9 @@ def _execute(
 
     if placement is not None:
         cpus = min(cpus, placement.cpus)  # the window follows the CPUs the run may actually use
-    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result, on_retry, placement)
+    # tasks that wait on shared LLM pools share one bound per driver process (see task_slots)
+    slots = llm_task_slots(cpus) if any(s.job.pools for s in stages) else None
+    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result, on_retry, placement, slots)
     if metrics.serving():
         metrics.track_queue(summary.run_id, scheduler.queue_depth)
     scheduler.run(runs, tick)
@@ -423,10 +435,8 @@ def _audit_fields(
     }
 
 
-def _with_pools(
-    stage: PhysicalStage, pools: dict[str, tuple[Any, ...]], params: Mapping[str, Any]
-) -> PhysicalStage:
-    """``stage`` with the actor handles of the LLM pools its tasks and barriers call."""
+def _with_pools(stage: PhysicalStage, pools: Mapping[str, Any], params: Mapping[str, Any]) -> PhysicalStage:
+    """``stage`` with the clients of the shared LLM pools its tasks and barriers call."""
     if not pools:
         return stage
     job = dataclasses.replace(stage.job, pools=pools)

@@ -25,6 +25,7 @@ from engine.errors import BudgetExceeded, DataError, HeadraceError, TransientErr
 from engine.logs import get_logger
 from engine.physical import PhysicalStage, Placement
 from engine.runtime.summary import RunSummary
+from engine.runtime.task_slots import TaskSlots
 from engine.runtime.worker import BarrierActor, SplitResult, run_split, run_tail
 
 Handler = Callable[[Any], None]
@@ -53,8 +54,13 @@ class Scheduler:
         on_result: Callable[[StageRun, SplitResult], None],
         on_retry: Callable[[str, Split, int, int, float, str], None] | None = None,
         placement: Placement | None = None,
+        slots: TaskSlots | None = None,
     ) -> None:
         self.summary = summary
+        self.slots = slots
+        """The driver process's bound on head tasks that wait on LLM pools (None: no bound)."""
+        self._gated: set[Any] = set()
+        self._gate_next = False
         self.placement = placement
         self.window = window
         self.on_result = on_result
@@ -77,19 +83,29 @@ class Scheduler:
             while True:
                 if self.stopping is None:
                     self._fill(drivers)
+                elif self.slots is not None:
+                    self.slots.leave(self)  # draining: it starts nothing, so it waits for no slot
                 due = min((d.next_retry_at() for d in drivers), default=math.inf)
                 if not self.in_flight:
                     if self.stopping is not None:
                         raise self.stopping
                     if all(d.finished() for d in drivers):
                         return
+                    if self.slots is not None and self.slots.waiting(self):
+                        self.slots.wait(min(0.5, max(0.0, due - time.monotonic())))
+                        tick()
+                        continue
                     if due == math.inf:
                         raise RuntimeError("the run loop has nothing in flight but unfinished stages")
                     time.sleep(max(0.0, due - time.monotonic()))
                     continue
-                timeout = min(1.0, max(0.0, due - time.monotonic()))
+                queued = self.slots is not None and self.slots.waiting(self)
+                timeout = min(0.05 if queued else 1.0, max(0.0, due - time.monotonic()))
                 done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
                 for ref in done:
+                    if ref in self._gated:
+                        self._gated.discard(ref)
+                        self.slots.release()  # type: ignore[union-attr]
                     try:
                         self.in_flight.pop(ref)(ref)
                     except BudgetExceeded as exc:
@@ -102,6 +118,12 @@ class Scheduler:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             raise
+        finally:
+            if self.slots is not None:
+                self.slots.leave(self)
+                for _ in self._gated:
+                    self.slots.release()
+                self._gated.clear()
 
     def queue_depth(self) -> tuple[int, int, int]:
         """References in flight, the window, and the barrier backlog (read by the metrics thread)."""
@@ -112,10 +134,26 @@ class Scheduler:
         while progressed and self.heads < self.window and self.backlog < 2 * self.window:
             progressed = False
             for driver in drivers:
-                if self.heads < self.window and driver.submit_head():
+                if self.heads < self.window and self._submit_head(driver):
                     progressed = True
             for driver in drivers:
                 driver.maybe_finish()
+
+    def _submit_head(self, driver: _Driver) -> bool:
+        """``driver.submit_head()``, once a slot is free when its tasks wait on LLM pools."""
+        gated = self.slots is not None and bool(driver.run.stage.job.pools)
+        if (gated and not (driver.splits or driver.retry_at)) or not driver.run.open:
+            return False  # nothing to submit: do not queue for a slot
+        if gated and not self.slots.take(self):  # type: ignore[union-attr]
+            return False
+        self._gate_next = gated
+        try:
+            submitted = driver.submit_head()
+        finally:
+            self._gate_next = False
+        if gated and not submitted:
+            self.slots.release()  # type: ignore[union-attr]
+        return submitted
 
     def watch(self, ref: Any, handler: Handler) -> None:
         """Call ``handler(ref)`` once ``ref`` is ready."""
@@ -128,7 +166,10 @@ class Scheduler:
         options = {**run.stage.ray_options, "max_retries": run.stage.job.retry.max_attempts - 1}
         if emit:
             options["num_returns"] = 2
-        return self._head.options(**self._placed(options)).remote(run.stage.job, split)
+        ref: Any = self._head.options(**self._placed(options)).remote(run.stage.job, split)
+        if self._gate_next:
+            self._gated.add(ref[0] if emit else ref)  # its slot is given back when it is done
+        return ref
 
     def tail(self, run: StageRun, level: int, tables_ref: Any, index: int) -> Any:
         """Submit a tail task over the batches ``tables_ref`` released by barrier ``level``."""

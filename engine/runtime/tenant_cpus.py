@@ -21,7 +21,7 @@ only counted its own tasks could not see the other engines' tasks; Ray's schedul
 - **One owner.** The cluster's tenant ledger actor (:mod:`engine.runtime.tenants`) creates and removes
   every group, so two engines asking at once get the same group (actor calls run one at a time). Groups
   are created without ``lifetime="detached"``: they share the fate of that detached actor, so killing it
-  (``ray.kill(ray.get_actor("headrace-tenant-ledger", namespace="headrace"))``) removes every tenant's
+  (``ray.kill(ray.get_actor("headrace-ledger", namespace="headrace"))``) removes every tenant's
   group with it instead of leaking reservations. The group is named ``headrace-tenant-<tenant>`` for
   ``ray list placement-groups``; Ray scopes placement-group names to the creating job's namespace, so
   engines find it through the ledger, not by name.

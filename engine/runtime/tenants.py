@@ -1,14 +1,16 @@
-"""Tenants: their quotas, the cluster's one ledger their runs' LLM calls reserve cost against, and the
-CPUs their runs may use.
+"""Tenants: their quotas, the cluster's one ledger service their runs' LLM calls reserve cost against, and
+the CPUs their runs may use.
 
 Every run belongs to a tenant (``default`` unless given). A tenant's :class:`TenantQuota` bounds its
 concurrent and queued runs and weighs its share of free run slots on each engine (see
-:mod:`engine.runtime.admission`); its cost quota (``max_cost_usd_per_period``) and CPU quota
-(``max_cpus``) hold across the whole cluster, over every engine connected to it.
+:mod:`engine.runtime.admission`) and of the shared LLM pools; its cost quota
+(``max_cost_usd_per_period``) and CPU quota (``max_cpus``) hold across the whole cluster, over every
+engine connected to it.
 
-**One ledger per cluster.** The ledger is a named, detached Ray actor (:class:`TenantLedgerActor`,
-``headrace-tenant-ledger`` in namespace ``headrace``, obtained with ``get_if_exists`` like the rate
-limiter), so every engine on a cluster, in any driver process, reserves against the same accounts. An
+**One ledger service per cluster.** The ledger is a named, detached Ray actor (:class:`TenantLedgerActor`,
+``headrace-ledger`` in namespace ``headrace``, obtained with ``get_if_exists`` like the rate limiter), so
+every engine on a cluster, in any driver process, reserves against the same accounts. It holds every
+run's cost account too (:mod:`engine.runtime.llm.accounts`): a run starts no ledger actor of its own. An
 engine registers the quotas it declares when it starts and withdraws them when it closes.
 
 - Engines open at once must declare identical cost and CPU terms for a tenant (``max_cost_usd_per_period``,
@@ -21,17 +23,21 @@ engine registers the quotas it declares when it starts and withdraws them when i
 - Accounts outlive engines: spend in the current period carries over, so closing and reopening an engine
   does not renew a quota.
 
-**Cost.** The cap is enforced where every LLM call already stops: the run's ``Ledger``. A run of a tenant
-with a cost quota gets a :class:`RemoteTenant` scope; every reservation of the run's ledger also reserves
-against the cluster's ledger, which refuses a call that could take the tenant past its quota. From then
-on the tenant is *exhausted* for the rest of the period: every reservation of every run of that tenant,
-on every engine, is refused (they end ``budget_exceeded``, calls in flight settle, committed parts are
-kept) and each engine fails the tenant's queued runs as it learns of it. Periods are fixed windows of
-``period_s`` seconds counted from the ledger actor's start; spend resets when a window rolls over.
+**Cost.** A run of a tenant with a cost quota opens its account with the tenant's name (its
+:class:`RemoteTenant` ticket); every reservation of the run's account then also reserves against the
+tenant's quota, in the same process. Many runs' calls are in flight against one quota, so a call whose
+worst case does not fit beside theirs *waits* for them to settle (``TenantLedger.reserve`` answers
+``WAIT``); the quota refuses a call only when its settled spend plus the call's least cost would pass it.
+From then on the tenant is *exhausted* for the rest of the period: every reservation of every run of
+that tenant, on every engine, is refused (they end ``budget_exceeded``, calls in flight settle, committed
+parts are kept) and each engine fails the tenant's queued runs as it learns of it. Periods are fixed
+windows of ``period_s`` seconds counted from the ledger actor's start; spend resets when a window rolls
+over.
 
 **CPUs.** ``max_cpus`` is enforced by Ray with one placement group per tenant, owned by the ledger actor;
 see :mod:`engine.runtime.tenant_cpus` for the group's shape, its lifetime (it exists, and holds its
-CPUs, while an engine that declares the tenant's ``max_cpus`` is open) and what is refused.
+CPUs, while an engine that declares the tenant's ``max_cpus`` is open) and what is refused. The shared
+LLM pools are cluster services outside every group.
 """
 
 from __future__ import annotations
@@ -47,14 +53,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import HeadraceError, QuotaError
 from engine.logs import get_logger
-from engine.runtime.llm.ledger import Charge
+from engine.runtime.llm.accounts import RunAccounts
+from engine.runtime.llm.ledger import WAIT, Charge, Wait
 from engine.runtime.llm.limiter import NAMESPACE
+from engine.spec.models import Budget
 
 if TYPE_CHECKING:
     from engine.physical import Placement
 
 DEFAULT_TENANT = "default"
-LEDGER_NAME = "headrace-tenant-ledger"
+LEDGER_NAME = "headrace-ledger"
 _READY_WAIT_S = 10.0  # then warn that the tenant's CPUs are busy, and let its tasks wait in the group
 _ALIVE_WAIT_S = 5.0
 _log = get_logger("runtime")
@@ -177,20 +185,30 @@ class TenantLedger:
 
     # -- spend ----------------------------------------------------------------------------------------
 
-    def reserve(self, tenant: str, cost_usd: float) -> str | None:
-        """Reserve ``cost_usd`` for one call of ``tenant``; the reason when refused (then the tenant
-        stays exhausted until the period ends)."""
+    def reserve(self, tenant: str, cost_usd: float, least_usd: float | None = None) -> str | Wait | None:
+        """Reserve ``cost_usd`` (a call's worst case) for one call of ``tenant``: None when reserved.
+
+        ``WAIT`` when it does not fit beside the calls in flight (settled spend plus what is still
+        reserved would pass the quota) but may once they settle: the caller asks again later. Refused (the
+        reason) only when settled spend plus the call's least cost (``least_usd``, default ``cost_usd``)
+        would pass the quota; the tenant then stays exhausted until the period ends. With nothing in
+        flight, a call whose least cost fits is granted although its worst case does not (else the last
+        cents of a small quota could never be spent): spend then passes the quota by at most that
+        call's worst case less its real cost."""
         account = self._account(tenant)
         if account is None:
             return None
-        if account.stopped is None and account.spent + account.reserved + cost_usd > account.quota:
+        least = cost_usd if least_usd is None else min(least_usd, cost_usd)
+        if account.stopped is None and account.spent + least > account.quota:
             account.stopped = (
-                f"tenant '{tenant}' quota max_cost_usd_per_period ${account.quota:g}: used and reserved "
-                f"${account.spent + account.reserved:.6g} this period, the next call may cost "
-                f"${cost_usd:.6g}; the quota renews in {self.renews_in(tenant):.0f}s"
+                f"tenant '{tenant}' quota max_cost_usd_per_period ${account.quota:g}: spent "
+                f"${account.spent:.6g} this period, the next call costs at least ${least:.6g}; the quota "
+                f"renews in {self.renews_in(tenant):.0f}s"
             )
         if account.stopped is not None:
             return account.stopped
+        if account.spent + account.reserved + cost_usd > account.quota and account.reserved > 1e-12:
+            return WAIT
         account.reserved += cost_usd
         return None
 
@@ -260,6 +278,7 @@ class TenantLedgerActor:
 
     def __init__(self) -> None:
         self._ledger = TenantLedger()
+        self._runs = RunAccounts(lambda tenant: LocalTenant(self._ledger, tenant))
         self._tokens: dict[str, Any] = {}
         self._groups: dict[str, tuple[float, Any]] = {}  # tenant -> (max_cpus, placement group)
 
@@ -297,9 +316,47 @@ class TenantLedgerActor:
             entry = self._groups[tenant] = (cpus, create_group(tenant, cpus, held))
         return entry[1]
 
-    def reserve(self, tenant: str, cost_usd: float) -> str | None:
+    # -- run accounts (see engine.runtime.llm.accounts) -------------------------------------------------
+
+    def open_run(
+        self, run_id: str, run_budget: Budget | None, node_budgets: Mapping[str, Budget], tenant: str | None
+    ) -> None:
+        """Open a run's account (its budgets, and ``tenant`` when its tenant has a cost quota)."""
+        self._runs.open(run_id, run_budget, node_budgets, tenant)
+
+    def reserve_call(self, run_id: str, node: str, charge: Charge) -> bool:
+        """See ``RunAccounts.reserve``."""
+        return self._runs.reserve(run_id, node, charge)
+
+    def settle_call(
+        self, run_id: str, node: str, reserved: Charge, actual: Charge | None, requests: int = 1
+    ) -> None:
+        """See ``RunAccounts.settle``."""
+        self._runs.settle(run_id, node, reserved, actual, requests)
+
+    def record_cached(
+        self, run_id: str, node: str, requests: int, input_tokens: int, output_tokens: int
+    ) -> None:
+        """See ``RunAccounts.record_cached``."""
+        self._runs.record_cached(run_id, node, requests, input_tokens, output_tokens)
+
+    def usage(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """See ``RunAccounts.usage``."""
+        return self._runs.usage(run_id)
+
+    def close_run(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """See ``RunAccounts.close``."""
+        return self._runs.close(run_id)
+
+    def open_runs(self) -> list[str]:
+        """Run ids with an open account (tests check that ended runs closed theirs)."""
+        return self._runs.open_runs()
+
+    # -- tenants' spend -------------------------------------------------------------------------------
+
+    def reserve(self, tenant: str, cost_usd: float, least_usd: float | None = None) -> str | Wait | None:
         """See ``TenantLedger.reserve``."""
-        return self._ledger.reserve(tenant, cost_usd)
+        return self._ledger.reserve(tenant, cost_usd, least_usd)
 
     def settle(self, tenant: str, reserved_usd: float, actual_usd: float | None) -> None:
         """See ``TenantLedger.settle``."""
@@ -330,10 +387,8 @@ class TenantLedgerActor:
 
 @dataclass(frozen=True)
 class RemoteTenant:
-    """A run ledger's tenant scope: reservations go to the cluster's ``TenantLedgerActor``.
-
-    Picklable (an actor handle and a name), so it travels into the run's ``LedgerActor``.
-    """
+    """A run's ticket to its tenant's cost quota on the cluster's ledger service: the run opens its
+    account there under ``tenant`` (see :class:`TenantLedgerActor.open_run`)."""
 
     ledger: Any
     tenant: str
@@ -342,18 +397,6 @@ class RemoteTenant:
     def name(self) -> str:
         """How budget messages name this scope."""
         return f"tenant '{self.tenant}'"
-
-    def reserve(self, charge: Charge) -> str | None:
-        """Reserve against the tenant's quota; the reason when refused."""
-        import ray
-
-        reason: str | None = ray.get(self.ledger.reserve.remote(self.tenant, charge.cost_usd))
-        return reason
-
-    def settle(self, reserved: Charge, actual: Charge | None) -> None:
-        """Settle without waiting (calls from one caller to an actor run in order)."""
-        cost = None if actual is None else actual.cost_usd
-        self.ledger.settle.remote(self.tenant, reserved.cost_usd, cost)
 
 
 @dataclass(frozen=True)
@@ -368,9 +411,9 @@ class LocalTenant:
         """How budget messages name this scope."""
         return f"tenant '{self.tenant}'"
 
-    def reserve(self, charge: Charge) -> str | None:
-        """Reserve against the tenant's quota; the reason when refused."""
-        return self.ledger.reserve(self.tenant, charge.cost_usd)
+    def reserve(self, charge: Charge) -> str | Wait | None:
+        """Reserve against the tenant's quota: None, ``WAIT`` or the reason it is refused."""
+        return self.ledger.reserve(self.tenant, charge.cost_usd, charge.least_usd)
 
     def settle(self, reserved: Charge, actual: Charge | None) -> None:
         """Replace the reservation by the real cost."""
@@ -406,13 +449,7 @@ class ClusterTenants:
                 raise HeadraceError(
                     "tenant cost and CPU quotas need the engine's Ray; do not pass start_ray=False"
                 )
-            ledger: Any = (
-                ray.remote(TenantLedgerActor)
-                .options(
-                    name=LEDGER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0
-                )
-                .remote()
-            )
+            ledger = ledger_service()
             token = ray.put(self.holder)
             _get(ledger.register.remote(self.holder, self.quotas, [token]))
             self._ledger, self._token = ledger, token
@@ -470,6 +507,18 @@ class ClusterTenants:
 
         reason, renews = ray.get(self._ledger.exhausted.remote(tenant))
         return None if reason is None else (reason, renews)
+
+
+def ledger_service() -> Any:
+    """The cluster's ledger service (started by the first caller; call inside a Ray session). It is a
+    cluster service: never inside a tenant's placement group, whoever starts it."""
+    import ray
+
+    return (
+        ray.remote(TenantLedgerActor)
+        .options(name=LEDGER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0)
+        .remote()
+    )
 
 
 def _get(ref: Any) -> Any:

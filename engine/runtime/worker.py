@@ -29,7 +29,7 @@ from engine import telemetry
 from engine.errors import BudgetExceeded, DataError, TransientError
 from engine.physical import StageJob, TailJob
 from engine.runtime.allocator import keep_freed_memory
-from engine.runtime.llm.pool import PoolResult
+from engine.runtime.llm.pool import PoolClient, PoolResult
 from engine.spec.models import NodeSpec
 from operators.batch import batch_fn
 from operators.llm import LlmReduce
@@ -200,7 +200,7 @@ def _run_segment(
     dead_letters: str | None,
     where: _Where,
     failures: list[_Failure],
-    pools: Mapping[str, tuple[Any, ...]],
+    pools: Mapping[str, PoolClient],
 ) -> tuple[SplitResult, list[pa.Table]]:
     fns = [
         (node, _node_fn(node, spec, pools, index, node in on_error, failures, where))
@@ -279,28 +279,27 @@ def _run_segment(
 def _node_fn(
     node: str,
     spec: NodeSpec,
-    pools: Mapping[str, tuple[Any, ...]],
+    pools: Mapping[str, PoolClient],
     index: int,
     tolerant: bool,
     failures: list[_Failure],
     where: _Where,
 ) -> Callable[[pa.Table], pa.Table]:
     if spec.pooled:
-        actors = pools[node]
-        return _pooled(node, actors[index % len(actors)], tolerant, failures, where)
+        return _pooled(node, pools[node], tolerant, failures, where)
     return _guarded(node, batch_fn(spec), tolerant, failures)
 
 
 def _pooled(
-    node: str, actor: Any, tolerant: bool, failures: list[_Failure], where: _Where
+    node: str, pool: PoolClient, tolerant: bool, failures: list[_Failure], where: _Where
 ) -> Callable[[pa.Table], pa.Table]:
-    """Hand each batch to an actor of the node's pool and wait; rows it could not answer follow the
+    """Hand each batch to the node's shared pool and wait; rows it could not answer follow the
     node's error policy (the actor has already retried them)."""
     seen = 0  # rows of this segment before the current batch, to name a failed row
 
     def run(table: pa.Table) -> pa.Table:
         nonlocal seen
-        answered, failed = _ask_pool(actor, table)
+        answered, failed = _ask_pool(pool, table)
         if failed and not tolerant:
             row, error = failed[0]
             raise DataError(
@@ -362,11 +361,11 @@ def _write_dead_letters(
     return f"{folder_url}/{name}"
 
 
-def _ask_pool(actor: Any, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """Send prompt contexts to an LLM pool actor and wait for the answers (an LLM barrier's calls)."""
+def _ask_pool(pool: PoolClient, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """Send rows (or an LLM barrier's prompt contexts) to the node's pool and wait for the answers."""
     try:
         trace = telemetry.carrier() if telemetry.recording() else None
-        result: PoolResult = ray.get(actor.process.remote(table, trace))
+        result: PoolResult = pool.ask(table, trace)
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, (BudgetExceeded, DataError)):
             raise exc.cause from None
@@ -381,13 +380,12 @@ class BarrierActor:
         self,
         spec: NodeSpec,
         node: str = "",
-        pools: Mapping[str, tuple[Any, ...]] | None = None,
+        pools: Mapping[str, PoolClient] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> None:
         self.state: BarrierState
         if isinstance(spec, LlmReduce):
-            actors = (pools or {})[node]
-            self.state = LlmReduceState(spec, partial(_ask_pool, actors[0]), dict(params or {}))
+            self.state = LlmReduceState(spec, partial(_ask_pool, (pools or {})[node]), dict(params or {}))
         else:
             self.state = BARRIER_OPS[spec.op](spec)
         self.rows_in = 0

@@ -10,7 +10,7 @@ import pytest
 
 from engine.errors import BudgetExceeded, QuotaError
 from engine.runtime.admission import Admission, EngineBusy
-from engine.runtime.llm.ledger import Charge, Ledger
+from engine.runtime.llm.ledger import WAIT, Charge, Ledger
 from engine.runtime.tenant_cpus import bundles, largest_bundle
 from engine.runtime.tenants import LocalTenant, TenantLedger, TenantQuota
 from engine.spec.models import Budget
@@ -163,23 +163,66 @@ def test_tenant_ledger_refuses_past_the_quota_then_stays_stopped_for_the_period(
     assert ledger.reserve("a", 0.6) is None
 
 
-def test_a_run_ledger_with_a_tenant_scope_stops_when_the_tenant_is_spent() -> None:
+def test_a_run_ledger_with_a_tenant_scope_waits_for_calls_in_flight_then_stops_when_spent() -> None:
     tenants = TenantLedger({"team": TenantQuota(max_cost_usd_per_period=1.0)})
     one = Ledger(Budget(max_cost_usd=100), {}, LocalTenant(tenants, "team"))
     two = Ledger(None, {}, LocalTenant(tenants, "team"))
-    one.reserve("n", Charge(0.5))
+    assert one.reserve("n", Charge(0.5)) is True
     one.settle("n", Charge(0.5), Charge(0.4))
-    two.reserve("n", Charge(0.5))
+    assert two.reserve("n", Charge(0.5)) is True
+    # 0.4 spent + 0.5 reserved by the other run + 0.2 > 1.0: wait for the other run's call, not a stop
+    assert one.reserve("n", Charge(0.2)) is False
+    assert one.stop_reason() is None and tenants.exhausted("team") is None
+    two.settle("n", Charge(0.5), Charge(0.5))
+    assert one.reserve("n", Charge(0.05)) is True  # 0.9 spent + 0.05 fits
+    one.settle("n", Charge(0.05), Charge(0.05))
     with pytest.raises(BudgetExceeded) as info:
-        one.reserve("n", Charge(0.2))  # 0.4 spent + 0.5 reserved by the other run + 0.2 > 1.0
+        two.reserve("n", Charge(0.2, floor_usd=0.06))  # settled 0.95 + at least 0.06 > 1.0: a stop
     assert info.value.scope == "tenant 'team'"
     assert "tenant 'team'" in str(info.value)
     with pytest.raises(BudgetExceeded):
-        one.reserve("n", Charge(0.0))  # the run is stopped for good
-    two.settle("n", Charge(0.5), Charge(0.5))
+        two.reserve("n", Charge(0.0))  # the run is stopped for good
     with pytest.raises(BudgetExceeded):
-        two.reserve("n", Charge(0.01))  # the tenant is exhausted for this period: every run stops
-    assert tenants.spent("team") == pytest.approx(0.9)
+        one.reserve("n", Charge(0.01))  # the tenant is exhausted for this period: every run stops
+    assert tenants.spent("team") == pytest.approx(0.95)
+
+
+def test_worst_case_reservations_do_not_make_a_small_quota_unusable() -> None:
+    """The issue's case: quota $0.05, a run expected to cost $0.012 whose calls each reserve a large
+    worst case ($0.004, 16 at once) while costing $0.0002. Before, it ended budget_exceeded near $0.01;
+    now calls wait for others to settle and the run spends what it needs."""
+    tenants = TenantLedger({"small": TenantQuota(max_cost_usd_per_period=0.05)})
+    run = Ledger(None, {}, LocalTenant(tenants, "small"))
+    worst, real, least = Charge(0.004, floor_usd=0.0001), Charge(0.0002), 60
+    in_flight: list[Charge] = []
+    answered = waits = 0
+    while answered < least:
+        while len(in_flight) < 16:
+            if not run.reserve("n", worst):
+                waits += 1
+                break
+            in_flight.append(worst)
+        run.settle("n", in_flight.pop(0), real)
+        answered += 1
+    while in_flight:
+        run.settle("n", in_flight.pop(), real)
+        answered += 1
+    assert run.stop_reason() is None
+    assert tenants.spent("small") == pytest.approx(answered * 0.0002) and answered >= least
+    assert waits > 0  # the quota was tight enough to push back
+
+
+def test_a_lone_call_whose_least_cost_fits_is_granted_though_its_worst_case_does_not() -> None:
+    tenants = TenantLedger({"t": TenantQuota(max_cost_usd_per_period=1.0)})
+    assert tenants.reserve("t", 0.5) is None
+    tenants.settle("t", 0.5, 0.95)
+    assert tenants.reserve("t", 0.2, 0.01) is None  # nothing in flight: waiting would never help
+    assert tenants.reserve("t", 0.2, 0.01) is WAIT  # now one is in flight: wait for it
+    tenants.settle("t", 0.2, 0.03)
+    assert tenants.reserve("t", 0.2, 0.01) is None  # 0.98 spent, nothing in flight, 0.01 fits
+    tenants.settle("t", 0.2, 0.02)
+    refused = tenants.reserve("t", 0.2, 0.01)  # 1.0 spent: even the least a call costs passes it
+    assert isinstance(refused, str) and "at least $0.01" in refused
 
 
 def test_a_run_budget_refusal_does_not_reserve_against_the_tenant() -> None:

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.files import filesystem
-from engine.runtime.llm.calls import CallServices, CallSettings, RowFailed, estimate_input_tokens
+from engine.runtime.llm.calls import (
+    CallServices,
+    CallSettings,
+    RowFailed,
+    estimate_input_tokens,
+    reserve_waiting,
+)
 from engine.runtime.llm.ledger import Charge
 from operators.llm_rows import InvalidAnswer, RowTask
 from operators.providers.base import BatchProvider, LlmRequest, LlmResponse
@@ -104,12 +110,17 @@ class BatchRowCaller:
         estimate = sum(estimate_input_tokens(r) for _, r in pending)
         most_out = sum(r.max_tokens for _, r in pending)
         reserved = (
-            Charge(price.cost(estimate, most_out, batch=True), estimate, most_out)
+            Charge(
+                price.cost(estimate, most_out, batch=True),
+                estimate,
+                most_out,
+                floor_usd=price.cost(estimate, 0, batch=True),
+            )
             if self.settings.budgeted
             else Charge()
         )
         if self.settings.budgeted:
-            await self.services.reserve_budget(node, reserved)  # BudgetExceeded ends the batch here
+            await reserve_waiting(self.services, node, reserved)  # BudgetExceeded ends the batch here
         items = [(f"r{item.index}", request) for item, request in pending]
         record = self._record_path(items)
         batch_id = self._recorded(record)

@@ -41,6 +41,9 @@ MAX_RESPONSE_CHARS = 4_000_000
 """An answer longer than this fails its row (and is not cached): no model writes that much in one call."""
 _FLUSH_S = 0.25
 """How often a pool reports usage that no budget needs at once (the progress display's resolution)."""
+_WAIT_FIRST_S = 0.02
+_WAIT_MOST_S = 0.5
+"""Pauses of a call waiting for a tenant quota's calls in flight to settle (backpressure)."""
 _THROTTLED_PER_ATTEMPT = 10
 """429 and 529 answers a row may get per attempt it is allowed, before they count as failures."""
 
@@ -52,8 +55,9 @@ class RowFailed(Exception):
 class CallServices(Protocol):
     """The cluster-wide services a call goes through."""
 
-    async def reserve_budget(self, node: str, charge: Charge) -> None:
-        """Reserve ``charge`` or raise ``BudgetExceeded``."""
+    async def reserve_budget(self, node: str, charge: Charge) -> bool:
+        """Reserve ``charge`` (True) or raise ``BudgetExceeded``; False: a shared quota asks the call to
+        wait for calls in flight to settle, then ask again (see :func:`reserve_waiting`)."""
         ...
 
     async def settle_budget(
@@ -84,8 +88,8 @@ class LocalServices:
         self.ledger = ledger
         self.buckets = buckets or RateBuckets()
 
-    async def reserve_budget(self, node: str, charge: Charge) -> None:
-        self.ledger.reserve(node, charge)
+    async def reserve_budget(self, node: str, charge: Charge) -> bool:
+        return self.ledger.reserve(node, charge)
 
     async def settle_budget(
         self, node: str, reserved: Charge, actual: Charge | None, requests: int = 1
@@ -102,6 +106,15 @@ class LocalServices:
 
     async def record_cached(self, node: str, requests: int, input_tokens: int, output_tokens: int) -> None:
         self.ledger.record_cached(node, requests, input_tokens, output_tokens)
+
+
+async def reserve_waiting(services: CallServices, node: str, charge: Charge) -> None:
+    """Reserve ``charge``, waiting (with growing pauses) while a shared quota says the call must wait for
+    others to settle; raises ``BudgetExceeded`` when refused."""
+    pause = _WAIT_FIRST_S
+    while not await services.reserve_budget(node, charge):
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _WAIT_MOST_S)
 
 
 @dataclass(frozen=True)
@@ -180,7 +193,7 @@ class RowCaller:
         prices: PriceTable,
         cache: ResponseCache | None,
         services: CallServices,
-        in_flight: int,
+        in_flight: int | asyncio.Semaphore,
     ) -> None:
         self.task = task
         self.settings = settings
@@ -191,7 +204,8 @@ class RowCaller:
         self.cached = CachedCounts()
         self._unsettled = _Unsettled()
         self._flushed_at = time.monotonic()
-        self._slots = asyncio.Semaphore(in_flight)
+        # a pool actor passes its own semaphore, shared by every batch it answers at once
+        self._slots = asyncio.Semaphore(in_flight) if isinstance(in_flight, int) else in_flight
 
     async def answer(self, row: Mapping[str, Any]) -> Any:
         """The column value for ``row``; raises ``RowFailed`` or ``BudgetExceeded``."""
@@ -247,7 +261,12 @@ class RowCaller:
         estimate = estimate_input_tokens(request)
         # Without a budget there is nothing to reserve against; usage is still settled after the call.
         reserved = (
-            Charge(price.cost(estimate, request.max_tokens), estimate, request.max_tokens)
+            Charge(
+                price.cost(estimate, request.max_tokens),
+                estimate,
+                request.max_tokens,
+                floor_usd=price.cost(estimate, 0),
+            )
             if self.settings.budgeted
             else Charge()
         )
@@ -258,7 +277,7 @@ class RowCaller:
             attempt += 1
             async with self._slots:
                 if self.settings.budgeted:
-                    await self.services.reserve_budget(node, reserved)
+                    await reserve_waiting(self.services, node, reserved)
                 delay = 0.0
                 if limits is not None:
                     delay = await self.services.reserve_rate(key, limits, estimate, request.max_tokens)

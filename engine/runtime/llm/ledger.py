@@ -10,7 +10,13 @@ they are sums over the provider's answers, not estimates.
 
 A run of a tenant with a cost quota also has a ``tenant`` scope (:mod:`engine.runtime.tenants`): a
 reservation that passes the run's own scopes is then reserved against the tenant's quota, shared by all
-of the tenant's runs, and settled there too.
+of the tenant's runs, and settled there too. A quota is shared by many runs' calls in flight, so it
+*waits* rather than refuses while only their worst cases are in the way: ``reserve`` then returns False
+and the caller asks again once calls have settled (:func:`engine.runtime.llm.calls.reserve_budget`). A
+quota refuses, and stops the run, only when its settled spend plus the call's least cost would pass it.
+
+Every run's ``Ledger`` lives in the cluster's one ledger service (:mod:`engine.runtime.llm.accounts`);
+a run starts no actor of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +36,25 @@ class Charge:
     cost_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    floor_usd: float | None = None
+    """The least the call can cost (its input, no output), for a tenant quota's last calls; None: its
+    ``cost_usd``."""
+
+    @property
+    def least_usd(self) -> float:
+        """``floor_usd``, else ``cost_usd``."""
+        return self.cost_usd if self.floor_usd is None else self.floor_usd
+
+
+class Wait:
+    """A tenant quota's answer when a reservation does not fit beside the calls in flight but may once
+    they settle: ask again later (backpressure, not a refusal)."""
+
+    def __repr__(self) -> str:
+        return "WAIT"
+
+
+WAIT = Wait()
 
 
 @dataclass
@@ -97,7 +122,9 @@ class TenantScope(Protocol):
     @property
     def name(self) -> str: ...
 
-    def reserve(self, charge: Charge) -> str | None: ...
+    def reserve(self, charge: Charge) -> str | Wait | None:
+        """None: reserved; ``WAIT``: ask again once calls in flight settle; else why it is refused."""
+        ...
 
     def settle(self, reserved: Charge, actual: Charge | None) -> None: ...
 
@@ -129,8 +156,9 @@ class Ledger:
         self.stopped: str | None = None
         self._stopped_scope = "run"
 
-    def reserve(self, node: str, charge: Charge) -> None:
-        """Reserve ``charge`` for one call of ``node``, or raise ``BudgetExceeded``."""
+    def reserve(self, node: str, charge: Charge) -> bool:
+        """Reserve ``charge`` for one call of ``node`` (True), or raise ``BudgetExceeded``. False: the
+        tenant's quota asks the call to wait until calls in flight settle, then ask again."""
         if self.stopped is not None:
             raise BudgetExceeded(self.stopped, scope=self._stopped_scope)
         scopes = self._scopes_of(node)
@@ -141,14 +169,17 @@ class Ledger:
                 self._stopped_scope = scope.name
                 raise BudgetExceeded(self.stopped, scope=scope.name)
         if self._tenant is not None:
-            problem = self._tenant.reserve(charge)
-            if problem is not None:
-                self.stopped = f"no new LLM calls: {problem}"
+            verdict = self._tenant.reserve(charge)
+            if isinstance(verdict, Wait):
+                return False
+            if verdict is not None:
+                self.stopped = f"no new LLM calls: {verdict}"
                 self._stopped_scope = self._tenant.name
                 raise BudgetExceeded(self.stopped, scope=self._tenant.name)
         for scope in scopes:
             scope.reserved = _add(scope.reserved, charge)
         self._node(node).reserved_usd += charge.cost_usd
+        return True
 
     def settle(self, node: str, reserved: Charge, actual: Charge | None, requests: int = 1) -> None:
         """Replace a reservation by the real usage of ``requests`` answers (None: the call failed and
@@ -180,6 +211,11 @@ class Ledger:
         """Usage per node, as JSON values."""
         return {node: u.as_dict() for node, u in self._usage.items()}
 
+    @property
+    def tenant(self) -> TenantScope | None:
+        """The run's tenant scope (None: its tenant has no cost quota)."""
+        return self._tenant
+
     def stop_reason(self) -> str | None:
         """Why reservations are refused, once a budget has stopped the run."""
         return self.stopped
@@ -189,7 +225,3 @@ class Ledger:
 
     def _node(self, node: str) -> NodeUsage:
         return self._usage.setdefault(node, NodeUsage())
-
-
-class LedgerActor(Ledger):
-    """The run's ``Ledger`` as a Ray actor: one per run, created by the driver, passed to every pool."""

@@ -1,16 +1,30 @@
-"""The actor pool of an LLM node: async Ray actors that answer the rows of the batches tasks hand them.
+"""Shared LLM pools: the actors that answer LLM nodes' batches for every run on a cluster.
 
-A fused task reaches an LLM node, sends its batch to one actor of the node's pool and waits (a task
-blocked on ``ray.get`` gives its CPU back, so reading and writing go on elsewhere). The actor answers every
-row concurrently, at most ``concurrency`` requests in flight per actor, and returns the batch with the
-node's column added, less the rows that failed (with their errors), so the task can apply the node's
-error policy: skip, dead-letter or fail. Answers do not move through the driver.
+A fused task reaches an LLM node and hands each batch to the node's :class:`PoolClient`: it leases an
+actor from the pool's director (:mod:`engine.runtime.llm.director`), sends the batch to it and waits (a
+task blocked on ``ray.get`` gives its CPU back). The actor answers every row concurrently, at most the
+node's ``concurrency`` requests in flight per actor, and returns the batch with the node's column added,
+less the rows that failed (with their errors), so the task can apply the node's error policy: skip,
+dead-letter or fail. Answers do not move through the driver or the director.
+
+Pool actors are shared by every run, so a batch carries everything its rows need (:class:`PoolBatch`):
+the node's spec (template, labels or schema), params, retry and fallback settings, provider configs,
+prices, the cache URL, the run's account in the ledger service and the trace context. An actor keeps
+what is worth keeping between batches: built providers (their connection pools), compiled templates and
+open caches.
+
+An actor killed mid-batch loses no row: the task sees it die, tells the director, and sends the whole
+batch again to another actor; only the answer it gets back goes into the output, so no row is answered
+twice there (answers already paid for come from the response cache).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +33,12 @@ import pyarrow as pa
 import ray
 
 from engine import telemetry
-from engine.errors import BudgetExceeded
+from engine.errors import BudgetExceeded, TransientError
+from engine.runtime.llm.accounts import AccountServices
 from engine.runtime.llm.batch import BatchRowCaller
-from engine.runtime.llm.calls import CallServices, CallSettings, RowCaller, RowFailed
-from engine.runtime.llm.ledger import Charge
+from engine.runtime.llm.calls import CallSettings, RowCaller, RowFailed
+from engine.runtime.llm.director import LeaseRequest, PoolDirector
+from engine.runtime.llm.limiter import NAMESPACE
 from engine.spec.models import RateLimits
 from operators.llm import LlmSpec
 from operators.llm_rows import RowTask
@@ -31,19 +47,36 @@ from operators.providers.cache import ResponseCache
 from operators.providers.pricing import PriceTable
 from operators.providers.registry import get_provider
 
+_REDISPATCH = 3
+"""Times a batch is sent again after its actor died under it."""
+_KEPT = 256
+"""Compiled row tasks and built providers an actor keeps (least recently used go first)."""
+
 
 @dataclass(frozen=True)
-class PoolSetup:
-    """Everything an actor of an LLM node's pool is built from; plain, picklable data."""
+class PoolBatch:
+    """Everything a pool actor needs to answer one run's batches of one LLM node; plain, picklable."""
 
+    run_id: str
     node: str
     spec: LlmSpec
     params: Mapping[str, Any]
     settings: CallSettings
+    ledger: Any
+    """The cluster's ledger service (the run's account is ``run_id``)."""
+    limiter: Any
+    """The cluster's rate limiter."""
     provider_configs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     cache_url: str | None = None
     """None: the cache is off."""
+    tenant: str = "default"
+    weight: float = 1.0
+    """The tenant's weight (its share of the pool against other tenants)."""
+    actors: int = 1
+    """The most actors the node gives its pool."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Ray options of a pool actor."""
 
 
 @dataclass(frozen=True)
@@ -54,23 +87,77 @@ class PoolResult:
     failures: list[tuple[int, str]]
 
 
-class RemoteServices:
-    """``CallServices`` over the run's ledger actor and the cluster's rate-limiter actor."""
+def pool_name(provider: str, model: str, account: str) -> str:
+    """The Ray name of the pool of (provider, model, account)."""
+    return f"headrace-pool:{provider}:{model}:{account}"
 
-    def __init__(self, ledger: Any, limiter: Any) -> None:
-        self._ledger = ledger
-        self._limiter = limiter
 
-    async def reserve_budget(self, node: str, charge: Charge) -> None:
-        try:
-            await self._ledger.reserve.remote(node, charge)
-        except ray.exceptions.RayTaskError as exc:
-            raise (exc.cause if isinstance(exc.cause, BudgetExceeded) else exc) from None
+def pool_director(name: str) -> Any:
+    """The pool's director, started by the first caller on the cluster (inside a Ray session)."""
+    return (
+        ray.remote(PoolDirector)
+        .options(
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            scheduling_strategy="DEFAULT",  # a cluster service, never in a tenant's placement group
+            max_concurrency=10_000,
+        )
+        .remote(name)
+    )
 
-    async def settle_budget(
-        self, node: str, reserved: Charge, actual: Charge | None, requests: int = 1
-    ) -> None:
-        await self._ledger.settle.remote(node, reserved, actual, requests)
+
+@dataclass(frozen=True)
+class PoolClient:
+    """A node's way to its pool, carried by its tasks: lease an actor, send the batch, give it back."""
+
+    name: str
+    batch: PoolBatch
+    director: Any
+
+    def ask(self, table: pa.Table, trace: Mapping[str, str] | None = None) -> PoolResult:
+        """Answer every row of ``table`` on a pool actor; raises ``BudgetExceeded`` (after the calls in
+        flight finish) and re-sends the batch when its actor dies under it."""
+        ref = ray.put(table)
+        batch = self.batch
+        request = LeaseRequest(
+            batch.run_id, batch.tenant, batch.weight, table.num_rows, batch.actors, batch.options
+        )
+        director = self.director
+        for attempt in range(_REDISPATCH + 1):
+            try:
+                lease = ray.get(director.lease.remote(request))
+            except ray.exceptions.RayActorError:  # the director was killed: the next caller restarts it
+                director = pool_director(self.name)
+                continue
+            if lease is None:
+                raise TransientError(
+                    f"node '{batch.node}': the run ended while this batch waited for its pool"
+                )
+            died = False
+            try:
+                result: PoolResult = ray.get(lease.actor.process.remote(batch, ref, trace))
+                return result
+            except ray.exceptions.RayActorError:
+                died = True
+                if attempt == _REDISPATCH:
+                    raise
+            finally:
+                director.release.remote(lease.id, died)
+        raise TransientError(f"node '{batch.node}': the pool {self.name} could not be reached")
+
+
+class _RunServices:
+    """``CallServices`` for one batch: its run's account in the ledger service, the cluster's limiter."""
+
+    def __init__(self, batch: PoolBatch) -> None:
+        self._account = AccountServices(batch.ledger, batch.run_id)
+        self._limiter = batch.limiter
+        self.reserve_budget = self._account.reserve_budget
+        self.settle_budget = self._account.settle_budget
+        self.record_cached = self._account.record_cached
 
     async def reserve_rate(
         self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int
@@ -81,81 +168,98 @@ class RemoteServices:
     def refund_rate(self, key: str, output_tokens: int) -> None:
         self._limiter.refund.remote(key, output_tokens)
 
-    async def record_cached(self, node: str, requests: int, input_tokens: int, output_tokens: int) -> None:
-        await self._ledger.record_cached.remote(node, requests, input_tokens, output_tokens)
 
+class PoolWorker:
+    """One actor of a shared pool (an async Ray actor); answers batches of any run and node."""
 
-class LlmPoolActor:
-    """One actor of an LLM node's pool (an async Ray actor)."""
+    def __init__(self) -> None:
+        self._providers: OrderedDict[str, Provider] = OrderedDict()
+        self._tasks: OrderedDict[str, RowTask] = OrderedDict()
+        self._caches: dict[str, ResponseCache] = {}
+        self._slots: dict[int, asyncio.Semaphore] = {}
+        self._running: dict[str, set[asyncio.Task[PoolResult]]] = {}
 
-    def __init__(self, setup: PoolSetup, ledger: Any, limiter: Any) -> None:
-        self.setup = setup
-        self._services: CallServices = RemoteServices(ledger, limiter)
-        self._caller: RowCaller | None = None
-        self._batcher: BatchRowCaller | None = None
+    def ready(self) -> int:
+        """Answers once the actor is placed and running: its process id."""
+        return os.getpid()
 
-    def _row_caller(self) -> RowCaller:
-        # Providers are built on first use, inside the actor's event loop: SDK clients pool
-        # connections per loop, and credentials are read from this machine's environment.
-        if self._caller is None:
-            setup = self.setup
-            names = {t.provider for t in setup.settings.targets}
-            providers: dict[str, Provider] = {
-                name: get_provider(name, setup.provider_configs.get(name, {})) for name in names
-            }
-            self._caller = RowCaller(
-                RowTask(setup.spec, setup.params),
-                setup.settings,
-                providers,
-                PriceTable(setup.prices),
-                ResponseCache(setup.cache_url) if setup.cache_url else None,
-                self._services,
-                setup.spec.concurrency,
-            )
-        return self._caller
+    def pid(self) -> int:
+        """The actor's process id (tests kill it to check recovery)."""
+        return os.getpid()
 
-    def _batch_caller(self) -> BatchRowCaller:
-        if self._batcher is None:
-            setup = self.setup
-            target = setup.settings.targets[0]
-            provider = get_provider(target.provider, setup.provider_configs.get(target.provider, {}))
-            if not isinstance(provider, BatchProvider):
-                raise TypeError(f"provider {target.provider!r} has no batch API")  # checked at compile time
-            self._batcher = BatchRowCaller(
-                RowTask(setup.spec, setup.params),
-                setup.settings,
-                provider,
-                PriceTable(setup.prices),
-                ResponseCache(setup.cache_url) if setup.cache_url else None,
-                self._services,
-                setup.spec.batch_poll_s,
-            )
-        return self._batcher
+    def cancel_run(self, run_id: str) -> int:
+        """Cancel the batches of a run that ended (their reservations are released); how many."""
+        tasks = self._running.pop(run_id, set())
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
 
-    async def process(self, table: pa.Table, trace: Mapping[str, str] | None = None) -> PoolResult:
+    async def process(
+        self, batch: PoolBatch, table: pa.Table, trace: Mapping[str, str] | None = None
+    ) -> PoolResult:
         """Answer every row of ``table``; raises ``BudgetExceeded`` (after the calls in flight finish).
 
         ``trace`` is the calling task's trace context (None: tracing is off)."""
+        task = asyncio.get_running_loop().create_task(self._traced(batch, table, trace))
+        running = self._running.setdefault(batch.run_id, set())
+        running.add(task)
+        try:
+            return await task
+        finally:
+            running.discard(task)
+            if not running and self._running.get(batch.run_id) is running:
+                del self._running[batch.run_id]
+
+    async def _traced(self, batch: PoolBatch, table: pa.Table, trace: Mapping[str, str] | None) -> PoolResult:
         if not trace:
-            return await self._process(table)
-        attributes = {"headrace.node": self.setup.node, "headrace.rows": table.num_rows}
+            return await self._process(batch, table)
+        attributes = {
+            "headrace.node": batch.node,
+            "headrace.rows": table.num_rows,
+            "headrace.run_id": batch.run_id,
+        }
         with telemetry.worker_span("llm.batch", trace, attributes) as span:
-            result = await self._process(table)
+            result = await self._process(batch, table)
             span.set_attribute("headrace.failed_rows", len(result.failures))
             return result
 
-    async def _process(self, table: pa.Table) -> PoolResult:
+    async def _process(self, batch: PoolBatch, table: pa.Table) -> PoolResult:
         rows = table.to_pylist()
+        task = self._task(batch)
+        services = _RunServices(batch)
         outcomes: list[Any]
-        if self.setup.spec.mode == "batch":
-            batcher = self._batch_caller()
-            task = batcher.task
+        if batch.spec.mode == "batch":
+            target = batch.settings.targets[0]
+            provider = self._provider(target.provider, batch.provider_configs.get(target.provider, {}))
+            if not isinstance(provider, BatchProvider):
+                raise TypeError(f"provider {target.provider!r} has no batch API")  # checked at compile time
+            batcher = BatchRowCaller(
+                task,
+                batch.settings,
+                provider,
+                PriceTable(batch.prices),
+                self._cache(batch.cache_url),
+                services,
+                batch.spec.batch_poll_s,
+            )
             outcomes = await batcher.answer_all(rows)
         else:
-            caller = self._row_caller()
-            task = caller.task
-            outcomes = await asyncio.gather(*(caller.answer(row) for row in rows), return_exceptions=True)
-            await caller.flush()
+            names = {t.provider for t in batch.settings.targets}
+            providers = {n: self._provider(n, batch.provider_configs.get(n, {})) for n in names}
+            in_flight = batch.spec.concurrency
+            caller = RowCaller(
+                task,
+                batch.settings,
+                providers,
+                PriceTable(batch.prices),
+                self._cache(batch.cache_url),
+                services,
+                self._slots.setdefault(in_flight, asyncio.Semaphore(in_flight)),
+            )
+            try:
+                outcomes = await asyncio.gather(*(caller.answer(row) for row in rows), return_exceptions=True)
+            finally:
+                await asyncio.shield(caller.flush())
         values: list[Any] = []
         ok: list[bool] = []
         failures: list[tuple[int, str]] = []
@@ -173,6 +277,39 @@ class LlmPoolActor:
             raise stop
         return PoolResult(task.assemble(table, values, ok), failures)
 
-    def pid(self) -> int:
-        """The actor's process id (tests kill it to check recovery)."""
-        return os.getpid()
+    def _task(self, batch: PoolBatch) -> RowTask:
+        # one per node spec and params, whichever run sends them: templates are compiled once
+        key = _digest(batch.spec.model_dump_json(), json.dumps(batch.params, sort_keys=True, default=str))
+        task = self._tasks.get(key)
+        if task is None:
+            task = self._tasks[key] = RowTask(batch.spec, batch.params)
+            if len(self._tasks) > _KEPT:
+                self._tasks.popitem(last=False)
+        else:
+            self._tasks.move_to_end(key)
+        return task
+
+    def _provider(self, name: str, config: Mapping[str, Any]) -> Provider:
+        # Built on first use, inside the actor's event loop: SDK clients pool connections per loop, and
+        # credentials are read from this machine's environment. One per (provider, config).
+        key = _digest(name, json.dumps(config, sort_keys=True, default=str))
+        provider = self._providers.get(key)
+        if provider is None:
+            provider = self._providers[key] = get_provider(name, config)
+            if len(self._providers) > _KEPT:
+                self._providers.popitem(last=False)
+        else:
+            self._providers.move_to_end(key)
+        return provider
+
+    def _cache(self, url: str | None) -> ResponseCache | None:
+        if url is None:
+            return None
+        cache = self._caches.get(url)
+        if cache is None:
+            cache = self._caches[url] = ResponseCache(url)
+        return cache
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()

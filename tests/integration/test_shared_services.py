@@ -1,0 +1,149 @@
+"""The shared LLM services on a real local Ray: runs share one pool per (provider, model, account) and
+start no actor of their own, accounts close when runs end, a pool actor killed mid-batch loses no row,
+a run's waiting batches are dropped when it ends, and a small tenant quota is usable by concurrent runs
+on two engines (worst-case reservations wait instead of ending runs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from engine import Engine, TenantQuota
+from engine.check import check_file
+from engine.runtime import run_checked
+from engine.runtime.llm.director import LeaseRequest, PoolDirector
+from engine.runtime.llm.limiter import NAMESPACE
+from engine.runtime.tenants import LEDGER_NAME
+from tests.integration.test_llm import KEY, billed, expected_label, label_responder, pipeline, write_rows
+from tests.loopback import LLMServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEADRACE_TEST_KEY", KEY)
+
+
+def _pools() -> list[str]:
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("headrace-pool:")
+    ]
+
+
+def _director(name: str) -> Any:
+    return ray.get_actor(name, namespace=NAMESPACE)
+
+
+def test_runs_share_one_pool_start_no_actor_of_their_own_and_close_their_accounts(tmp_path: Path) -> None:
+    write_rows(tmp_path / "rows.csv", 120)
+    with LLMServer(responder=label_responder) as server:
+        path = pipeline(tmp_path, server, extra_top="budget: {max_cost_usd: 5}")
+        before = set(_pools())
+        first = run_checked(check_file(str(path)), progress=False, cache=False)
+        (name,) = set(_pools()) - before
+        status = ray.get(_director(name).status.remote())
+        second = run_checked(check_file(str(path)), progress=False, cache=False)
+        again = ray.get(_director(name).status.remote())
+    assert first.status == second.status == "succeeded", (first.error, second.error)
+    assert set(_pools()) - before == {name}  # the second run found the first one's pool
+    assert again["started"] == status["started"] >= 1  # and started no pool actor of its own
+    assert second.nodes["classify"].llm["requests"] == 120  # its own account: figures start at zero
+    ledger = ray.get_actor(LEDGER_NAME, namespace=NAMESPACE)
+    assert ray.get(ledger.open_runs.remote()) == []  # both accounts were closed when their runs ended
+
+
+def test_a_pool_actor_killed_mid_batch_loses_no_row_and_answers_none_twice(tmp_path: Path) -> None:
+    data = write_rows(tmp_path / "rows.csv", 1_200)
+    with LLMServer(responder=label_responder, latency_s=0.05) as server:
+        path = pipeline(tmp_path, server, extra_top="defaults: {batch_rows: 100}")
+        checked = check_file(str(path))
+        box: dict[str, Any] = {}
+        runner = threading.Thread(
+            target=lambda: box.update(s=run_checked(checked, progress=False, cache=False))
+        )
+        runner.start()
+        deadline = time.monotonic() + 120
+        while len(billed(server)) < 150:
+            assert runner.is_alive() and time.monotonic() < deadline, "the run ended before the kill"
+            time.sleep(0.02)
+        name = next(n for n in _pools() if ray.get(_director(n).status.remote())["leased"])
+        pid = ray.get(_director(name).actor_pids.remote())[0]
+        os.kill(pid, signal.SIGKILL)
+        runner.join(timeout=300)
+    summary = box["s"]
+    assert summary.status == "succeeded", summary.error
+    rows = pq.read_table(tmp_path / "out").sort_by("id").to_pylist()
+    assert [r["id"] for r in rows] == [d["id"] for d in data]  # every row once: none lost, none twice
+    assert all(r["label"] == expected_label(r["text"]) for r in rows)
+
+
+class _SlowWorker:
+    """A pool actor that holds each batch for a while (the director's dealing, without providers)."""
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def cancel_run(self, run_id: str) -> int:
+        return 0
+
+
+def test_when_a_run_ends_its_waiting_batches_are_dropped_and_others_are_served() -> None:
+    director = ray.remote(PoolDirector).remote("test-pool", _SlowWorker)
+    big = [director.lease.remote(LeaseRequest("big", "t", 1.0, 10, 1)) for _ in range(12)]
+    first = ray.get(big[:4])  # one actor, four batches at once: the rest wait
+    assert all(lease is not None for lease in first)
+    small = director.lease.remote(LeaseRequest("small", "t", 1.0, 10, 1))
+    assert ray.get(director.drop.remote("big")) == 8  # the big run ended: its 8 waiting leases go
+    assert ray.get(big[4:]) == [None] * 8
+    lease = ray.get(small, timeout=30)  # the dropped run's leases count as free at once
+    assert lease is not None
+    assert ray.get(director.status.remote())["waiting"] == 0
+    ray.kill(director)
+
+
+def test_a_small_tenant_quota_is_usable_by_concurrent_runs_on_two_engines(tmp_path: Path) -> None:
+    """The issue's case: quota $0.05; each run costs about $0.002 but every call reserves its worst case
+    ($0.01 at max_tokens 2000), 32 at once. Before, runs ended budget_exceeded at a fraction of the quota
+    and locked the tenant; now reservations wait for calls in flight to settle, and every run finishes."""
+    write_rows(tmp_path / "rows.csv", 40)
+    quota = {"small": TenantQuota(max_cost_usd_per_period=0.05)}
+    with LLMServer(responder=label_responder) as server:
+        paths = [
+            pipeline(tmp_path, server, node_extra="    max_tokens: 2000", out=f"out{i}") for i in range(5)
+        ]
+        with Engine(tenants=quota) as one, Engine(tenants=quota) as two:
+            handles = [
+                (one if i % 2 else two).submit(str(p), tenant="small", cache=False)
+                for i, p in enumerate(paths)
+            ]
+            summaries = [h.result(timeout=300) for h in handles]
+            answered = len(billed(server))
+    assert [s.status for s in summaries] == ["succeeded"] * 5, [s.error for s in summaries]
+    spent = sum(s.total_cost_usd for s in summaries)
+    assert 0 < spent <= 0.05
+    assert answered == 5 * 40
+    for i in range(5):
+        assert pq.read_table(tmp_path / f"out{i}").num_rows == 40
+
+
+def test_a_tenant_quota_still_stops_runs_once_settled_spend_reaches_it(tmp_path: Path) -> None:
+    write_rows(tmp_path / "rows.csv", 400)
+    quota = {"tiny": TenantQuota(max_cost_usd_per_period=0.004)}
+    with LLMServer(responder=label_responder) as server, Engine(tenants=quota) as engine:
+        path = pipeline(tmp_path, server, node_extra="    max_tokens: 2000")
+        summary = engine.submit(str(path), tenant="tiny", cache=False).result(timeout=300)
+    assert summary.status == "budget_exceeded"
+    assert "tenant 'tiny'" in (summary.error or "")
+    # spend passes the quota by at most one call's worst case (granted alone, its least cost fitting)
+    assert summary.total_cost_usd <= 0.004 + 0.0101
