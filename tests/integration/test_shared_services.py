@@ -112,6 +112,28 @@ def test_when_a_run_ends_its_waiting_batches_are_dropped_and_others_are_served()
     ray.kill(director)
 
 
+def test_a_pool_grows_with_waiting_batches_up_to_its_actors_and_retires_idle_ones() -> None:
+    director = ray.remote(PoolDirector).remote("test-pool-grow", _SlowWorker, 1.0)
+    leases = ray.get(
+        [director.lease.remote(LeaseRequest("r", "t", 1.0, 10, 3)) for _ in range(12)], timeout=120
+    )
+    status = ray.get(director.status.remote())
+    assert status["actors"] == 3 and status["leased"] == 12  # 3 actors (the most asked) x 4 batches
+    more = director.lease.remote(LeaseRequest("r", "t", 1.0, 10, 3))
+    time.sleep(0.5)
+    assert ray.get(director.status.remote())["started"] == 3  # full at its most actors: the batch waits
+    for lease in leases:
+        director.release.remote(lease.id)
+    last = ray.get(more, timeout=30)
+    director.release.remote(last.id)
+    deadline = time.monotonic() + 60
+    while ray.get(director.status.remote())["actors"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    status = ray.get(director.status.remote())
+    assert status["actors"] == 0 and status["retired"] == 3  # idle for a second: retired
+    ray.kill(director)
+
+
 def test_a_small_tenant_quota_is_usable_by_concurrent_runs_on_two_engines(tmp_path: Path) -> None:
     """The issue's case: quota $0.05; each run costs about $0.002 but every call reserves its worst case
     ($0.01 at max_tokens 2000), 32 at once. Before, runs ended budget_exceeded at a fraction of the quota

@@ -142,6 +142,8 @@ class Lease:
 @dataclass
 class _Actor:
     handle: Any
+    answer: Any = None
+    """The pending answer of its ``ready`` call (None once it answered)."""
     ready: bool = False
     leases: set[int] = field(default_factory=set)
     idle_since: float = field(default_factory=time.monotonic)
@@ -150,7 +152,7 @@ class _Actor:
 class PoolDirector:
     """Deals one pool's actors to batches (an async Ray actor; see the module docstring)."""
 
-    def __init__(self, name: str, worker_class: Any = None) -> None:
+    def __init__(self, name: str, worker_class: Any = None, idle_s: float | None = None) -> None:
         self.name = name
         if worker_class is None:
             from engine.runtime.llm.pool import PoolWorker
@@ -163,7 +165,9 @@ class PoolDirector:
         self._ids = 0
         self._max_actors = 1
         self._options: Mapping[str, Any] | None = None
-        self._idle_s = float(os.environ.get("HEADRACE_POOL_IDLE_S", _IDLE_S_DEFAULT))
+        if idle_s is None:
+            idle_s = float(os.environ.get("HEADRACE_POOL_IDLE_S", _IDLE_S_DEFAULT))
+        self._idle_s = idle_s
         self._reaper: asyncio.Task[None] | None = None
         self.started = 0
         self.retired = 0
@@ -236,6 +240,7 @@ class PoolDirector:
     # -- dealing --------------------------------------------------------------------------------------
 
     def _deal(self) -> None:
+        self._check_ready()
         while len(self._queue):
             free = [(len(a.leases), i) for i, a in self._actors.items() if a.ready]
             free = [f for f in free if f[0] < BATCHES_PER_ACTOR]
@@ -271,22 +276,27 @@ class PoolDirector:
         # a cluster service: never captured by the placement group of the tenant whose run started it
         handle = ray.remote(self._worker_class).options(scheduling_strategy="DEFAULT", **options).remote()
         self._ids += 1
-        actor_id = self._ids
-        self._actors[actor_id] = _Actor(handle)
+        self._actors[self._ids] = _Actor(handle, handle.ready.remote())
         self.started += 1
-        asyncio.get_running_loop().create_task(self._await_ready(actor_id))
 
-    async def _await_ready(self, actor_id: int) -> None:
-        actor = self._actors[actor_id]
-        try:
-            await actor.handle.ready.remote()
-        except Exception as exc:  # it could not start: leases keep waiting for others
-            _log.warning("pool %s: an actor failed to start: %s", self.name, exc)
-            self._forget(actor_id, kill=True)
-        else:
-            actor.ready = True
-            actor.idle_since = time.monotonic()
-        self._deal()
+    def _check_ready(self) -> None:
+        """Mark started actors that have answered as ready (polled: cheap, and never lost)."""
+        import ray
+
+        for actor_id, actor in list(self._actors.items()):
+            if actor.ready or actor.answer is None:
+                continue
+            done, _ = ray.wait([actor.answer], timeout=0)
+            if not done:
+                continue
+            try:
+                ray.get(done[0])
+            except Exception as exc:  # it could not start: leases keep waiting for others
+                _log.warning("pool %s: an actor failed to start: %s", self.name, exc)
+                self._forget(actor_id, kill=True)
+            else:
+                actor.ready, actor.answer = True, None
+                actor.idle_since = time.monotonic()
 
     def _forget(self, actor_id: int, *, kill: bool) -> None:
         import ray
@@ -301,9 +311,12 @@ class PoolDirector:
                 ray.kill(actor.handle)
 
     async def _reap(self) -> None:
-        """Retire actors idle longer than the idle time, every second or so."""
+        """Notice actors that started (every 0.1 s while some start) and retire actors idle longer than
+        the idle time."""
         while True:
-            await asyncio.sleep(min(1.0, max(0.05, self._idle_s / 4)))
+            starting = any(not a.ready for a in self._actors.values())
+            await asyncio.sleep(0.1 if starting else min(1.0, max(0.05, self._idle_s / 4)))
+            self._deal()
             now = time.monotonic()
             for actor_id, actor in list(self._actors.items()):
                 if actor.ready and not actor.leases and now - actor.idle_since > self._idle_s:
