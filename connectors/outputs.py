@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from connectors.files import filesystem
 from connectors.sinks import FileSink
 from connectors.writers import PartInfo, part_index
-from engine.errors import RunError
+from engine.errors import OutputError, RunError
 
 MANIFEST = "_manifest.json"
 RUN_FILE = "_run.json"
@@ -31,26 +31,41 @@ def claim_output(
     (or ``replace``, when a resumed run starts a stage over)."""
     fs, path = filesystem(folder)
     if fs.exists(path) and not fs.isdir(path):
-        raise RunError(f"node '{node}': output path {folder} is a file; sinks write a folder of parts")
-    fs.makedirs(path, exist_ok=True)
-    ours = [p for p in fs.ls(path, detail=False) if _is_ours(p)]
+        raise OutputError(
+            f"node '{node}': output path {folder} is a file; sinks write a folder of parts: give the "
+            "node a folder path"
+        )
+    try:
+        fs.makedirs(path, exist_ok=True)
+        ours = [p for p in fs.ls(path, detail=False) if _is_ours(p)]
+    except OSError as exc:
+        raise OutputError(
+            f"node '{node}': output folder {folder} cannot be created or read: "
+            f"{exc.strerror or type(exc).__name__}: give the node a path this process may write"
+        ) from None
     if ours and not (spec.overwrite or replace):
-        raise RunError(
+        raise OutputError(
             f"node '{node}': output folder {folder} already holds the output of an earlier run; "
             "set `overwrite: true` on the node, write somewhere else, or resume that run with --resume"
         )
-    for p in ours:
-        fs.rm(p)
-    _write_json(
-        folder,
-        RUN_FILE,
-        {
-            "run_id": run_id,
-            "spec_hash": spec_hash,
-            "node": node,
-            "started": datetime.now(timezone.utc).isoformat(),
-        },
-    )
+    try:
+        for p in ours:
+            fs.rm(p)
+        _write_json(
+            folder,
+            RUN_FILE,
+            {
+                "run_id": run_id,
+                "spec_hash": spec_hash,
+                "node": node,
+                "started": datetime.now(timezone.utc).isoformat(),
+            },
+        )
+    except OSError as exc:
+        raise OutputError(
+            f"node '{node}': output folder {folder} cannot be written: "
+            f"{exc.strerror or type(exc).__name__}: give the node a path this process may write"
+        ) from None
 
 
 def resume_output(folder: str, node: str, run_id: str, spec_hash: str) -> tuple[bool, list[PartInfo]]:

@@ -6,6 +6,11 @@
     ├── DataError                 a row or batch of input data is unusable (node, file, offset)
     │   └── TransientError        an I/O failure that may pass: the driver retries it with backoff
     ├── RunError                  a run failed while executing (node, cause)
+    │   ├── FatalRunError         an error no row can fix (auth, unknown model, a destination that
+    │   │                         cannot be written, a template failing every row): the run stops at once
+    │   └── OutputError           an output folder cannot be used as asked (it holds another run's
+    │                             output, it is a file, it cannot be created); the message says what to do
+    ├── InUseError                a run or an output folder has a live owner already (its lease)
     ├── ClusterError              the Ray cluster cannot be reached or refuses this driver (address,
     │                             authentication token, a bad HEADRACE_SHIP_CODE)
     ├── QuotaError                a tenant's cluster-wide quota cannot be enforced: engines on one
@@ -143,6 +148,25 @@ class ClusterError(HeadraceError):
 
     code = "cluster_unreachable"
     exit_code = 3
+
+
+class FatalRunError(RunError):
+    """An error that every row would hit: the run stops at once, whatever the node's ``on_error``."""
+
+    code = "fatal"
+
+
+class OutputError(RunError):
+    """An output folder cannot be used as asked; the message says why and what to do instead."""
+
+    code = "output_invalid"
+
+
+class InUseError(HeadraceError):
+    """A run (``--resume``) or an output folder is owned by another live driver; the message names it."""
+
+    code = "in_use"
+    exit_code = 1
 
 
 class QuotaError(HeadraceError):

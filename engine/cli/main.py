@@ -1,7 +1,8 @@
 """The ``headrace`` command: one subcommand per concern.
 
 Exit codes: 0 success; 1 invalid pipeline or input; 2 wrong command-line usage; 3 the run failed;
-4 the run stopped at a budget; 70 an internal error (a bug: please report it); 130 interrupted.
+4 the run stopped at a budget; 70 an internal error (a bug: please report it); 130 interrupted (Ctrl-C);
+143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def _friendly(fn: F) -> F:
         except HeadraceError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:
+            number = int(getattr(exc, "signal_number", 2))  # engine.runtime.stopping.Terminated: 15
+            click.echo("interrupted" if number == 2 else "stopped by SIGTERM", err=True)
+            sys.exit(128 + number)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:

@@ -144,30 +144,39 @@ def run(
         port = metrics.serve(metrics_port, metrics_addr)
         host = f"[{metrics_addr}]" if ":" in metrics_addr else metrics_addr
         click.echo(f"metrics: http://{host}:{port}/metrics", err=True)
-    content = sys.stdin.buffer.read() if path == "-" else None
-    checked = check_file(path, content=content, overrides=overrides)
-    # compiled before Ray starts: what the run would refuse is refused here, located, in no time
-    compiled = compile_pipeline(checked, cache=not no_cache).raise_errors()
-    for warning in compiled.problems:
-        click.echo(warning.format(), err=True)
-    # The same engine as a long-lived service, for one run. A dataflow's Ray is started here, in the
-    # main thread (where Ray installs its signal handlers); a state graph starts Ray only if one of
-    # its nodes runs on Ray, so a light graph never pays for it.
-    dataflow = compiled.kind == "dataflow"
-    # With --json, stdout carries exactly one JSON object: whatever else prints to it meanwhile (Ray
-    # forwards its workers' and raylets' log lines to the driver's stdout) goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        with Engine(address, start_ray=dataflow, max_concurrent_runs=1) as engine:
-            summary = engine.run(
-                compiled,
-                graph_input,
-                run_id=run_id,
-                resume=resume,
-                progress=not as_json,
-                cache=not no_cache,
-                checkpoint=checkpoint,
-            )
-        telemetry.shutdown()  # export what a batching exporter still holds
+    try:
+        content = sys.stdin.buffer.read() if path == "-" else None
+        checked = check_file(path, content=content, overrides=overrides)
+        # compiled before Ray starts: what the run would refuse is refused here, located, in no time
+        compiled = compile_pipeline(checked, cache=not no_cache).raise_errors()
+        for warning in compiled.problems:
+            click.echo(warning.format(), err=True)
+        # The same engine as a long-lived service, for one run. A dataflow's Ray is started here, in the
+        # main thread (where Ray installs its signal handlers); a state graph starts Ray only if one of
+        # its nodes runs on Ray, so a light graph never pays for it.
+        dataflow = compiled.kind == "dataflow"
+        if as_json and dataflow and run_id is None and resume is None:
+            from engine.runtime import new_run_id
+
+            run_id = new_run_id()  # known here, so that even a refused run's JSON names it
+        # With --json, stdout carries exactly one JSON object: whatever else prints to it meanwhile (Ray
+        # forwards its workers' and raylets' log lines to the driver's stdout) goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            with Engine(address, start_ray=dataflow, max_concurrent_runs=1) as engine:
+                summary = engine.run(
+                    compiled,
+                    graph_input,
+                    run_id=run_id,
+                    resume=resume,
+                    progress=not as_json,
+                    cache=not no_cache,
+                    checkpoint=checkpoint,
+                )
+            telemetry.shutdown()  # export what a batching exporter still holds
+    except BaseException as exc:
+        if as_json and not isinstance(exc, SystemExit | click.exceptions.Exit):
+            click.echo(json.dumps(redact_data(_refused(exc, resume or run_id))))
+        raise
     if as_json:  # a secret interpolated into a plain field (the name, a path) is not printed
         click.echo(json.dumps(redact_data(summary.as_dict()), indent=None))
     else:
@@ -196,3 +205,17 @@ def _engine_target(
     from engine.service.client import find_engine
 
     return find_engine(explicit)
+
+
+def _refused(exc: BaseException, run_id: str | None) -> dict[str, object]:
+    """``--json``'s one object for a run that ended by an exception (refused, interrupted or a bug);
+    the exit status and the message on stderr are the CLI's usual ones."""
+    from engine.errors import HeadraceError
+
+    if isinstance(exc, KeyboardInterrupt):
+        status, code, error = "cancelled", 128 + int(getattr(exc, "signal_number", 2)), "interrupted"
+    elif isinstance(exc, HeadraceError):
+        status, code, error = "failed", exc.exit_code, str(exc)
+    else:
+        status, code, error = "failed", 70, f"internal error: {type(exc).__name__}: {exc}"
+    return {"run_id": run_id, "status": status, "exit_code": code, "error": error}

@@ -29,7 +29,7 @@ from engine.cli.run_records import (
 )
 from engine.logs import redact_data
 
-_STATUSES = ["running", "interrupted", "succeeded", "failed", "budget_exceeded", "cancelled"]
+_STATUSES = ["running", "interrupted", "succeeded", "failed", "budget_exceeded", "cancelled", "died"]
 
 _store_option = click.option(
     "--store",
@@ -205,9 +205,12 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
 
     records = records_at(store)
     try:
-        view = RunView.of(records.events(run_id)) if records.header(run_id) is not None else None
+        header = records.header(run_id)
+        view = RunView.of(records.events(run_id)) if header is not None else None
     finally:
         records.close()
+    if view is not None and header is not None and header.status == "died":
+        view.status = "died"  # its driver's lease lapsed with the run unfinished
     with _open(store) as st:
         run = st.get_run(run_id)
         last = st.last_step(run_id) if run is not None else None
@@ -384,7 +387,8 @@ def report(run_id: str, output: str, store: str | None) -> None:
     try:
         records = records_at(store)
         try:
-            found = records.header(run_id) is not None
+            header = records.header(run_id)
+            found = header is not None
             events = records.events(run_id) if found else []
         finally:
             records.close()
@@ -395,6 +399,8 @@ def report(run_id: str, output: str, store: str | None) -> None:
         click.echo(f"error: no run {run_id} in {url}; `headrace runs list` shows the runs there", err=True)
         sys.exit(1)
     view = RunView.of(events)
+    if header is not None and header.status == "died":
+        view.status = "died"  # its driver's lease lapsed with the run unfinished
     if view.kind == "graph":  # as in `runs show`: the checkpoint store decides (interrupted...)
         with _open(store) as st:
             run = st.get_run(run_id)

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from engine.records.events import EVENT_KINDS, Event, RunHeader
+from engine.records.leases import Lease
 
 _FINAL_KEYS = ("status", "error", "cost_usd")
 
@@ -48,6 +49,19 @@ class RecordStore(Protocol):
         """Runs started in ``[since, until)`` matching the filters, newest first, at most ``limit``."""
         ...
 
+    def claim(self, key: str, owner: str, ttl_s: float) -> Lease:
+        """Take or renew the lease on ``key`` for ``owner`` for ``ttl_s`` seconds, in one step; the lease
+        that holds afterwards: ``owner``'s, or another owner's live one (then nothing changed)."""
+        ...
+
+    def release(self, key: str, owner: str) -> None:
+        """Give up ``owner``'s lease on ``key`` (nothing when another owner holds it)."""
+        ...
+
+    def lease(self, key: str) -> Lease | None:
+        """The lease on ``key``, live or lapsed; ``None`` when there is none."""
+        ...
+
     def delete(self, run_ids: Collection[str]) -> None:
         """Retention: remove these runs' records whole (unknown ids are ignored)."""
         ...
@@ -80,6 +94,18 @@ def fold_header(header: RunHeader | None, events: Iterable[Event]) -> RunHeader 
             changes["cost_usd"] = float(event.data.get("cost_usd") or 0.0)
             changes["finished_at"] = event.at
         header = replace(header, **changes)  # type: ignore[arg-type]
+    return header
+
+
+def run_key(run_id: str) -> str:
+    """The lease key of the driver that runs (or resumes) ``run_id``."""
+    return f"run:{run_id}"
+
+
+def with_lease(header: RunHeader, lease: Lease | None, now: float) -> RunHeader:
+    """``header`` as readers see it: a ``running`` run whose driver's lease lapsed has ``died``."""
+    if header.status == "running" and lease is not None and lease.lapsed(now):
+        return replace(header, status="died")
     return header
 
 

@@ -43,8 +43,11 @@ EventKind = Literal[
 ]
 EVENT_KINDS: tuple[str, ...] = EventKind.__args__  # type: ignore[attr-defined]
 
-RecordStatus = Literal["running", "succeeded", "failed", "budget_exceeded", "cancelled", "interrupted"]
-"""A run's status in its record; ``running`` until ``run_finished`` is written."""
+RecordStatus = Literal[
+    "running", "succeeded", "failed", "budget_exceeded", "cancelled", "interrupted", "died"
+]
+"""A run's status in its record; ``running`` until ``run_finished`` is written; ``died`` is what readers
+see of a ``running`` run whose driver's lease lapsed (:mod:`engine.records.leases`)."""
 
 
 @dataclass(frozen=True)

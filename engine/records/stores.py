@@ -6,11 +6,14 @@ per run for ``list_runs``, and passes ``tests/conformance/test_record_stores.py`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
 import sqlite3
 import threading
+import time
+import urllib.parse
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +26,11 @@ from engine.records.base import (
     fold_header,
     matches,
     newest_first,
+    run_key,
+    with_lease,
 )
 from engine.records.events import Event, RunHeader
+from engine.records.leases import Lease, decide
 
 
 class MemoryRecords:
@@ -34,6 +40,7 @@ class MemoryRecords:
         self._lock = threading.Lock()
         self._events: dict[str, list[Event]] = {}
         self._headers: dict[str, RunHeader] = {}
+        self._leases: dict[str, Lease] = {}
 
     def append(self, events: Sequence[Event]) -> None:
         """See :meth:`RecordStore.append`."""
@@ -61,14 +68,36 @@ class MemoryRecords:
     def header(self, run_id: str) -> RunHeader | None:
         """See :meth:`RecordStore.header`."""
         with self._lock:
-            return self._headers.get(run_id)
+            header = self._headers.get(run_id)
+            return (
+                None if header is None else with_lease(header, self._leases.get(run_key(run_id)), time.time())
+            )
 
     def list_runs(self, **filters: Any) -> list[RunHeader]:
         """See :meth:`RecordStore.list_runs`."""
         limit = filters.pop("limit", 20)
+        now = time.time()
         with self._lock:
-            found = [h for h in self._headers.values() if _passes(h, filters)]
-        return newest_first(found, limit)
+            seen = [with_lease(h, self._leases.get(run_key(h.run_id)), now) for h in self._headers.values()]
+        return newest_first([h for h in seen if _passes(h, filters)], limit)
+
+    def claim(self, key: str, owner: str, ttl_s: float) -> Lease:
+        """See :meth:`RecordStore.claim`."""
+        with self._lock:
+            lease = decide(self._leases.get(key), key, owner, ttl_s, time.time())
+            self._leases[key] = lease
+            return lease
+
+    def release(self, key: str, owner: str) -> None:
+        """See :meth:`RecordStore.release`."""
+        with self._lock:
+            if (held := self._leases.get(key)) is not None and held.owner == owner:
+                del self._leases[key]
+
+    def lease(self, key: str) -> Lease | None:
+        """See :meth:`RecordStore.lease`."""
+        with self._lock:
+            return self._leases.get(key)
 
     def delete(self, run_ids: Collection[str]) -> None:
         """See :meth:`RecordStore.delete`."""
@@ -76,6 +105,7 @@ class MemoryRecords:
             for run_id in run_ids:
                 self._events.pop(run_id, None)
                 self._headers.pop(run_id, None)
+                self._leases.pop(run_key(run_id), None)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -103,6 +133,11 @@ CREATE TABLE IF NOT EXISTS record_events (
     node   TEXT,
     data   TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS record_leases (
+    key        TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
 _MARKS = ",".join("?" * 10)
@@ -169,7 +204,10 @@ class SqliteRecords:
     def header(self, run_id: str) -> RunHeader | None:
         """See :meth:`RecordStore.header`."""
         with self._lock:
-            return self._header(run_id)
+            header = self._header(run_id)
+            if header is None or header.status != "running":
+                return header
+            return with_lease(header, self._lease(run_key(run_id)), time.time())
 
     def list_runs(
         self,
@@ -182,15 +220,49 @@ class SqliteRecords:
         limit: int = 20,
     ) -> list[RunHeader]:
         """See :meth:`RecordStore.list_runs`."""
+        # running and died are both stored as running: which one a run is, its lease decides
+        stored = "running" if status in ("running", "died") else status
         sql = (
-            f"SELECT {_HEADER_COLUMNS} FROM record_runs WHERE (?1 IS NULL OR status = ?1)"
+            f"SELECT {_HEADER_COLUMNS}, l.owner, l.expires_at FROM record_runs"
+            " LEFT JOIN record_leases AS l ON l.key = 'run:' || run_id WHERE (?1 IS NULL OR status = ?1)"
             " AND (?2 IS NULL OR pipeline = ?2) AND (?3 IS NULL OR tenant = ?3)"
             " AND (?4 IS NULL OR started_at >= ?4) AND (?5 IS NULL OR started_at < ?5)"
-            " ORDER BY started_at DESC, run_id DESC LIMIT ?6"
+            " ORDER BY started_at DESC, run_id DESC"
         )
+        found: list[RunHeader] = []
+        now = time.time()
         with self._lock:
-            rows = self._db.execute(sql, (status, pipeline, tenant, since, until, max(limit, 0))).fetchall()
-        return [RunHeader(*row) for row in rows]
+            cursor = self._db.execute(sql, (stored, pipeline, tenant, since, until))
+            for row in cursor:
+                header = RunHeader(*row[:10])
+                lease = None if row[10] is None else Lease(run_key(header.run_id), row[10], row[11])
+                header = with_lease(header, lease, now)
+                if status is None or header.status == status:
+                    found.append(header)
+                    if len(found) >= max(limit, 0):
+                        break
+        return found
+
+    def claim(self, key: str, owner: str, ttl_s: float) -> Lease:
+        """See :meth:`RecordStore.claim`."""
+        with self._transaction():
+            lease = decide(self._lease(key), key, owner, ttl_s, time.time())
+            if lease.owner == owner:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO record_leases (key, owner, expires_at) VALUES (?, ?, ?)",
+                    (key, owner, lease.expires_at),
+                )
+        return lease
+
+    def release(self, key: str, owner: str) -> None:
+        """See :meth:`RecordStore.release`."""
+        with self._transaction():
+            self._db.execute("DELETE FROM record_leases WHERE key = ? AND owner = ?", (key, owner))
+
+    def lease(self, key: str) -> Lease | None:
+        """See :meth:`RecordStore.lease`."""
+        with self._lock:
+            return self._lease(key)
 
     def delete(self, run_ids: Collection[str]) -> None:
         """See :meth:`RecordStore.delete`."""
@@ -198,6 +270,7 @@ class SqliteRecords:
         with self._transaction():
             self._db.executemany("DELETE FROM record_events WHERE run_id = ?", ids)
             self._db.executemany("DELETE FROM record_runs WHERE run_id = ?", ids)
+            self._db.executemany("DELETE FROM record_leases WHERE key = ?", [(run_key(r),) for r in run_ids])
 
     def close(self) -> None:
         """Close the connection."""
@@ -227,12 +300,17 @@ class SqliteRecords:
         ).fetchone()
         return None if row is None else RunHeader(*row)
 
+    def _lease(self, key: str) -> Lease | None:
+        row = self._db.execute("SELECT owner, expires_at FROM record_leases WHERE key = ?", (key,)).fetchone()
+        return None if row is None else Lease(key, row[0], row[1])
+
 
 class FsspecRecords:
     """Records as files under ``<root>/records/`` on any fsspec filesystem (a folder, s3, gs...)::
 
         records/<run_id>/header.json                 the RunHeader, replaced after each batch
         records/<run_id>/events/000000012.jsonl      one batch of events, named by its first seq
+        record-leases/<quoted key>.json              a lease (:mod:`engine.records.leases`)
 
     A batch is one object written with one PUT (atomic on object stores; tmp + rename on local disk),
     so readers never see half a batch. One writer per run, as for the checkpoint store's folders.
@@ -277,15 +355,45 @@ class FsspecRecords:
     def header(self, run_id: str) -> RunHeader | None:
         """See :meth:`RecordStore.header`."""
         with self._lock:
-            return self._header(run_id)
+            header = self._header(run_id)
+            if header is None or header.status != "running":
+                return header
+            return with_lease(header, self._lease(run_key(run_id)), time.time())
 
     def list_runs(self, **filters: Any) -> list[RunHeader]:
         """See :meth:`RecordStore.list_runs`."""
         limit = filters.pop("limit", 20)
+        now = time.time()
         with self._lock:
             paths = self._fs.glob(posixpath.join(self._root, "*", "header.json"))
             headers = [self._read_header(p) for p in paths]
+            headers = [
+                with_lease(h, self._lease(run_key(h.run_id)), now) if h.status == "running" else h
+                for h in headers
+            ]
         return newest_first([h for h in headers if _passes(h, filters)], limit)
+
+    def claim(self, key: str, owner: str, ttl_s: float) -> Lease:
+        """See :meth:`RecordStore.claim`. Claims are serialised by a lock file on a local folder; on an
+        object store two claims in the same instant may both read the key free (the later write wins,
+        and the loser finds its lease taken at its next renewal)."""
+        with self._lock, self._leases_locked():
+            lease = decide(self._lease(key), key, owner, ttl_s, time.time())
+            if lease.owner == owner:
+                self._put(self._lease_path(key), _dumps(dataclasses.asdict(lease)))
+            return lease
+
+    def release(self, key: str, owner: str) -> None:
+        """See :meth:`RecordStore.release`."""
+        with self._lock, self._leases_locked():
+            held = self._lease(key)
+            if held is not None and held.owner == owner:
+                self._fs.rm(self._lease_path(key))
+
+    def lease(self, key: str) -> Lease | None:
+        """See :meth:`RecordStore.lease`."""
+        with self._lock:
+            return self._lease(key)
 
     def delete(self, run_ids: Collection[str]) -> None:
         """See :meth:`RecordStore.delete` (the header goes first, so a half-deleted run is not listed)."""
@@ -297,6 +405,9 @@ class FsspecRecords:
                     self._fs.rm(header)
                 if self._fs.exists(folder):
                     self._fs.rm(folder, recursive=True)
+                lease = self._lease_path(run_key(run_id))
+                if self._fs.exists(lease):
+                    self._fs.rm(lease)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -324,14 +435,46 @@ class FsspecRecords:
         path = posixpath.join(self._run_dir(run_id), "header.json")
         return self._read_header(path) if self._fs.exists(path) else None
 
+    def _lease_path(self, key: str) -> str:
+        name = urllib.parse.quote(key, safe="") + ".json"
+        return posixpath.join(posixpath.dirname(self._root), "record-leases", name)
+
+    def _lease(self, key: str) -> Lease | None:
+        path = self._lease_path(key)
+        try:
+            with self._fs.open(path, "r", encoding="utf-8") as f:
+                return Lease(**json.load(f))
+        except FileNotFoundError:
+            return None
+
+    @contextmanager
+    def _leases_locked(self) -> Iterator[None]:
+        """An exclusive lock over the lease files when the folder is local (``flock``); else nothing."""
+        if not self._local():
+            yield
+            return
+        import fcntl  # POSIX only, as are the local folders this guards
+
+        folder = posixpath.dirname(self._lease_path("x"))
+        self._fs.makedirs(folder, exist_ok=True)
+        with open(posixpath.join(folder, ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _local(self) -> bool:
+        protocol = self._fs.protocol
+        return (protocol[0] if isinstance(protocol, tuple | list) else protocol) in ("file", "local")
+
     def _read_header(self, path: str) -> RunHeader:
         with self._fs.open(path, "r", encoding="utf-8") as f:
             return RunHeader(**json.load(f))
 
     def _put(self, path: str, text: str) -> None:
         self._fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        protocol = self._fs.protocol
-        local = (protocol[0] if isinstance(protocol, tuple | list) else protocol) in ("file", "local")
+        local = self._local()
         target = path + ".tmp" if local else path
         with self._fs.open(target, "w", encoding="utf-8") as f:
             f.write(text)

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -22,9 +23,18 @@ from engine import metrics, telemetry
 from engine.audit import AuditLog, actor
 from engine.check import CheckedPipeline
 from engine.compile import Compiled, capacity_problems, compile_pipeline, placement_problems
-from engine.errors import BudgetExceeded, ConfigError, DataError, Diagnostic, HeadraceError, RunError
+from engine.errors import (
+    BudgetExceeded,
+    ConfigError,
+    DataError,
+    Diagnostic,
+    HeadraceError,
+    InUseError,
+    RunError,
+)
 from engine.logs import get_logger, run_context
 from engine.physical import PhysicalStage, Placement
+from engine.records.leases import Lease, LeaseHeld
 from engine.runtime.cluster import ray_session
 from engine.runtime.failures import explain
 from engine.runtime.graphs import GraphRunSummary, default_url, run_graph
@@ -32,6 +42,7 @@ from engine.runtime.llm.services import start_services
 from engine.runtime.progress import Progress
 from engine.runtime.recording import RunRecording
 from engine.runtime.scheduler import Scheduler, StageRun
+from engine.runtime.stopping import sigterm_stops_run, stop_signal
 from engine.runtime.summary import NodeStats, RunSummary
 from engine.runtime.task_slots import llm_task_slots
 from engine.runtime.tenants import RemoteTenant
@@ -195,6 +206,13 @@ def _run_dataflow(
     pipeline = checked.loaded.spec
     stages, physical, pools = compiled.stages, list(compiled.physical), list(compiled.pools)
     cache_url = compiled.cache_url if cache else None
+    recording = RunRecording(default_url(), run_id)
+    outputs = sorted({s.job.output for s in physical})
+    try:
+        before = recording.own(outputs)
+    except LeaseHeld as exc:
+        recording.close()
+        raise InUseError(_in_use(exc.lease, run_id, resume, checked)) from None
     audit = AuditLog()
     audit.append("run_started", _audit_fields(run_id, checked, physical, resume))
     started = time.perf_counter()
@@ -204,17 +222,19 @@ def _run_dataflow(
     if metrics.serving():
         metrics.track(summary, {p.node: (p.targets[0].provider, p.targets[0].model) for p in pools})
     tenant_name = tenant_name or pipeline.labels.get("tenant", "default")
-    recording = RunRecording(default_url(), run_id)
+    if before is not None and before.status == "died":
+        _log.warning("run %s died earlier (its driver stopped renewing its lease); resuming it", run_id)
+        recording.emit("run_finished", status="died", error="its driver died (its lease lapsed)")
     recording.started(
         checked,
         kind="dataflow",
         tenant=tenant_name,
         resume_of=resume,
         inputs=sorted({url for s in physical for url in s.inputs}),
-        outputs=sorted({s.job.output for s in physical}),
+        outputs=outputs,
     )
     try:
-        with ray_session(address) as cluster:
+        with ray_session(address) as cluster, sigterm_stops_run():
             if problems := capacity_problems(compiled, cluster.resources):
                 raise ConfigError(problems)
             _drive(
@@ -238,26 +258,30 @@ def _run_dataflow(
         summary.status, summary.error = "failed", str(exc)
         recording.failed({"code": exc.code, "message": str(exc)}, None)
         raise
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM before the splits were handed out
+        _stopped(summary, exc, checked)
+    except Exception as exc:  # a bug: the run is failed (never succeeded) and says so
+        _internal(summary, exc, recording)
     finally:
         summary.seconds = time.perf_counter() - started
         recording.finished(summary)
         recording.close()
         if recording.problem:
             _log.warning("run %s: %s", run_id, recording.problem)
-    audit.append(
-        "run_finished",
-        {
-            "run_id": run_id,
-            "actor": actor(),
-            "status": summary.status,
-            "seconds": round(summary.seconds, 3),
-            "cost_usd": summary.total_cost_usd,
-            "tokens": sum(s.tokens for s in summary.nodes.values()),
-            "rows_written": {s.job.sink_id: summary.nodes[s.job.sink_id].rows for s in physical},
-            "outputs": summary.outputs,
-            "error": (summary.error or "")[:500] or None,
-        },
-    )
+        audit.append(
+            "run_finished",
+            {
+                "run_id": run_id,
+                "actor": actor(),
+                "status": summary.status,
+                "seconds": round(summary.seconds, 3),
+                "cost_usd": summary.total_cost_usd,
+                "tokens": sum(s.tokens for s in summary.nodes.values()),
+                "rows_written": {s.job.sink_id: summary.nodes[s.job.sink_id].rows for s in physical},
+                "outputs": summary.outputs,
+                "error": (summary.error or "")[:500] or None,
+            },
+        )
     return summary
 
 
@@ -335,9 +359,8 @@ def _drive(
         failure = explain(exc, checked, run_id)
         summary.status, summary.error = "failed", failure.message
         recording.failed(failure.data, failure.node)
-    except KeyboardInterrupt:
-        summary.status = "cancelled"
-        summary.error = "interrupted; parts committed so far are kept"
+    except KeyboardInterrupt as exc:
+        _stopped(summary, exc, checked)
     finally:
         if llm.pools:
             with contextlib.suppress(Exception):
@@ -415,6 +438,49 @@ def _execute(
         metrics.track_queue(summary.run_id, scheduler.queue_depth)
     scheduler.run(runs, tick)
     return {r.stage.job.sink_id: r.parts for r in runs}
+
+
+def _stopped(summary: RunSummary, exc: KeyboardInterrupt, checked: CheckedPipeline) -> None:
+    """A run stopped by Ctrl-C, SIGTERM or a cancel: ``cancelled``, exit 128 + the signal."""
+    number = stop_signal(exc)
+    summary.status = "cancelled"
+    summary.exit_status = 128 + number
+    why = "stopped by SIGTERM" if number == signal.SIGTERM else "interrupted"
+    summary.error = (
+        f"{why}; no new work started, parts committed so far are kept; continue with "
+        f"`headrace run {checked.loaded.document.path} --resume {summary.run_id}`"
+    )
+
+
+def _internal(summary: RunSummary, exc: Exception, recording: RunRecording) -> None:
+    """An unexpected error (a bug in headrace): the run is ``failed``, exit 70, and the record says so."""
+    summary.status = "failed"
+    summary.exit_status = 70
+    summary.error = (
+        f"internal error: {type(exc).__name__}: {exc} (this is a bug in headrace; set HEADRACE_DEBUG=1 "
+        "for the traceback and please report it)"
+    )
+    _log.error(
+        "run %s: %s",
+        summary.run_id,
+        summary.error,
+        exc_info=exc if os.environ.get("HEADRACE_DEBUG") else None,
+    )
+    recording.failed({"code": "internal", "message": f"{type(exc).__name__}: {exc}"}, None)
+
+
+def _in_use(lease: Lease, run_id: str, resume: str | None, checked: CheckedPipeline) -> str:
+    holder = lease.describe()
+    if lease.key.startswith("run:"):
+        return (
+            f"run {run_id} is being run now by {holder}: a second driver would redo its splits (and pay "
+            "again for LLM rows); wait for it to end, or stop it (Ctrl-C or SIGTERM) and resume then"
+        )
+    folder = lease.key.removeprefix("output:")
+    return (
+        f"output folder {folder} is being written now by {holder}: two runs on one folder would replace "
+        f"each other's parts; wait for it to end, or give this run another path (--set nodes.NODE.path=...)"
+    )
 
 
 def _audit_fields(

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.check import CheckedPipeline
-from engine.errors import BudgetExceeded, DataError, HeadraceError, RunError, TransientError
+from engine.errors import (
+    BudgetExceeded,
+    DataError,
+    FatalRunError,
+    HeadraceError,
+    OutputError,
+    RunError,
+    TransientError,
+)
 
 _NODE = re.compile(r"node '([^']+)': ")
 _SOURCES = ("read_",)
@@ -64,8 +72,10 @@ def _next_step(exc: HeadraceError, node: str | None, op: str, checked: CheckedPi
         "parts committed so far are kept; after the fix continue with "
         f"`headrace run {path} --resume {run_id}`"
     )
-    if isinstance(exc, BudgetExceeded):
-        return ""  # the budget's own message already says how to continue
+    if isinstance(exc, BudgetExceeded | OutputError):
+        return ""  # the error's own message already says what to do
+    if isinstance(exc, FatalRunError):
+        return f"no row can pass until that is fixed; after the fix {resume.split('; ', 1)[1]}"
     if isinstance(exc, TransientError):
         return f"the storage kept failing; check that it is reachable, then {resume.split('; ', 1)[1]}"
     if isinstance(exc, RunError):

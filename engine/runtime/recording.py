@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine.check import CheckedPipeline
 from engine.logs import get_logger
-from engine.records import Recorder, open_records
+from engine.records import Recorder, RunHeader, open_records
+from engine.records.base import run_key
+from engine.records.leases import LeaseHeld, LeaseKeeper
 from engine.spec.models import Edge
 
 if TYPE_CHECKING:  # the runtime's types; a light state graph never imports Ray
@@ -33,8 +35,11 @@ class RunRecording:
         self._recorder: Recorder | None = None
         self._usage: dict[str, tuple[Any, ...]] = {}
         self._started_nodes: set[str] = set()
+        self._leases: LeaseKeeper | None = None
         try:
             self._recorder = Recorder(open_records(url), run_id)
+            store = self._recorder.store
+            self._leases = LeaseKeeper(store.claim, store.release, label=f"run {run_id}")
         except Exception as exc:
             self.problem: str | None = (
                 f"the run's record cannot be opened at {url}: {type(exc).__name__}: {exc}"
@@ -42,6 +47,23 @@ class RunRecording:
             _log.warning("run %s: %s", run_id, self.problem)
         else:
             self.problem = None
+
+    def own(self, outputs: list[str]) -> RunHeader | None:
+        """Take the run's lease and each output folder's before the run writes anything (the leases are
+        renewed until :meth:`close`); raise ``LeaseHeld`` when another live driver holds one. Returns
+        the run's header as it was (a resumed run's earlier attempt: ``died`` when its driver died)."""
+        if self._recorder is None or self._leases is None:
+            return None  # no store, no leases: the run goes on unguarded (``problem`` says so)
+        before = self._recorder.store.header(self.run_id)
+        try:
+            self._leases.claim(run_key(self.run_id))
+            for url in outputs:
+                self._leases.claim(f"output:{url}")
+        except LeaseHeld:
+            self._leases.close()
+            self._leases = None
+            raise
+        return before
 
     def emit(self, kind: str, node: str | None = None, at: float | None = None, /, **data: Any) -> None:
         """Record one event, at ``at`` or now (nothing when the store could not be opened)."""
@@ -180,10 +202,12 @@ class RunRecording:
         self.emit("run_finished", status=status, seconds=round(seconds, 3), error=error, outputs=outputs)
 
     def close(self) -> None:
-        """Write what is pending and stop the writer."""
+        """Write what is pending, stop the writer and give the run's leases up."""
         if self._recorder is not None:
             self._recorder.close()
             self.problem = self.problem or self._recorder.problem
+        if self._leases is not None:
+            self._leases.close()
 
 
 def _targets(edge: Edge) -> list[str]:

@@ -41,11 +41,14 @@ class RunSummary:
     error: str | None = None
     dead_letters: list[str] = field(default_factory=list)
     retries: int = 0
+    exit_status: int | None = None
+    """The process exit status when it is not the status's own: 70 after an internal error (a bug),
+    143 for a run stopped by SIGTERM."""
 
     @property
     def exit_code(self) -> int:
         """The process exit status for this outcome."""
-        return _EXIT[self.status]
+        return self.exit_status if self.exit_status is not None else _EXIT[self.status]
 
     @property
     def total_cost_usd(self) -> float:
@@ -77,6 +80,7 @@ class RunSummary:
             "dead_letters": sorted(self.dead_letters),
             "retries": self.retries,
             "error": self.error,
+            "exit_code": self.exit_code,
         }
 
     def render(self) -> str:

@@ -3,6 +3,11 @@ events, filters, atomic batches, retention, and (for durable ones) what a new ob
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +25,7 @@ from engine.records import (
     SqliteRecords,
     open_records,
 )
+from engine.records.leases import LeaseHeld, LeaseKeeper
 
 BACKENDS = ["memory", "sqlite", "fsspec-local", "fsspec-memory"]
 
@@ -128,6 +134,73 @@ def test_a_new_store_object_reads_what_the_recorder_wrote(name: str, tmp_path: P
     more.emit("run_finished", None, status="succeeded")
     more.close()
     assert make().last_seq("run-1") == 51
+
+
+def test_a_lease_has_one_owner_until_it_lapses_or_is_released(make: Callable[[], RecordStore]) -> None:
+    store = make()
+    assert store.lease("output:/x") is None
+    first = store.claim("output:/x", "a", 60.0)
+    assert first.owner == "a" and first.expires_at > time.time() + 50
+    assert store.claim("output:/x", "b", 60.0).owner == "a"  # refused: a holds it
+    renewed = store.claim("output:/x", "a", 120.0)
+    assert renewed.owner == "a" and renewed.expires_at >= first.expires_at
+    store.release("output:/x", "b")  # not b's to give up
+    assert make().lease("output:/x") == renewed
+    store.release("output:/x", "a")
+    assert store.lease("output:/x") is None
+    assert store.claim("output:/x", "b", 60.0).owner == "b"
+    # a lease whose time ran out goes to the next owner
+    assert store.claim("run:r", "a", 0.001).owner == "a"
+    time.sleep(0.01)
+    assert store.claim("run:r", "b", 60.0).owner == "b"
+
+
+def test_a_running_run_whose_lease_lapsed_is_listed_died(make: Callable[[], RecordStore]) -> None:
+    store = make()
+    store.append([started("old", at=10.0)])  # no lease at all (written before leases): still running
+    store.append([started("live", at=20.0)])
+    store.append([started("dead", at=30.0)])
+    store.append(
+        [started("done", at=40.0), Event("done", 1, 41.0, "run_finished", None, {"status": "failed"})]
+    )
+    assert store.claim("run:live", "a", 60.0).owner == "a"
+    assert store.claim("run:dead", "b", 0.001).owner == "b"
+    assert store.claim("run:done", "c", 0.001).owner == "c"
+    time.sleep(0.01)
+    statuses = {h.run_id: h.status for h in make().list_runs()}
+    assert statuses == {"old": "running", "live": "running", "dead": "died", "done": "failed"}
+    assert [h.run_id for h in store.list_runs(status="died")] == ["dead"]
+    assert [h.run_id for h in store.list_runs(status="running")] == ["live", "old"]
+    assert [h.run_id for h in store.list_runs(status="running", limit=1)] == ["live"]
+    header = make().header("dead")
+    assert header is not None and header.status == "died"
+    store.delete(["dead"])
+    assert store.lease("run:dead") is None
+
+
+def test_a_lease_of_a_process_of_this_host_that_is_gone_has_lapsed(make: Callable[[], RecordStore]) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store = make()
+    mine = store.claim("run:r", f"{socket.gethostname()}:{gone.pid}:t", 3600.0)
+    assert mine.lapsed()
+    assert store.claim("run:r", f"{socket.gethostname()}:{os.getpid()}:u", 3600.0).owner.endswith(":u")
+
+
+def test_a_lease_keeper_renews_and_refuses_and_gives_up(make: Callable[[], RecordStore]) -> None:
+    store = make()
+    keeper = LeaseKeeper(store.claim, store.release, ttl_s=0.6)
+    first = keeper.claim("output:/y")
+    other = LeaseKeeper(store.claim, store.release, ttl_s=0.6)
+    with pytest.raises(LeaseHeld, match=f"pid {os.getpid()}"):
+        other.claim("output:/y")
+    time.sleep(1.0)  # past the first lease's time: the keeper renewed it
+    held = store.lease("output:/y")
+    assert held is not None and held.owner == keeper.owner and held.expires_at > first.expires_at
+    keeper.close()
+    assert store.lease("output:/y") is None
+    other.claim("output:/y")
+    other.close()
 
 
 def test_a_failing_store_loses_nothing_once_it_recovers() -> None:
