@@ -131,30 +131,63 @@ def test_an_internal_error_is_recorded_failed_in_the_record_the_audit_log_and_th
     assert _audit(summary.run_id)[-1]["status"] == "failed"
 
 
+@pytest.mark.usefixtures("ray_cluster")
 def test_run_json_prints_one_object_with_status_and_error_on_an_internal_error(tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
     _source(src, 10)
+    path = tmp_path / "pipe.yaml"
+    path.write_text(
+        f"""version: 1
+name: bug-on-the-way-out
+nodes:
+  input: {{op: read_csv, path: {src}}}
+  output: {{op: write_jsonl, input: input, path: {tmp_path / "out"}}}
+"""
+    )
+    # a bug planted in the driver (a real CLI process): writing the manifest raises
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('HEADRACE_PLANT_BUG'):\n"
+        "    import engine.runtime.execute as execute\n"
+        "    def broken(*args, **kwargs):\n"
+        "        raise ZeroDivisionError('planted bug')\n"
+        "    execute.write_manifest = broken\n"
+    )
+    env = {
+        "HEADRACE_OBJECT_STORE_BYTES": str(128 << 20),
+        "PYTHONPATH": f"{inject}:{ROOT}",
+        "HEADRACE_PLANT_BUG": "1",
+    }
+    address = ray.get_runtime_context().gcs_address  # the session's Ray: no second one to start
+    done = run_headrace("run", path, "--json", "--address", address, env=env)
+    assert done.returncode == 70, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stdout
+    summary = json.loads(lines[0])
+    assert summary["status"] == "failed" and summary["exit_code"] == 70
+    assert "internal error: ZeroDivisionError: planted bug" in summary["error"]
+    listed = json.loads(run_headrace("runs", "list", "--json").stdout)
+    assert {r["run_id"]: r["status"] for r in listed}[summary["run_id"]] == "failed"
+    shown = json.loads(run_headrace("runs", "show", summary["run_id"], "--json").stdout)
+    assert shown["status"] == "failed" and shown["record"]["errors"][0]["code"] == "internal"
+
+
+def test_run_json_prints_one_object_for_a_run_refused_before_it_starts(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(
         f"""version: 1
 name: bad-types
 nodes:
-  input: {{op: read_csv, path: {src}, column_types: {{id: integer64}}}}
+  input: {{op: read_csv, path: {tmp_path / "in.csv"}, column_types: {{id: integer64}}}}
   output: {{op: write_jsonl, input: input, path: {tmp_path / "out"}}}
 """
     )
-    done = run_headrace("run", path, "--json", env={"HEADRACE_OBJECT_STORE_BYTES": str(128 << 20)})
-    assert done.returncode in (1, 3, 70), done.stderr
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, done.stdout
-    summary = json.loads(lines[0])
-    assert summary["status"] == "failed" and "integer64" in summary["error"]
-    assert summary["exit_code"] == done.returncode and summary["run_id"]
-    listed = run_headrace("runs", "list", "--json")
-    assert {r["run_id"]: r["status"] for r in json.loads(listed.stdout)}.get(summary["run_id"]) in (
-        "failed",
-        None,  # refused before it started (a check at compile time): no run to list
-    )
+    done = run_headrace("run", path, "--json")
+    assert done.returncode == 1, done.stderr
+    refused = json.loads(done.stdout)
+    assert refused["status"] == "failed" and refused["exit_code"] == 1 and "integer64" in refused["error"]
 
 
 @pytest.mark.usefixtures("ray_cluster")
