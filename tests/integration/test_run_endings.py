@@ -88,7 +88,7 @@ def _env() -> dict[str, str]:
 
 def _start(tmp_path: Path, path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*HEADRACE, "run", str(path), "--json", *args],
+        [*HEADRACE, "run", str(path), "--json", "--no-engine", *args],
         env=_env(),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -184,7 +184,7 @@ nodes:
   output: {{op: write_jsonl, input: input, path: {tmp_path / "out"}}}
 """
     )
-    done = run_headrace("run", path, "--json")
+    done = run_headrace("run", path, "--json", "--no-engine")
     assert done.returncode == 1, done.stderr
     refused = json.loads(done.stdout)
     assert refused["status"] == "failed" and refused["exit_code"] == 1 and "integer64" in refused["error"]
