@@ -11,7 +11,7 @@ from engine.errors import ConfigError, Diagnostic
 from engine.plan import Plan, PlanProblems, Problem, build_plan
 from engine.spec.document import Document, format_path
 from engine.spec.loader import LoadedPipeline, load_pipeline
-from operators.pii import insert_pii_masks
+from operators.pii import insert_pii_masks, unreadable_prompt_inputs
 from operators.providers.cache import default_cache_url
 
 
@@ -71,6 +71,7 @@ def check_file(
         masked = insert_pii_masks(loaded.spec)
         if masked is not loaded.spec:  # checked above as written, so problems point at the user's nodes
             plan = build_plan(masked)[0]
+            problems = [*problems, *unreadable_prompt_inputs(plan)]
     except PlanProblems as exc:
         located = [locate(p, loaded.document) for p in exc.problems]
         raise ConfigError(loaded.warnings + sorted(located, key=lambda d: (d.line, d.col))) from None

@@ -5,6 +5,9 @@ Detectors (``detector: patterns``, the default) are compiled regexes whose candi
 Python where a checksum or range exists:
 
 - EMAIL: ``local@domain.tld``.
+Numbers are found inside words too (``card4012888888881881``, ``tel+14155552671``, ``ssn123-45-6789``):
+only digits around a card, phone or SSN end it, not letters.
+
 - PHONE: a leading ``+`` and 8-15 digits (E.164 / international), NANP ``(415) 555-2671`` /
   ``415-555-2671``, or a national number with a trunk ``0`` and separators (``030 1234 5678``,
   ``06 12 34 56 78``), 9-12 digits. A bare run of digits (an order id) is never a phone number.
@@ -17,7 +20,8 @@ Python where a checksum or range exists:
   address), IPv6 as the stdlib :mod:`ipaddress` accepts it.
 - PERSON: names after an honorific (``Dr. Jane Roe``) or a cue (``my name is``, ``Dear``, ``Hi``,
   ``signed``, ``Regards,``, ``Name:``). Conservative on purpose: it misses names without a cue
-  (measured recall in ``tests/data/pii/RESULTS.md``) rather than mask ordinary capitalised words.
+  (measured recall in ``tests/data/pii/RESULTS.md``) rather than mask ordinary capitalised words;
+  a column of bare names is masked whole by declaring it (``pii: {columns: [name]}``).
 
 Why Presidio is not the default: Microsoft Presidio's analyzer (``presidio-analyzer`` on PyPI) installs,
 but it finds names with a spaCy NER model (``en_core_web_lg`` by default) that spaCy downloads from
@@ -38,9 +42,11 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
+import pyarrow as pa
 from jinja2 import meta
 from pydantic import Field, model_validator
 
+from engine.plan import Plan, Problem
 from engine.spec.expressions import sandbox
 from engine.spec.models import (
     PII_KEY_ENV,
@@ -66,7 +72,9 @@ __all__ = [
     "iban_valid",
     "insert_pii_masks",
     "luhn_valid",
+    "readable_type_name",
     "ssn_valid",
+    "unreadable_prompt_inputs",
 ]
 
 MaskMode = Literal["mask", "hash", "drop"]
@@ -139,15 +147,15 @@ _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
     r"[A-Za-z]{2,24}(?![\w-])"
 )
-_PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){1,6}(?![\w-]|[ .]\d)")
-_PHONE_NANP = re.compile(r"(?<![\w+.-])(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4}(?![\w-]|[.]\d)")
+_PHONE_INTL = re.compile(r"(?<![\d+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){1,6}(?![\d-]|[ .]\d)")
+_PHONE_NANP = re.compile(r"(?<![\d+.-])(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4}(?![\d-]|[.]\d)")
 _PHONE_TRUNK = re.compile(r"(?<![\w+.,/-])(?<!\d )0[1-9]\d{0,3}(?:[ .-]\d{2,8}){1,4}(?![\w/-]|[ .,]\d)")
-_CARD = re.compile(r"(?<![\w.,-])(?<!\d[ .-])\d(?:[ .-]?\d){12,18}(?![\w-]|[ .,]\d)")
+_CARD = re.compile(r"(?<![\d.,-])(?<!\d[ .-])\d(?:[ .-]?\d){12,18}(?![\d-]|[ .,]\d)")
 _CARD_PREFIX = re.compile(r"4|5[1-5]|2[2-7]|3[0-9]|6")
 _IBAN = re.compile(
     r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?(?![A-Za-z0-9])"
 )
-_SSN = re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])")
+_SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\w.])(?:{_OCTET}\.){{3}}{_OCTET}(?![\w]|\.\d)")
 _VERSION_CUE = re.compile(r"\b(?:version|ver\.?|release|build|v)\s*$", re.IGNORECASE)
@@ -402,11 +410,30 @@ class PiiMask(_PiiOp):
         "every machine that runs tasks; there is no default key, a missing one fails the run.",
     )
 
+    whole: list[str] = Field(
+        default_factory=list,
+        description="Columns masked whole: every non-null value (each leaf of a struct, list or map) "
+        "becomes `[PII]` (`mode: hash`: `[PII:<keyed hash>]`; `drop`: null), whatever its type.",
+    )
+    any_type: bool = Field(
+        False,
+        description="Also scan columns that are not strings: numbers and binary are read as text, "
+        "structs, lists and maps leaf by leaf; such a column becomes text (a nested one keeps its shape, "
+        "with text leaves). `pii.mask_before_llm` sets it, so every value a prompt renders is scanned.",
+    )
+
     @model_validator(mode="after")
     def _some_columns(self) -> PiiMask:
         if not self.columns:
             raise ValueError("`columns` is empty; name the columns to mask, or `*` for every string column")
         return self
+
+    def output_columns(self, inputs: object) -> Columns | None:
+        known = _first(inputs)
+        if known is None or not (self.any_type or self.whole):
+            return known
+        targets = set(known) if self.columns == "*" else {*(self.modes() or {}), *self.whole}
+        return {c: (_text_type_name(t) if c in targets else t) for c, t in known.items()}
 
     def modes(self) -> dict[str, MaskMode] | None:
         """The mode of each named column (None for `*`: every string column by `mode`)."""
@@ -419,7 +446,10 @@ class PiiMask(_PiiOp):
     def column_refs(self) -> list[tuple[str, tuple[str | int, ...]]]:
         if isinstance(self.columns, dict):
             return [(c, ("columns", c)) for c in self.columns]
-        return [(c, ("columns", i)) for i, c in enumerate(self.modes() or {})]
+        refs: list[tuple[str, tuple[str | int, ...]]] = [
+            (c, ("columns", i)) for i, c in enumerate(self.modes() or {})
+        ]
+        return refs + [(c, ("whole", i)) for i, c in enumerate(self.whole) if self.columns != "*"]
 
 
 def _first(inputs: object) -> Columns | None:
@@ -459,6 +489,8 @@ def insert_pii_masks(pipeline: Pipeline) -> Pipeline:
                 description=f"inserted by pii.mask_before_llm: masks what '{name}' sends to its LLM",
                 input=source,
                 columns=columns,
+                whole=[c for c in settings.columns if columns == "*" or c in columns],
+                any_type=True,
                 mode=settings.mode,
                 types=list(settings.types),
                 key_env=settings.key_env,
@@ -468,6 +500,56 @@ def insert_pii_masks(pipeline: Pipeline) -> Pipeline:
             masks.append(mask_name)
         nodes[name] = spec.model_copy(update={"input": masks[0] if isinstance(spec.input, str) else masks})
     return pipeline.model_copy(update={"nodes": nodes})
+
+
+def unreadable_prompt_inputs(plan: Plan) -> list[Problem]:
+    """Warnings for columns an inserted mask would scan whose Arrow type the detectors cannot read (a
+    union, an extension type...): their values would reach the provider as they are."""
+    problems: list[Problem] = []
+    for node in plan.nodes.values():
+        spec = node.spec
+        if not isinstance(spec, PiiMask) or not spec.any_type or not node.inputs:
+            continue
+        known = plan.nodes[node.inputs[0]].columns or {}
+        named = spec.modes()
+        for column, type_name in known.items():
+            if (named is not None and column not in named) or column in spec.whole:
+                continue
+            if not readable_type_name(type_name):
+                llm = next(iter(plan.consumers(node.id)), node.id)
+                problems.append(
+                    Problem(
+                        ("nodes", llm, "prompt"),
+                        f"pii.mask_before_llm cannot read column '{column}' (type {type_name}): its values "
+                        "reach the provider unmasked",
+                        "cast it to string first, or list it in `pii.columns` to mask it whole",
+                        severity="warning",
+                        code="pii_unreadable",
+                    )
+                )
+    return problems
+
+
+def _text_type_name(name: str) -> str:
+    """The type name a masked column of type ``name`` has (numbers and binary become strings)."""
+    from operators.pii_text import text_type
+
+    try:
+        kind = text_type(pa.type_for_alias(name))
+    except (ValueError, KeyError):
+        return "string" if name.startswith("decimal") else name
+    return "string" if kind is None else str(kind)
+
+
+def readable_type_name(name: str) -> bool:
+    """Whether the PII ops can read values of the Arrow type written ``name`` (unknown names are not)."""
+    from operators.pii_text import text_type
+
+    try:
+        return text_type(pa.type_for_alias(name)) is not None
+    except (ValueError, KeyError):
+        nested = name.startswith(("struct<", "list<", "large_list<", "fixed_size_list<", "map<", "decimal"))
+        return nested and not any(word in name for word in ("union", "extension"))
 
 
 def _prompt_columns(spec: NodeSpec) -> list[str]:

@@ -27,6 +27,7 @@ from operators.pii import (
     find_pii,
     presidio_names,
 )
+from operators.pii_text import mask_values, text_type
 
 __all__ = ["FINDINGS_ARROW_TYPE", "MIN_KEY_CHARS", "PII_BATCH_OPS", "hash_tag"]
 
@@ -124,11 +125,19 @@ def _pii_mask(spec: PiiMask) -> BatchFn:
     modes = spec.modes()
     key = _key(spec) if "hash" in (modes.values() if modes is not None else [spec.mode]) else b""
 
+    whole = set(spec.whole)
+
     def run(table: pa.Table) -> pa.Table:
-        everything = {f.name: spec.mode for f in table.schema if _is_text(f.type)}
-        targets = everything if modes is None else modes
+        everything = {
+            f.name: spec.mode for f in table.schema if spec.any_type or _is_text(f.type) or f.name in whole
+        }
+        targets = everything if modes is None else {**modes, **dict.fromkeys(spec.whole, spec.mode)}
         for name, mode in targets.items():
             column = _column(table, name, spec.op)
+            if name in whole or (spec.any_type and not _is_text(column.type)):
+                masked = _mask_any(column, name in whole, spec, person, mode, key)
+                table = table.set_column(table.column_names.index(name), name, masked)
+                continue
             found = _scan(column, spec, person)
             if not found:
                 continue
@@ -142,6 +151,28 @@ def _pii_mask(spec: PiiMask) -> BatchFn:
         return table
 
     return run
+
+
+def _mask_any(
+    column: pa.Array, whole: bool, spec: PiiMask, person: _Person, mode: str, key: bytes
+) -> pa.Array:
+    """A column of any type with every leaf masked (``whole``: replaced), as text. A type the detectors
+    cannot read leaf by leaf (a union, an extension type) is masked as the text of each value, so nothing
+    reaches a prompt unscanned (``validate --strict`` warns about such a prompt input)."""
+    if text_type(column.type) is None:
+        column = pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+
+    def leaf(text: str) -> str | None:
+        if whole:
+            if mode == "drop":
+                return None
+            return hash_tag("PII", text, key) if mode == "hash" else "[PII]"
+        findings = find_pii(text, spec.types, person=person)
+        if not findings:
+            return text
+        return None if mode == "drop" else _replace(text, findings, mode, key)
+
+    return mask_values(column, leaf)
 
 
 def _row_mask(size: int, rows: list[int]) -> pa.Array:

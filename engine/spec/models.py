@@ -448,9 +448,10 @@ class PiiSettings(Model):
     mask_before_llm: bool = Field(
         False,
         description="Mask every column an LLM prompt (or system prompt) reads before the prompt is "
-        "rendered: a `pii_mask` node named `<llm node>__pii_mask` is inserted in front of each LLM "
+        "rendered, whatever its Arrow type (numbers, binary, structs, lists and maps are scanned as text, "
+        "leaf by leaf): a `pii_mask` node named `<llm node>__pii_mask` is inserted in front of each LLM "
         "node, in the same fused task, so unmasked values never reach the provider. The LLM node's "
-        "output holds the masked columns too.",
+        "output holds the masked columns too (as text).",
     )
     types: list[PiiType] = Field(
         default_factory=lambda: list(PII_TYPES), min_length=1, description="The PII types to mask."
@@ -464,6 +465,12 @@ class PiiSettings(Model):
         PII_KEY_ENV,
         description="With `mode: hash`, the environment variable holding the hash key (16 characters "
         "or more) on every machine that runs tasks.",
+    )
+    columns: list[str] = Field(
+        default_factory=list,
+        description="Columns that are personal data whole (e.g. `[name, email]`): with `mask_before_llm`, "
+        "every value a prompt reads from them (each leaf of a struct or list) is replaced by `[PII]` "
+        "(`mode: hash`: `[PII:<keyed hash>]`), whatever it holds; the way to mask names without a cue.",
     )
     detector: PiiDetector = Field(
         "patterns",

@@ -130,8 +130,9 @@ def test_the_llm_server_never_receives_the_seeded_pii(
     assert leaked == []
     assert not re.search(r"\d{3}-\d{2}-\d{4}|@example\.com", sent)
 
-    out = pq.read_table(tmp_path / "out").sort_by("id").to_pylist()
-    assert [r["id"] for r in out] == [r["id"] for r in rows]
+    # the prompt reads the int64 `id`: it was scanned as text, so it reaches the output as text (issue 18)
+    out = sorted(pq.read_table(tmp_path / "out").to_pylist(), key=lambda r: int(r["id"]))
+    assert [int(r["id"]) for r in out] == [r["id"] for r in rows]
     assert all(r["label"] == "other" for r in out)
     first = out[0]["body"]
     for tag in ("[PERSON]", "[CREDIT_CARD]", "[IBAN]", "[US_SSN]", "[PHONE]", "[EMAIL]", "[IP_ADDRESS]"):

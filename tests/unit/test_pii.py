@@ -334,7 +334,8 @@ def test_mask_before_llm_inserts_a_mask_of_the_prompt_columns(tmp_path: Path) ->
     assert spec.columns == ["body", "id", "email"] and spec.mode == "hash" and spec.key_env == "K"
     assert spec.types == ["EMAIL", "PHONE"]
     assert [c for c, _ in spec.column_refs()] == ["body", "id", "email"]
-    assert mask_node.columns == plan.nodes["pick"].columns  # type: ignore[index]
+    # every value a prompt reads is scanned as text, numbers too (issue 18)
+    assert mask_node.columns == {"id": "string", "body": "string", "email": "string"}
     assert "classify__pii_mask" not in checked.loaded.spec.nodes  # the user's pipeline is untouched
 
 

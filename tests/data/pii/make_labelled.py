@@ -237,6 +237,15 @@ HARD = [
     "build 20240315.1 deployed to 10 hosts",
     "Account ID 4000-0000-0000 is closed",
     "phone: see above",
+    # numbers glued to words (issue 18): letters around a card, phone or SSN do not hide it
+    "card[[CREDIT_CARD:4012888888881881]] on file",
+    "paid with visa[[CREDIT_CARD:4111-1111-1111-1111]]thanks",
+    "ref_[[CREDIT_CARD:5555555555554444]]_x",
+    "tel[[PHONE:+14155552671]] anytime",
+    "mobile:[[PHONE:415-555-2671]]ext",
+    "ssn[[US_SSN:123-45-6789]]on record",
+    "ORD4111111111111112 shipped",
+    "build20240315001 deployed, tag v1234567890123",
 ]
 
 
