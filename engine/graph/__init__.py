@@ -32,8 +32,9 @@ from engine.graph.errors import (
     InvalidUpdate,
     NodeFailed,
 )
-from engine.graph.runner import interrupt, once
+from engine.graph.retry import RetryPolicy, default_retry_on
 from engine.graph.state import REDUCERS
+from engine.graph.tasks import interrupt, once
 from engine.spec.models import END, START
 
 __all__ = [
@@ -49,9 +50,11 @@ __all__ = [
     "InvalidGraph",
     "InvalidUpdate",
     "NodeFailed",
+    "RetryPolicy",
     "RunState",
     "Send",
     "StepView",
+    "default_retry_on",
     "interrupt",
     "once",
 ]

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic
+
+from pydantic import BaseModel
 
 from engine.graph.errors import InvalidGraph
 from engine.graph.state import S, StateSchema
@@ -48,9 +51,13 @@ class Send:
 
 @dataclass(frozen=True)
 class Command:
-    """A node's return value carrying an update and where to go next (in addition to static edges)."""
+    """A node's return value carrying an update and where to go next (in addition to static edges).
 
-    update: Mapping[str, Any] | None = None
+    ``update`` is a mapping, a state model instance, or a list of ``(key, value)`` pairs (a key may
+    repeat: a field with a reducer receives each value). A node may also return a list of Commands.
+    """
+
+    update: Mapping[str, Any] | BaseModel | Sequence[tuple[str, Any]] | None = None
     goto: str | Send | Sequence[str | Send] = ()
 
 
@@ -67,11 +74,15 @@ class NodeDef:
     timeout_s: float | None = None
     on_error: str | None = None
     error_key: str | None = None
+    subgraph: Any = None
+    """A compiled graph run as this node (``engine.graph.subgraphs``)."""
+    view: type[BaseModel] | None = None
+    """The node's input schema when it is not the state (it then sees only those fields)."""
 
     @property
     def remote(self) -> bool:
         """Whether the node runs as a Ray task rather than inline in the runner's event loop."""
-        return self.heavy or self.resources is not None
+        return self.subgraph is None and (self.heavy or self.resources is not None)
 
 
 @dataclass(frozen=True)
@@ -96,13 +107,31 @@ class GraphPlan(Generic[S]):
     joins_of: Mapping[str, tuple[int, ...]]
     """For each node, the joins it takes part in (indices into ``joins``)."""
     graph_hash: str
+    has_subgraphs: bool = False
+    input: type[BaseModel] | None = None
+    """The input schema: a run's input keeps only its fields."""
+    output: type[BaseModel] | None = None
+    """The output schema: what ``invoke`` returns (else the state model)."""
 
 
 class Graph(Generic[S]):
     """A state graph under construction: ``Graph(State)``, then nodes and edges, then ``compile()``."""
 
-    def __init__(self, state: type[S], *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        state: type[S],
+        *,
+        input_schema: type[BaseModel] | None = None,
+        output_schema: type[BaseModel] | None = None,
+        name: str | None = None,
+    ) -> None:
+        """``input_schema``/``output_schema``: what a run takes and what ``invoke`` returns, when not
+        the whole state; their fields (and those of a node's own input schema, a *private* state)
+        are channels of the graph alongside the state's."""
         self.schema: StateSchema[S] = StateSchema(state)
+        self.state = state
+        self.input_schema = input_schema
+        self.output_schema = output_schema
         self.name = name or state.__name__
         self._nodes: dict[str, NodeDef] = {}
         self._edges: dict[str, list[str]] = {}
@@ -120,9 +149,16 @@ class Graph(Generic[S]):
         timeout_s: float | None = None,
         on_error: str | None = None,
         error_key: str | None = None,
+        input_schema: type[BaseModel] | None = None,
     ) -> Graph[S]:
         """Add ``fn(state) -> dict | Command | None`` (sync or async) as node ``name``.
 
+        ``fn`` may also be a compiled graph (a *subgraph*): it runs on the fields it shares with this
+        graph's state, its checkpoints are namespaced under the parent run's, and its interrupts pause
+        the parent (see ``engine.graph.subgraphs``).
+
+        ``input_schema`` (or a pydantic model other than the state as the annotation of ``fn``'s
+        first parameter) gives the node that view of the channels: a private state, as LangGraph's.
         ``resources``/``heavy`` run it as a Ray task; ``retry`` retries it on exceptions;
         ``timeout_s`` bounds each attempt; ``on_error`` names a node that runs when it still fails,
         with the error text written to state field ``error_key`` if given (and always in step meta).
@@ -131,7 +167,10 @@ class Graph(Generic[S]):
             raise InvalidGraph(f"node name {name!r} is reserved or empty; choose another name")
         if name in self._nodes:
             raise InvalidGraph(f"node {name!r} is added twice; node names must be unique")
-        if not callable(fn):
+        from engine.graph.app import CompiledGraph
+
+        subgraph = fn if isinstance(fn, CompiledGraph) else None
+        if subgraph is None and not callable(fn):
             raise InvalidGraph(f"node {name!r}: {fn!r} is not callable")
         if error_key is not None and error_key not in self.schema.fields:
             raise InvalidGraph(
@@ -145,6 +184,8 @@ class Graph(Generic[S]):
             fn=fn,
             is_async=inspect.iscoroutinefunction(fn),
             resources=res,
+            subgraph=subgraph,
+            view=input_schema or (None if subgraph is not None else _input_model(fn, self.state)),
             heavy=heavy,
             retry=retry,
             timeout_s=timeout_s,
@@ -235,11 +276,15 @@ class Graph(Generic[S]):
                 if s not in known:
                     raise InvalidGraph(f"join {list(sources)} → {t!r} names unknown node {s!r}")
             check(f"join {list(sources)}", t)
+        # a join into END only ends its branches: it schedules nothing (it used to KeyError on 'END')
         for node in self._nodes.values():
             if node.on_error is not None:
                 check(f"on_error of node {node.name!r}", node.on_error)
 
-        joins = tuple((frozenset(src), t) for src, t in self._joins)
+        joins = tuple((frozenset(src), t) for src, t in self._joins if t != END)
+        extra = [m for m in (self.input_schema, self.output_schema) if m is not None]
+        extra += [n.view for n in self._nodes.values() if n.view is not None]
+        schema = StateSchema(self.state, extra) if extra else self.schema
         joins_of: dict[str, list[int]] = {}
         for i, (members, _) in enumerate(joins):
             for s in members:
@@ -249,32 +294,41 @@ class Graph(Generic[S]):
         }
         return GraphPlan(
             name=self.name,
-            schema=self.schema,
+            schema=schema,
             nodes=dict(self._nodes),
             edges=edges,
             routes={s: tuple(r) for s, r in self._routes.items()},
             joins=joins,
             joins_of={s: tuple(i) for s, i in joins_of.items()},
             graph_hash=self._hash(),
+            has_subgraphs=any(n.subgraph is not None for n in self._nodes.values()),
+            input=self.input_schema,
+            output=self.output_schema,
         )
 
     def compile(
         self,
         checkpoint: Any = None,
         *,
-        interrupt_before: Sequence[str] = (),
-        interrupt_after: Sequence[str] = (),
+        interrupt_before: Sequence[str] | str = (),
+        interrupt_after: Sequence[str] | str = (),
         recursion_limit: int = 100,
     ) -> CompiledGraph[S]:
         """Freeze the graph into a runnable app.
 
         ``checkpoint`` is a store URL (``"memory://"``, ``"sqlite:///runs.db"``, an fsspec URL), an
         open checkpoint store, or ``None`` for no checkpoints (then resume, history and fork are
-        unavailable). ``recursion_limit`` bounds node executions per invocation.
+        unavailable). ``recursion_limit`` bounds supersteps per invocation. ``interrupt_before`` and
+        ``interrupt_after`` list nodes to pause at, or ``"*"`` for every node.
         """
         from engine.graph.app import CompiledGraph
 
         plan = self.plan()
+        every = tuple(plan.nodes)
+        interrupt_before = every if interrupt_before == "*" else interrupt_before
+        interrupt_after = every if interrupt_after == "*" else interrupt_after
+        if isinstance(interrupt_before, str) or isinstance(interrupt_after, str):
+            raise InvalidGraph('interrupt_before/interrupt_after take a list of node names or "*"')
         for name in (*interrupt_before, *interrupt_after):
             if name not in plan.nodes:
                 raise InvalidGraph(f"interrupt names unknown node {name!r}")
@@ -292,8 +346,11 @@ class Graph(Generic[S]):
         """A stable hash of the graph's shape, functions and state schema (stored with each run)."""
         h = hashlib.sha256()
         h.update(self.schema.describe().encode())
+        for m in (self.input_schema, self.output_schema):
+            h.update(f"schema:{'' if m is None else StateSchema(m).describe()}".encode())
         for name, node in sorted(self._nodes.items()):
-            h.update(f"n:{name}:{_qualname(node.fn)}:{node.on_error}:{node.remote}".encode())
+            fn = _qualname(node.fn) if node.subgraph is None else f"subgraph:{node.subgraph.plan.graph_hash}"
+            h.update(f"n:{name}:{fn}:{node.on_error}:{node.remote}".encode())
         for src, targets in sorted(self._edges.items()):
             h.update(f"e:{src}:{','.join(targets)}".encode())
         for src, routes in sorted(self._routes.items()):
@@ -301,6 +358,19 @@ class Graph(Generic[S]):
         for sources, t in self._joins:
             h.update(f"j:{','.join(sources)}:{t}".encode())
         return h.hexdigest()[:16]
+
+
+def _input_model(fn: Callable[..., Any], state: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model ``fn``'s first parameter is annotated with, when it is not the state."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+        hints = typing.get_type_hints(fn) if params else {}
+    except (TypeError, ValueError, NameError):  # builtins, partials of C functions, forward refs
+        return None
+    hint = hints.get(params[0].name) if params else None
+    if isinstance(hint, type) and issubclass(hint, BaseModel) and not issubclass(state, hint):
+        return hint
+    return None
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

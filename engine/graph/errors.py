@@ -5,7 +5,8 @@
         ├── InvalidGraph          compile-time problem: unknown node, missing entry edge, bad option
         ├── InvalidUpdate         a node returned an update the state model does not accept (node, key)
         ├── GraphRecursionError   a run took more steps than ``recursion_limit`` (names the loop)
-        └── NodeFailed            a node raised after its retries and has no error edge (node, cause)
+        └── NodeFailed            kept for callers that catch it; a node's own exception now reaches
+                                  the caller as itself (with ``node``/``step`` and a note naming them)
 
     (an unknown run id raises ``engine.graph.checkpoints.errors.RunNotFound``, the store's error)
 
@@ -82,9 +83,10 @@ class NodeFailed(GraphError):
 class GraphInterrupt(Exception):
     """Raised by ``interrupt(value)`` to pause a run; ``value`` is shown to whoever resumes it."""
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, info: dict[str, Any] | None = None) -> None:
         super().__init__(value)
         self.value = value
+        self.info = info if info is not None else {"node": "", "when": "inside", "value": value}
 
 
 def _rebuild(cls: type[GraphError], message: str, fields: dict[str, Any]) -> GraphError:

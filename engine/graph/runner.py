@@ -1,52 +1,46 @@
-"""The async core that runs a compiled graph: scheduling, retries, timeouts, interrupts, Ray dispatch.
+"""The loop that runs a compiled graph in supersteps: it executes tasks, records checkpoints and
+emits events; the rules of a step (writes, conflicts, what runs next) are ``engine.graph.algo``'s.
 
-Semantics:
+Semantics (LangGraph's Pregel loop):
 
-- **A step is one node execution** (not a LangGraph superstep). Ready nodes run concurrently as
-  asyncio tasks; as soon as one finishes, its update is merged through the reducers, a checkpoint is
-  recorded, and its successors are scheduled. A slow branch never blocks an unrelated fast one.
-  Steps are numbered in the order nodes *finish*.
-- **State a node sees** is the state when it starts (a snapshot), with a ``Send`` payload set on top.
-  Conditional routes see the state right after the node's update is merged.
-- **Scheduling** a node that is already pending (scheduled, not started) does nothing: pending runs
-  are deduplicated, except ``Send`` runs, which each carry their own payload. A node reached from two
-  branches therefore runs once per arrival unless the arrivals coincide; use a join edge
-  (``add_edge(["b", "c"], "d")``) to run ``d`` once after both.
-- **Light nodes** run inline in the runner's event loop: sync functions are called directly (keep them
-  short, or give them ``timeout_s``, which runs them in a thread), async ones are awaited. When exactly
-  one node is ready and nothing else runs, it is awaited in place with no task created. Nodes with
-  ``resources`` or ``heavy=True`` run as Ray tasks (Ray is started on first use when this process has
-  not initialised it, sized as ``engine.runtime.cluster`` sizes a local Ray).
-- **Errors**: each attempt may time out (``timeout_s``); failed attempts are retried per the node's
-  ``RetryPolicy``; a node that still fails goes to its ``on_error`` node (error text in step meta and in
-  the state field ``error_key`` if given), or ends the run ``failed`` with :class:`NodeFailed`; nodes in
-  flight are cancelled and will re-run on resume. Checkpoints written so far are kept.
-- **Limits**: more than ``recursion_limit`` node executions in one invocation raise
+- **Supersteps.** All tasks of a step run concurrently (async nodes as asyncio tasks, sync nodes in
+  worker threads, heavy nodes as Ray tasks), each on the state as it was when the step began (a
+  ``Send`` payload set on top). When all have finished, their writes are applied together in a
+  deterministic order and the next step's tasks are computed (see ``algo``'s docstring).
+- **Checkpoints.** A step commits as one atomic write of one record per task (its update), in the
+  apply order, the last carrying the next step's tasks. A task that finishes while others of its step
+  still run is kept at once as a ``__write__`` record (its *pending write*): after a crash mid-step,
+  a resume re-runs only the tasks without one.
+- **Errors.** A node's exception (after its retries) cancels its step's other tasks and reaches the
+  caller as itself, with ``node``, ``step`` and ``run_id`` attributes and a note naming them; the run
+  is ``failed`` and a resume re-runs the step's unfinished tasks. A node with ``on_error`` instead
+  writes the error text to ``error_key`` and leads to its error node.
+- **Interrupts.** ``interrupt_before`` stops before a step that would run a listed node (nothing of
+  the step runs); ``interrupt_after`` stops after a step that ran one; ``interrupt(value)`` inside a
+  node lets the step's other tasks finish (their writes kept as pending writes) and stops. Each
+  interrupt has an id; resuming re-runs only the interrupted tasks, where ``interrupt()`` returns the
+  resume value.
+- **Limits.** More than ``recursion_limit`` supersteps in one invocation raise
   :class:`GraphRecursionError` naming the nodes that ran most often (the loop).
-- **Interrupts**: ``interrupt_before`` pauses before a node starts, ``interrupt_after`` after it
-  finished (its successors are scheduled but not started), and ``interrupt(value)`` inside a node pauses
-  it. Nodes already running are allowed to finish and their updates are kept, so work done before an
-  interrupt is never repeated; only the interrupted node re-runs **from its start** on resume, where
-  ``interrupt()`` returns the resume value instead of pausing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import inspect
+import contextlib
 import sys
 import time
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from engine import telemetry
-from engine.graph.builder import Command, GraphPlan, NodeDef, Send
-from engine.graph.errors import GraphError, GraphInterrupt, GraphRecursionError, InvalidUpdate, NodeFailed
-from engine.graph.remote import remote_call
-from engine.spec.models import END, START
+from engine.graph import algo
+from engine.graph.algo import Outcome
+from engine.graph.builder import GraphPlan
+from engine.graph.calls import Caller
+from engine.graph.errors import GraphError, GraphInterrupt, GraphRecursionError
+from engine.graph.tasks import Task, interrupt_id, number
 
 if TYPE_CHECKING:
     from engine.physical import Placement
@@ -54,109 +48,18 @@ if TYPE_CHECKING:
 Event = tuple[str, Any]
 """What the runner emits: (mode, payload) with mode ``values``, ``updates`` or ``events``."""
 
-
-@dataclass
-class Task:
-    """One scheduled execution of a node."""
-
-    node: str
-    arg: dict[str, Any] | None = None
-    """A ``Send`` payload (validated state values) set on the node's state snapshot."""
-    resume: list[Any] = field(default_factory=list)
-    """Values that successive ``interrupt()`` calls in this node return, in order."""
-    skip_before: bool = False
-    """Already paused by ``interrupt_before``; do not pause again."""
-    interrupted: Any = None
-    """The value of the ``interrupt(value)`` that paused this task, if any."""
-    paused: bool = False
-    done: dict[str, Any] = field(default_factory=dict)
-    """Results of ``once(key, ...)`` calls this node already made: kept across its re-runs (a resume
-    after ``interrupt()``, a retry), so their side effects happen once."""
-
-    def to_json(self, plan: GraphPlan[Any]) -> dict[str, Any]:
-        """JSON for a step's ``meta['pending']``: declared types only."""
-        out: dict[str, Any] = {"node": self.node}
-        if self.arg is not None:
-            out["arg"] = plan.schema.dump(self.arg)
-        if self.resume:
-            out["resume"] = self.resume
-        if self.skip_before:
-            out["skip_before"] = True
-        if self.paused:
-            out["interrupt"] = self.interrupted
-        if self.done:
-            out["done"] = self.done
-        return out
-
-    @classmethod
-    def from_json(cls, plan: GraphPlan[Any], data: Mapping[str, Any] | str) -> Task:
-        """The inverse of :meth:`to_json` (a bare node name is a plain task)."""
-        if isinstance(data, str):
-            return cls(data)
-        arg = data.get("arg")
-        return cls(
-            node=data["node"],
-            arg=None if arg is None else plan.schema.load(data["node"], arg),
-            resume=list(data.get("resume", [])),
-            skip_before=bool(data.get("skip_before", False)),
-            interrupted=data.get("interrupt"),
-            paused="interrupt" in data,
-            done=dict(data.get("done", {})),
-        )
+WRITE_NODE = "__write__"
+INTERRUPT_NODE = "__interrupt__"
 
 
 class Recorder(Protocol):
     """Where the runner reports steps (a checkpoint store behind it, in the app)."""
 
-    def step(self, step: int, node: str, update: Mapping[str, Any], pending: list[Task], meta: dict) -> None:
-        """Persist one step: ``update`` is the node's validated update, ``pending`` what runs next."""
+    def steps(self, records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]]) -> None:
+        """Persist records ``(step, node, update, pending, meta)`` atomically, in order."""
 
     def finished(self, status: str, meta: dict) -> None:
         """Record the run's final (or paused) status."""
-
-
-class _Scope:
-    __slots__ = ("done", "index", "values")
-
-    def __init__(self, values: list[Any], done: dict[str, Any] | None = None) -> None:
-        self.values = values
-        self.index = 0
-        self.done = {} if done is None else done  # the task's own dict: results outlive this attempt
-
-
-_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("headrace_interrupt", default=None)
-
-
-def once(key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` the first time this node reaches ``once(key, ...)``; its result after that.
-
-    A node that calls ``interrupt()`` re-runs from its start on resume (and a failed attempt re-runs on
-    retry): wrap the side effects it makes before that point (sending an email, charging a card, an
-    expensive call) in ``once`` and they happen once. The result is kept in the node's checkpoint, so it
-    must be JSON when the graph is checkpointed, and survives a crash and a resume in a new process.
-    """
-    scope = _SCOPE.get()
-    if scope is None:
-        raise GraphError("once() was called outside a graph node (or inside a Ray-task node)")
-    if key not in scope.done:
-        scope.done[key] = fn(*args, **kwargs)
-    return scope.done[key]
-
-
-def interrupt(value: Any = None) -> Any:
-    """Pause the run from inside a node, showing ``value``; on ``resume(run_id, value=v)`` returns ``v``.
-
-    The node re-runs from its start when resumed, so code before ``interrupt()`` runs again: wrap side
-    effects before it in :func:`once` (or move them after it, or into a separate node). With checkpoints,
-    ``value`` and the resume value must be JSON. Not available in nodes that run as Ray tasks.
-    """
-    scope = _SCOPE.get()
-    if scope is None:
-        raise GraphError("interrupt() was called outside a graph node (or inside a Ray-task node)")
-    if scope.index < len(scope.values):
-        scope.index += 1
-        return scope.values[scope.index - 1]
-    raise GraphInterrupt(value)
 
 
 def _metrics_served() -> bool:
@@ -166,16 +69,17 @@ def _metrics_served() -> bool:
 
 
 class Runner:
-    """One invocation (fresh or resumed) of a graph over a state dict, as an async event stream."""
+    """One invocation (fresh or continued) of a graph over a state dict, as an async event stream."""
 
     def __init__(
         self,
         plan: GraphPlan[Any],
         values: dict[str, Any],
-        pending: list[Task],
+        tasks: list[Task],
         *,
         run_id: str,
         step: int,
+        base: int,
         recursion_limit: int,
         interrupt_before: frozenset[str],
         interrupt_after: frozenset[str],
@@ -183,114 +87,93 @@ class Runner:
         recorder: Recorder | None,
         remote: dict[str, Any],
         join_seen: dict[int, set[str]] | None = None,
+        finished: dict[str, Outcome] | None = None,
         placement: Placement | None = None,
+        subgraphs: Any = None,
     ) -> None:
         self.plan = plan
         self.values = values
-        self.frontier: deque[Task] = deque(pending)
+        self.tasks = tasks
         self.run_id = run_id
         self.step = step
+        """The number of the last record written (records are numbered contiguously)."""
+        self.base = base
+        """The record that scheduled ``tasks`` (their ids are ``base.index``)."""
         self.limit = recursion_limit
         self.before = interrupt_before
         self.after = interrupt_after
         self.modes = modes
         self.recorder = recorder
-        self._remote_cache = remote
-        self._placement = placement
         self.join_seen = join_seen or {}
+        self.finished: dict[str, Outcome] = finished or {}
+        """Pending writes: outcomes of tasks of the current step that already finished."""
         self.status = "running"
         self.interrupts: list[dict[str, Any]] = []
         self.executed: Counter[str] = Counter()
-        self._running: dict[asyncio.Future[Any], Task] = {}
-        self._started: dict[int, float] = {}
-        self._stopping = False
-        self._count = 0
         self._out: list[Event] = []
-
-    def enter(self) -> None:
-        """Schedule the nodes that START leads to (a fresh run's first frontier)."""
-        self._schedule(self.plan.edges.get(START, ()))
-        gotos: list[str | Send] = []
-        for route in self.plan.routes.get(START, ()):
-            gotos.extend(self._route(START, route))
-        self._goto(START, gotos)
+        events = self._out if "events" in modes else None
+        self._caller = Caller(run_id, remote, placement, events, subgraphs)
+        number(self.tasks, base)
 
     # -- the loop -------------------------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[Event]:
-        """Run until no node is pending (or an interrupt pauses the run), emitting events."""
-        plan, frontier, running, out = self.plan, self.frontier, self._running, self._out
+        """Run supersteps until no task is left (or an interrupt pauses the run), emitting events."""
+        plan, out = self.plan, self._out
         if "values" in self.modes:
             yield ("values", plan.schema.snapshot(self.values))
+        supersteps = 0
         try:
-            while frontier or running:
-                while frontier and not self._stopping:
-                    task = frontier.popleft()
-                    if task.node in self.before and not task.skip_before:
-                        task.skip_before = True
-                        frontier.appendleft(task)
-                        self._pause({"node": task.node, "when": "before"})
-                        break
-                    if self._count >= self.limit:
-                        raise self._recursion_error()
-                    self._count += 1
-                    self.executed[task.node] += 1
-                    snap = self._snapshot(task)
-                    if "events" in self.modes:
-                        out.append(("events", {"event": "node_started", "node": task.node}))
-                        self._started[id(task)] = time.perf_counter()
-                    if not running and not frontier:
-                        # the common case of a chain: await in place, no task to create
-                        try:
-                            result: Any = await self._execute(task, snap)
-                        except (GraphInterrupt, Exception) as exc:
-                            self._complete(task, None, exc)
-                        else:
-                            self._complete(task, result, None)
-                    else:
-                        running[asyncio.ensure_future(self._execute(task, snap))] = task
-                    if out:
-                        for ev in out:
-                            yield ev
-                        out.clear()
-                if not running:
+            while self.tasks:
+                if supersteps >= self.limit:
+                    raise self._recursion_error()
+                if self._stop_before():
                     break
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for fut in [f for f in running if f in done]:  # in start order: deterministic
-                    task = running.pop(fut)
-                    failure = fut.exception()
-                    if failure is not None and not isinstance(failure, Exception):
-                        raise failure  # KeyboardInterrupt-like: stop now, checkpoints so far stay
-                    self._complete(task, None if failure else fut.result(), failure)
-                if out:
-                    for ev in out:
-                        yield ev
-                    out.clear()
+                supersteps += 1
+                outcomes = await self._superstep()
+                if outcomes is None:  # an interrupt() inside a node
+                    break
+                self._commit(outcomes)
+                for ev in out:
+                    yield ev
+                out.clear()
+                if any(o.task.node in self.after for o in outcomes):
+                    nodes = dict.fromkeys(o.task.node for o in outcomes if o.task.node in self.after)
+                    for node in nodes:
+                        info = {"id": interrupt_id(self.run_id, f"{self.base}", node, -2), "node": node}
+                        self.interrupts.append({**info, "when": "after"})
+                    break
         except (asyncio.CancelledError, GeneratorExit):
             # the caller gave up on the run (task cancelled, stream closed early): it stays resumable
             if self.recorder is not None and self.status == "running":
                 self.status = "cancelled"
                 self.recorder.finished("cancelled", {})
             raise
-        finally:
-            for fut in running:
-                fut.cancel()
         self._finish_run()
         for ev in out:
             yield ev
         out.clear()
 
+    def _stop_before(self) -> bool:
+        hits = [
+            t for t in self.tasks if t.node in self.before and not t.skip_before and t.id not in self.finished
+        ]
+        for t in hits:
+            t.skip_before = True
+            self.interrupts.append(
+                {"id": interrupt_id(self.run_id, t.id, t.node, -1), "node": t.node, "when": "before"}
+            )
+        return bool(hits)
+
     def _finish_run(self) -> None:
-        if self._stopping:
+        if self.interrupts:
             self.status = "interrupted"
-            pending = [*self.frontier]
             if self.recorder is not None:
                 self.step += 1
                 meta = {"interrupts": self.interrupts, **self._join_meta()}
-                self.recorder.step(self.step, "__interrupt__", {}, pending, meta)
+                self.recorder.steps([(self.step, INTERRUPT_NODE, {}, self.tasks, meta)])
                 self.recorder.finished("interrupted", {"interrupts": self.interrupts})
-            if "events" in self.modes:
-                self._out.append(("events", {"event": "interrupted", "interrupts": self.interrupts}))
+            self._emit_interrupts()
         else:
             self.status = "succeeded"
             if self.recorder is not None:
@@ -298,244 +181,213 @@ class Runner:
             if "events" in self.modes:
                 self._out.append(("events", {"event": "run_finished", "status": "succeeded"}))
 
-    def _snapshot(self, task: Task) -> Any:
-        if task.arg is None:
-            return self.plan.schema.snapshot(self.values)
-        return self.plan.schema.snapshot({**self.values, **task.arg})
+    def _emit_interrupts(self) -> None:
+        if "updates" in self.modes:
+            self._out.append(("updates", {"__interrupt__": list(self.interrupts)}))
+        if "values" in self.modes:
+            self._out.append(("values", self.plan.schema.paused(self.values, self.interrupts)))
+        if "events" in self.modes:
+            self._out.append(("events", {"event": "interrupted", "interrupts": self.interrupts}))
 
-    def _pause(self, info: dict[str, Any]) -> None:
-        self._stopping = True
-        self.interrupts.append(info)
+    # -- one superstep --------------------------------------------------------------------------
 
-    # -- one node -------------------------------------------------------------------------------
-
-    async def _execute(self, task: Task, state: Any) -> Any:
-        if telemetry.recording():
-            attributes = {
-                "headrace.run_id": self.run_id,
-                "headrace.node": task.node,
-                "headrace.step": self._count,
-            }
-            with telemetry.span("graph.node", attributes):
-                return await self._execute_node(task, state)
-        return await self._execute_node(task, state)
-
-    async def _execute_node(self, task: Task, state: Any) -> Any:
-        node = self.plan.nodes[task.node]
-        if node.remote:
-            return await self._attempts(node, state, None)
-        token = _SCOPE.set(_Scope(task.resume, task.done))
-        try:
-            if node.retry is None and node.timeout_s is None:
-                if node.is_async:
-                    return await node.fn(state)
-                result = node.fn(state)
-                return (await result) if inspect.isawaitable(result) else result
-            return await self._attempts(node, state, task)
-        finally:
-            _SCOPE.reset(token)
-
-    async def _attempts(self, node: NodeDef, state: Any, task: Task | None) -> Any:
-        attempt = 0
-        while True:
-            attempt += 1
-            if task is not None:
-                _SCOPE.set(_Scope(task.resume, task.done))  # each attempt re-runs the node from its start
-            try:
-                return await self._attempt(node, state)
-            except GraphInterrupt:
-                raise
-            except Exception as exc:
-                if node.retry is None or attempt >= node.retry.max_attempts:
-                    raise
-                if "events" in self.modes:
-                    self._out.append(
-                        (
-                            "events",
-                            {
-                                "event": "node_retry",
-                                "node": node.name,
-                                "attempt": attempt,
-                                "error": repr(exc),
-                            },
-                        )
-                    )
-                await asyncio.sleep(node.retry.backoff_s(attempt))
-
-    async def _attempt(self, node: NodeDef, state: Any) -> Any:
-        if node.remote:
-            call = remote_call(node, state, self._remote_cache, self._placement)
-        elif node.is_async:
-            call = node.fn(state)
-        elif node.timeout_s is not None:
-            call = asyncio.to_thread(node.fn, state)
+    async def _superstep(self) -> list[Outcome] | None:
+        """Run the step's unfinished tasks; their outcomes in task order, or None when interrupted."""
+        tasks = self.tasks
+        if len(tasks) == 1 and not self.finished:  # a chain's step: no pending writes to look up
+            todo = tasks
         else:
-            result = node.fn(state)
-            return (await result) if inspect.isawaitable(result) else result
-        if node.timeout_s is None:
-            return await call
-        try:
-            return await asyncio.wait_for(call, node.timeout_s)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"node {node.name!r} took longer than timeout_s={node.timeout_s}") from None
-
-    # -- after a node ---------------------------------------------------------------------------
-
-    def _complete(self, task: Task, result: Any, exc: BaseException | None) -> None:
-        if isinstance(exc, GraphInterrupt):
-            task.paused, task.interrupted = True, exc.value
-            self.frontier.appendleft(task)
-            self._pause({"node": task.node, "when": "inside", "value": exc.value})
-            return
-        meta: dict[str, Any] = {}
-        try:
-            update = self._advance(task, result, exc, meta)
-        except Exception as bad:  # the node's own error, or a bad update, route or reducer
-            self._fail(task, bad)
-        if task.node in self.after:
-            self._pause({"node": task.node, "when": "after"})
-        self.step += 1
-        if self.recorder is not None:
-            pending = [*self._running.values(), *self.frontier]
-            meta.update(self._join_meta())
-            if _metrics_served() or telemetry.recording():
-                self._timed_step(task.node, update, pending, meta)
+            todo = [t for t in tasks if t.id not in self.finished]
+        for t in todo:
+            self.executed[t.node] += 1
+        if "events" in self.modes:
+            for t in todo:
+                self._out.append(("events", {"event": "node_started", "node": t.node}))
+        if len(todo) == 1 and not self.finished:
+            task = todo[0]
+            began = time.perf_counter()
+            try:
+                result = await self._caller.call(
+                    self.plan.nodes[task.node], task, self._state(task), self.step, False
+                )
+            except GraphInterrupt as paused:
+                self._paused(task, paused)
+                self._keep_pending()
+                return None
+            except Exception as exc:
+                outcome = self._failed(task, exc)
             else:
-                self.recorder.step(self.step, task.node, update, pending, meta)
-        if self.modes:
-            self._emit(task, update)
+                outcome = self._outcome(task, result)
+            outcome.seconds = time.perf_counter() - began
+            return [outcome]
+        running: dict[asyncio.Future[Any], Task] = {}
+        began = time.perf_counter()
+        for t in todo:
+            node = self.plan.nodes[t.node]
+            running[asyncio.ensure_future(self._caller.call(node, t, self._state(t), self.step, True))] = t
+        try:
+            while running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for fut in [f for f in running if f in done]:  # in start order: deterministic
+                    task = running.pop(fut)
+                    failure = fut.exception()
+                    if failure is not None and not isinstance(failure, Exception):
+                        raise failure  # KeyboardInterrupt-like: stop now, checkpoints so far stay
+                    if isinstance(failure, GraphInterrupt):
+                        self._paused(task, failure)
+                        continue
+                    if failure is not None:
+                        outcome = self._failed(task, failure)
+                    else:
+                        outcome = self._outcome(task, fut.result())
+                    outcome.seconds = time.perf_counter() - began
+                    self.finished[task.id] = outcome
+                    if running or any(t.paused for t in todo):
+                        self._pending_write(outcome)
+        finally:
+            for fut in running:
+                fut.cancel()
+        if any(t.paused for t in todo):
+            self._keep_pending()
+            return None
+        return [self.finished[t.id] for t in self.tasks]
 
-    def _timed_step(
-        self, node: str, update: dict[str, Any], pending: list[Task], meta: dict[str, Any]
-    ) -> None:
+    def _state(self, task: Task) -> Any:
+        values = self.values if task.arg is None else {**self.values, **task.arg}
+        view = self.plan.nodes[task.node].view
+        if view is None:
+            return self.plan.schema.snapshot(values)
+        return self.plan.schema.view(view, values)
+
+    def _outcome(self, task: Task, result: Any) -> Outcome:
+        try:
+            writes, gotos = algo.writes_of(self.plan, task.node, result)
+        except Exception as bad:
+            self._fail(task, bad)
+        return Outcome(task, writes, gotos)
+
+    def _failed(self, task: Task, exc: Exception) -> Outcome:
+        node = self.plan.nodes[task.node]
+        if node.on_error is None:
+            self._fail(task, exc)
+        error = f"{type(exc).__name__}: {exc}"
+        writes = [self.plan.schema.validate(task.node, {node.error_key: error})] if node.error_key else []
+        info = {"node": task.node, "type": type(exc).__name__, "message": str(exc)}
+        if "events" in self.modes:
+            self._out.append(("events", {"event": "node_failed", "node": task.node, "error": error}))
+        return Outcome(task, writes, [], info)
+
+    def _paused(self, task: Task, paused: GraphInterrupt) -> None:
+        task.paused, task.interrupted = True, paused.info
+        self.interrupts.append(paused.info)
+
+    def _keep_pending(self) -> None:
+        """Keep the writes of the step's finished tasks: the interrupted ones alone re-run on resume."""
+        for o in self.finished.values():
+            self._pending_write(o)
+
+    def _pending_write(self, o: Outcome) -> None:
+        if self.recorder is None or o.kept:
+            return
+        o.kept = True
+        self.step += 1
+        meta = algo.outcome_to_json(self.plan, o)
+        self.recorder.steps([(self.step, WRITE_NODE, {}, self.tasks, meta)])
+
+    # -- the end of a step ----------------------------------------------------------------------
+
+    def _commit(self, outcomes: list[Outcome]) -> None:
+        plan = self.plan
+        before = (
+            dict(self.values)
+            if len(outcomes) > 1 and any(o.task.node in plan.routes for o in outcomes)
+            else None
+        )
+        try:
+            algo.apply(plan, self.values, outcomes, self.step + 1)
+            nxt = algo.next_tasks(plan, before, self.values, outcomes, self.join_seen)
+        except Exception as bad:  # a write conflict, a failing route or reducer
+            self._fail(outcomes[-1].task if len(outcomes) == 1 else _culprit(bad, outcomes), bad)
+        records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]] = []
+        first = self.step + 1
+        several = len(outcomes) > 1 or len(outcomes[0].writes) > 1
+        if not several and outcomes[0].error is None:  # one task, one update: a chain's step
+            self.step += 1
+            o = outcomes[0]
+            records.append((self.step, o.task.node, o.writes[0] if o.writes else {}, nxt, {}))
+        for o in outcomes if not records else ():
+            for group in o.writes or [{}]:
+                self.step += 1
+                meta: dict[str, Any] = {} if o.error is None else {"error": o.error}
+                if several:
+                    meta["superstep"] = first  # the records of one step share its first number
+                records.append((self.step, o.task.node, group, nxt, meta))
+        if self.join_seen:
+            records[-1][4].update(self._join_meta())
+        if self.recorder is not None and records:
+            if _metrics_served() or telemetry.recording():
+                self._timed(records)
+            else:
+                self.recorder.steps(records)
+        self.base = self.step
+        self.tasks = nxt
+        if self.finished:
+            self.finished = {}
+        number(nxt, self.base)
+        if self.modes:
+            self._emit(outcomes)
+
+    def _timed(self, records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]]) -> None:
         """Write a step's checkpoint, timed for the metrics and traced (only when either is on)."""
         assert self.recorder is not None
         began = time.perf_counter()
         if telemetry.recording():
-            with telemetry.span("graph.checkpoint", {"headrace.node": node, "headrace.step": self.step}):
-                self.recorder.step(self.step, node, update, pending, meta)
+            with telemetry.span(
+                "graph.checkpoint", {"headrace.node": records[-1][1], "headrace.step": self.step}
+            ):
+                self.recorder.steps(records)
         else:
-            self.recorder.step(self.step, node, update, pending, meta)
+            self.recorder.steps(records)
         if _metrics_served():
             from engine import metrics
 
             metrics.CHECKPOINT_SECONDS.labels(self.plan.name).observe(time.perf_counter() - began)
 
-    def _advance(
-        self, task: Task, result: Any, exc: BaseException | None, meta: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Merge a finished node's update and schedule what follows it; returns the update."""
-        plan = self.plan
-        node = plan.nodes[task.node]
-        if exc is not None:
-            if node.on_error is None:
-                raise exc
-            error = f"{type(exc).__name__}: {exc}"
-            meta["error"] = {"node": task.node, "type": type(exc).__name__, "message": str(exc)}
-            update = plan.schema.validate(task.node, {node.error_key: error}) if node.error_key else {}
-            plan.schema.merge(self.values, update)
-            self._schedule((node.on_error,))
-            if "events" in self.modes:
-                self._out.append(("events", {"event": "node_failed", "node": task.node, "error": error}))
-            return update
-        gotos: list[str | Send] = []
-        update = self._update_of(task.node, result, gotos)
-        plan.schema.merge(self.values, update)
-        self._schedule(plan.edges.get(task.node, ()))
-        for route in plan.routes.get(task.node, ()):
-            gotos.extend(self._route(task.node, route))
-        for i in plan.joins_of.get(task.node, ()):
-            seen = self.join_seen.setdefault(i, set())
-            seen.add(task.node)
-            sources, target = plan.joins[i]
-            if seen >= sources:
-                seen.clear()
-                self._schedule((target,))
-        self._goto(task.node, gotos)
-        return update
-
-    def _emit(self, task: Task, update: dict[str, Any]) -> None:
+    def _emit(self, outcomes: list[Outcome]) -> None:
+        out = self._out
         if "updates" in self.modes:
-            self._out.append(("updates", {task.node: update}))
-        if "values" in self.modes:
-            self._out.append(("values", self.plan.schema.snapshot(self.values)))
+            for o in outcomes:
+                update: dict[str, Any] = {}
+                for group in o.writes:
+                    update.update(group)
+                out.append(("updates", {o.task.node: update}))
         if "events" in self.modes:
-            started = self._started.pop(id(task), None)
-            elapsed = 0.0 if started is None else time.perf_counter() - started
-            ev = {"event": "node_finished", "node": task.node, "step": self.step, "duration_s": elapsed}
-            self._out.append(("events", ev))
-
-    def _update_of(self, node: str, result: Any, gotos: list[str | Send]) -> dict[str, Any]:
-        if result is None:
-            return {}
-        if isinstance(result, Command):
-            goto = result.goto
-            gotos.extend([goto] if isinstance(goto, (str, Send)) else goto)
-            result = result.update or {}
-        if not isinstance(result, Mapping):
-            raise InvalidUpdate(
-                f"node {node!r} returned {type(result).__name__}; return a dict of state updates, "
-                "a Command, or None",
-                node=node,
-                key="",
-            )
-        return self.plan.schema.validate(node, result) if result else {}
-
-    def _route(self, source: str, route: Any) -> list[str | Send]:
-        chosen = route.fn(self.plan.schema.snapshot(self.values))
-        items = chosen if isinstance(chosen, (list, tuple)) else [chosen]
-        if route.path_map is not None:
-            try:
-                items = [i if isinstance(i, Send) else route.path_map[i] for i in items]
-            except KeyError as exc:
-                raise GraphError(
-                    f"conditional edge from {source!r} returned {exc.args[0]!r}, not in its path_map"
-                ) from None
-        return [i for i in items if i is not None]
-
-    def _goto(self, source: str, gotos: list[str | Send]) -> None:
-        nodes = self.plan.nodes
-        for g in gotos:
-            if isinstance(g, Send):
-                if g.node not in nodes:
-                    raise GraphError(f"node {source!r} sent to unknown node {g.node!r}")
-                who = f"Send({g.node!r}, ...) from {source!r} carries"
-                arg = self.plan.schema.validate(g.node, g.arg, source=who)
-                self.frontier.append(Task(g.node, arg=arg))
-            elif g == END:
-                continue
-            elif isinstance(g, str) and g in nodes:
-                self._schedule((g,))
-            else:
-                raise GraphError(
-                    f"the way out of node {source!r} names {g!r}, which is not a node; "
-                    f"return one of {', '.join(nodes)}, END or Send objects"
-                )
-
-    def _schedule(self, targets: tuple[str, ...]) -> None:
-        frontier = self.frontier
-        for t in targets:
-            if not any(p.node == t and p.arg is None for p in frontier):
-                frontier.append(Task(t))
+            for o in outcomes:
+                ev = {
+                    "event": "node_finished",
+                    "node": o.task.node,
+                    "step": self.step,
+                    "duration_s": o.seconds,
+                }
+                out.append(("events", ev))
+        if "values" in self.modes:
+            out.append(("values", self.plan.schema.snapshot(self.values)))
 
     def _join_meta(self) -> dict[str, Any]:
         seen = {str(i): sorted(s) for i, s in self.join_seen.items() if s}
         return {"joins": seen} if seen else {}
 
+    # -- failures -------------------------------------------------------------------------------
+
     def _fail(self, task: Task, exc: BaseException) -> NoReturn:
         self.status = "failed"
-        # the failed node stays pending, so a resume (after a fix) runs it again
-        pending = [task, *self._running.values(), *self.frontier]
+        # the step's tasks stay pending (finished ones as pending writes): a resume re-runs the rest
         if self.recorder is not None:
             info = {"node": task.node, "error": f"{type(exc).__name__}: {exc}"}
-            self.recorder.finished("failed", {**info, "pending": [t.node for t in pending]})
-        if isinstance(exc, GraphError):
-            raise exc
-        raise NodeFailed(
-            f"node {task.node!r} of run {self.run_id!r} failed: {type(exc).__name__}: {exc}",
-            node=task.node,
-            run_id=self.run_id,
-        ) from exc
+            self.recorder.finished("failed", {**info, "pending": [t.node for t in self.tasks]})
+        if not isinstance(exc, GraphError):
+            _annotate(exc, task.node, self.step + 1, self.run_id)
+        raise exc
 
     def _recursion_error(self) -> GraphRecursionError:
         top = self.executed.most_common()
@@ -550,3 +402,24 @@ class Runner:
         if self.recorder is not None:
             self.recorder.finished("failed", {"error": message, "loop": loop})
         return GraphRecursionError(message, limit=self.limit, loop=loop)
+
+
+def _culprit(exc: BaseException, outcomes: list[Outcome]) -> Task:
+    node = getattr(exc, "node", None)
+    for o in outcomes:
+        if o.task.node == node:
+            return o.task
+    return outcomes[-1].task
+
+
+def _annotate(exc: BaseException, node: str, step: int, run_id: str) -> None:
+    """Say on a node's own exception where it came from, keeping its type for the caller."""
+    if getattr(exc, "_headrace_annotated", False):
+        return
+    add_note = getattr(exc, "add_note", None)  # Python 3.11+; on 3.10 the attributes alone say it
+    if add_note is not None:
+        add_note(f"raised by node {node!r} at step {step} of graph run {run_id!r}")
+    for name, value in (("node", node), ("step", step), ("run_id", run_id), ("_headrace_annotated", True)):
+        # an exception type with __slots__ or read-only fields keeps only the note
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(exc, name, value)

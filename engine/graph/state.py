@@ -20,11 +20,12 @@ semantics: declared types only, never pickle.
 
 from __future__ import annotations
 
+import copy
 import operator
-from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated, Any, Generic, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any, Generic, TypeVar, get_origin
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
 
 from engine.graph.errors import InvalidGraph, InvalidUpdate
 
@@ -52,24 +53,35 @@ REDUCERS: dict[str, Reducer | None] = {
 class _Field:
     """What the runner needs of one state field, computed once per graph."""
 
-    __slots__ = ("adapter", "append", "name", "reducer")
+    __slots__ = ("adapter", "append", "empty", "name", "reducer")
 
     def __init__(self, name: str, adapter: TypeAdapter[Any], reducer: Reducer | None, append: bool):
         self.name = name
         self.adapter = adapter
         self.reducer = reducer
         self.append = append
+        self.empty: Callable[[], Any] | object = _NO_EMPTY
+        """The field type's empty value (``list``, ``int``...): what a reducer starts from."""
 
 
 class StateSchema(Generic[S]):
     """A state model's fields and reducers, with fast update validation and merging."""
 
-    def __init__(self, model: type[S]) -> None:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            raise InvalidGraph(f"Graph(state) needs a pydantic BaseModel subclass, got {model!r}")
+    def __init__(self, model: type[S], extra: Sequence[type[BaseModel]] = ()) -> None:
+        """``extra``: input, output and private schemas whose fields join the state's as channels
+        (a field the state does not declare starts as its default, or ``None``)."""
+        for m in (model, *extra):
+            if not (isinstance(m, type) and issubclass(m, BaseModel)):
+                raise InvalidGraph(
+                    f"Graph(state) and its schemas must be pydantic BaseModel subclasses, got {m!r}"
+                )
         self.model = model
+        channels = _combine(model, extra)
+        self.channels: type[BaseModel] = channels
+        self._view: StateSchema[S] | None = None if channels is model else StateSchema(model)
+        self._views: dict[type[BaseModel], StateSchema[Any]] = {}
         self.fields: dict[str, _Field] = {}
-        for name, info in model.model_fields.items():
+        for name, info in channels.model_fields.items():
             reducer: Reducer | None = None
             named_append = False
             constraints: list[Any] = []
@@ -88,26 +100,62 @@ class StateSchema(Generic[S]):
             annotation: Any = info.annotation
             for constraint in constraints:  # nested Annotated flattens: field constraints kept
                 annotation = Annotated[annotation, constraint]
-            self.fields[name] = _Field(name, TypeAdapter(annotation), reducer, named_append)
+            spec = self.fields[name] = _Field(name, TypeAdapter(annotation), reducer, named_append)
+            if reducer is not None:
+                spec.empty = _empty_of(info.annotation)
         self._names = set(self.fields)
         self._fast = not model.__private_attributes__ and model.model_config.get("extra") != "allow"
+
+    def view(self, model: type[BaseModel], values: Mapping[str, Any]) -> Any:
+        """An instance of ``model`` (an input, output or private schema) from the channels it has."""
+        if model is self.channels:
+            return self.snapshot(values)
+        schema = self._views.get(model)
+        if schema is None:
+            schema = self._views[model] = StateSchema(model)
+        return schema.snapshot({k: values[k] for k in schema.fields if k in values})
 
     # -- values ---------------------------------------------------------------------------------
 
     def initial(self, value: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:
-        """Validate a run's input with the whole model (defaults filled in) and return its values."""
+        """A fresh run's state: the input validated with the whole model (defaults filled in), each
+        given field with a reducer passed through it from its type's empty value (LangGraph's start
+        from empty channels: ``operator.add`` keeps the value, a custom reducer sees it)."""
         if isinstance(value, self.model):
-            return dict(value.__dict__)
-        data = value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
+            data: dict[str, Any] = dict(value.__dict__)
+            given = set(value.model_fields_set)
+        else:
+            data = value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
+            given = set(data)
         try:
-            return dict(self.model.model_validate(data).__dict__)
+            values = dict(self.channels.model_validate(data).__dict__)
         except ValidationError as exc:
             raise InvalidUpdate(
                 f"the input does not fit state {self.model.__name__}: {exc}", node="__input__", key=""
             ) from exc
+        for key in given:
+            spec = self.fields.get(key)
+            if spec is not None and spec.reducer is not None and spec.empty is not _NO_EMPTY:
+                values[key] = spec.reducer(spec.empty(), values[key])  # type: ignore[operator]
+        return values
+
+    def paused(
+        self,
+        values: Mapping[str, Any],
+        interrupts: list[dict[str, Any]],
+        model: type[BaseModel] | None = None,
+    ) -> Any:
+        """A state (or ``model``) instance that also carries the pending interrupts as ``__interrupt__``."""
+        inst = self.snapshot(values) if model is None else self.view(model, values)
+        cls = _paused_class(type(inst))
+        object.__setattr__(inst, "__class__", cls)
+        object.__setattr__(inst, "__pydantic_private__", {"__interrupt__": list(interrupts)})
+        return inst
 
     def snapshot(self, values: Mapping[str, Any]) -> S:
         """A model instance of ``values`` without re-validation (each value was validated on entry)."""
+        if self._view is not None:  # private channels are left out of the state the caller sees
+            return self._view.snapshot({k: values[k] for k in self._view.fields})
         if not self._fast:
             return self.model.model_construct(**values)
         inst = self.model.__new__(self.model)
@@ -188,6 +236,67 @@ class StateSchema(Generic[S]):
             rname = "replace" if reducer is None else getattr(reducer, "__qualname__", repr(reducer))
             parts.append(f"{name}:{info.annotation!r}:{rname}")
         return ";".join(parts)
+
+
+_NO_EMPTY = object()
+
+
+def _combine(model: type[BaseModel], extra: Sequence[type[BaseModel]]) -> type[BaseModel]:
+    """The state model, or one model holding its fields and those of ``extra`` (first one wins)."""
+    others = [m for m in extra if m is not model]
+    if not others:
+        return model
+    fields: dict[str, Any] = {}
+    for m in (model, *others):
+        for name, info in m.model_fields.items():
+            if name in fields:
+                continue
+            if info.is_required() and m is not model:
+                info = copy.copy(info)
+                info.default = None
+                annotation: Any = info.annotation
+                fields[name] = (annotation | None, info)
+            else:
+                fields[name] = (info.annotation, info)
+    return create_model(f"{model.__name__}Channels", **fields)
+
+
+def _empty_of(annotation: Any) -> Callable[[], Any] | object:
+    origin = get_origin(annotation) or annotation
+    if isinstance(origin, type) and origin not in (object,):
+        try:
+            origin()
+        except Exception:  # a type with required arguments has no empty value
+            return _NO_EMPTY
+        return origin
+    return _NO_EMPTY
+
+
+_PAUSED: dict[type[BaseModel], type[BaseModel]] = {}
+
+
+def _paused_class(model: type[BaseModel]) -> type[BaseModel]:
+    """A subclass of ``model`` whose instances carry ``__interrupt__`` and compare as ``model``'s."""
+    cls = _PAUSED.get(model)
+    if cls is None:
+
+        def __eq__(self: BaseModel, other: object) -> bool:
+            if isinstance(other, model):
+                return self.__dict__ == other.__dict__
+            return NotImplemented
+
+        def interrupts(self: BaseModel) -> list[dict[str, Any]]:
+            return list((self.__pydantic_private__ or {}).get("__interrupt__", []))
+
+        namespace = {
+            "__module__": model.__module__,
+            "__qualname__": model.__qualname__,
+            "__eq__": __eq__,
+            "__hash__": None,
+            "__interrupt__": property(interrupts, doc="The interrupts that paused the run."),
+        }
+        cls = _PAUSED[model] = type(model.__name__, (model,), namespace)
+    return cls
 
 
 def _is_plain_callable(meta: Any) -> bool:

@@ -38,7 +38,7 @@ STORE_ENV = "HEADRACE_CHECKPOINTS"
 """The environment variable naming the checkpoint store when no ``--store``/``--checkpoint`` is given."""
 
 _EXIT = {"succeeded": 0, "interrupted": 0, "failed": 3, "cancelled": 130}
-_MARKERS = frozenset({"__input__", "__update__", "__interrupt__"})
+_MARKERS = frozenset({"__input__", "__update__", "__interrupt__", "__write__"})
 UNSET: Any = object()
 """``value`` left out: resume without answering an ``interrupt()``."""
 
@@ -230,8 +230,9 @@ def drive(
     with _ray_if_needed(app, address):
         try:
             start()
-        except GraphError as exc:
-            error, failure = str(exc), exc
+        except Exception as exc:  # a node's own exception reaches the caller as itself
+            error = str(exc) if isinstance(exc, GraphError) else _node_error(exc)
+            failure = exc if isinstance(exc, GraphError) else GraphError(error)
         except KeyboardInterrupt:
             cancelled = True
             error = "interrupted; the steps finished so far are checkpointed"
@@ -267,6 +268,12 @@ def drive(
     if refused and failure is not None:
         raise failure  # refused before the run went on (e.g. no interrupt to answer): not a run failure
     return summary
+
+
+def _node_error(exc: BaseException) -> str:
+    """``ValueError: bad input (raised by node 'x' at step 3 of graph run 'r')`` for a node's error."""
+    where = "; ".join(getattr(exc, "__notes__", []))
+    return f"{type(exc).__name__}: {exc}" + (f" ({where})" if where else "")
 
 
 def _record_steps(recording: RunRecording, app: Any, run_id: str, after: int, began: float) -> None:
