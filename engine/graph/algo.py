@@ -62,8 +62,8 @@ def writes_of(plan: GraphPlan[Any], node: str, result: Any) -> tuple[list[dict[s
     items: Sequence[Any]
     if isinstance(result, Command):
         items = [result]
-    elif isinstance(result, (list, tuple)) and result and all(isinstance(r, Command) for r in result):
-        items = result
+    elif isinstance(result, (list, tuple)) and any(isinstance(r, Command) for r in result):
+        items = result  # Commands and plain updates, applied in order
     else:
         items = [result]
     groups: list[dict[str, Any]] = []

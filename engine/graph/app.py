@@ -101,13 +101,23 @@ class CompiledGraph(Generic[S]):
         *,
         value: Any = UNSET,
         goto: Any = None,
+        update: Mapping[str, Any] | None = None,
         recursion_limit: int | None = None,
         placement: Placement | None = None,
     ) -> S:
         """Continue a run from its last checkpoint; ``value`` answers a pending ``interrupt()`` (a
-        ``{interrupt_id: value}`` map answers several), ``goto`` adds nodes to the next step."""
+        ``{interrupt_id: value}`` map answers several), ``goto`` adds nodes to the next step and
+        ``update`` edits the state first (as ``update_state``; LangGraph's ``Command(resume, update,
+        goto)``)."""
         return drive(
-            self.aresume(run_id, value=value, goto=goto, recursion_limit=recursion_limit, placement=placement)
+            self.aresume(
+                run_id,
+                value=value,
+                goto=goto,
+                update=update,
+                recursion_limit=recursion_limit,
+                placement=placement,
+            )
         )
 
     # -- the async core -------------------------------------------------------------------------
@@ -132,10 +142,13 @@ class CompiledGraph(Generic[S]):
         *,
         value: Any = UNSET,
         goto: Any = None,
+        update: Mapping[str, Any] | None = None,
         recursion_limit: int | None = None,
         placement: Placement | None = None,
     ) -> S:
         """Async :meth:`resume`."""
+        if update:
+            self.update_state(run_id, update)
         runner = self._resumed(run_id, value, goto, recursion_limit, frozenset(), placement)
         async for _ in runner.run():
             pass

@@ -141,7 +141,7 @@ class Graph(Generic[S]):
     def add_node(
         self,
         name: str,
-        fn: Callable[..., Any],
+        fn: Callable[..., Any] | CompiledGraph[Any],
         *,
         resources: Resources | Mapping[str, Any] | None = None,
         heavy: bool = False,
@@ -181,11 +181,11 @@ class Graph(Generic[S]):
         res = Resources.model_validate(resources) if isinstance(resources, Mapping) else resources
         self._nodes[name] = NodeDef(
             name=name,
-            fn=fn,
+            fn=fn,  # type: ignore[arg-type]  # a subgraph's is never called: subgraphs.py runs it
             is_async=inspect.iscoroutinefunction(fn),
             resources=res,
             subgraph=subgraph,
-            view=input_schema or (None if subgraph is not None else _input_model(fn, self.state)),
+            view=input_schema or (None if isinstance(fn, CompiledGraph) else _input_model(fn, self.state)),
             heavy=heavy,
             retry=retry,
             timeout_s=timeout_s,

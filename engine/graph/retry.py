@@ -73,5 +73,13 @@ def should_retry(policy: _SpecRetryPolicy, exc: BaseException) -> bool:
     if isinstance(rule, type) and issubclass(rule, BaseException):
         return isinstance(exc, rule)
     if isinstance(rule, Sequence) and not isinstance(rule, str):
+        if not all(isinstance(r, type) and issubclass(r, BaseException) for r in rule):
+            raise TypeError(
+                f"retry_on must be an Exception class, a sequence of them or a callable, got {rule!r}"
+            )
         return isinstance(exc, tuple(rule))
+    if not callable(rule):
+        raise TypeError(
+            f"retry_on must be an Exception class, a sequence of them or a callable, got {rule!r}"
+        )
     return bool(rule(exc))

@@ -356,10 +356,9 @@ class Runner:
     def _emit(self, outcomes: list[Outcome]) -> None:
         out = self._out
         if "updates" in self.modes:
-            for o in outcomes:
-                update: dict[str, Any] = {}
-                for group in o.writes:
-                    update.update(group)
+            for o in outcomes:  # as LangGraph: None for no update, a list for several
+                writes = o.writes
+                update = None if not writes else writes[0] if len(writes) == 1 else list(writes)
                 out.append(("updates", {o.task.node: update}))
         if "events" in self.modes:
             for o in outcomes:

@@ -127,6 +127,10 @@ class StateSchema(Generic[S]):
         else:
             data = value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
             given = set(data)
+            for key in given:  # an `append` field takes one item, as in a node's update
+                spec = self.fields.get(key)
+                if spec is not None and spec.append and not isinstance(data[key], (list, tuple)):
+                    data[key] = [data[key]]
         try:
             values = dict(self.channels.model_validate(data).__dict__)
         except ValidationError as exc:

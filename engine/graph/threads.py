@@ -169,8 +169,11 @@ def answer(run_id: str, thread: Thread, value: Any, goto: Any, plan: GraphPlan[A
         pushes: list[Task] = []
         algo._take(plan, "resume", gotos, pulls, pushes)
         have = {t.node for t in thread.tasks if t.arg is None}
-        thread.tasks.extend(Task(n) for n in sorted(pulls - have))
-        thread.tasks.extend(pushes)
+        tasks = algo.ordered([*thread.tasks, *(Task(n) for n in pulls - have), *pushes])
+        old = {t.id: t for t in thread.tasks}
+        number(tasks, thread.base)
+        thread.tasks = tasks
+        thread.finished = {old[k].id: o for k, o in thread.finished.items() if k in old}  # renumbered
 
 
 def edit(

@@ -128,6 +128,56 @@ edges:
     assert sorted(graph_from_spec(load(text)).compile().invoke({}).log) == ["left", "right"]
 
 
+def label_left(state: Any) -> dict[str, Any]:
+    return {"label": "left", "log": ["left"]}
+
+
+def label_right(state: Any) -> dict[str, Any]:
+    return {"label": "right", "log": ["right"]}
+
+
+SUPERSTEPS = f"""\
+version: 1
+name: supersteps
+state:
+  fields:
+    n: {{type: integer, default: 0}}
+    log: {{type: array, default: [], reducer: append}}
+    label: {{type: string, default: ""}}
+nodes:
+  a: {{op: call, fn: "{HERE}:A_FN"}}
+  b: {{op: call, fn: "{HERE}:B_FN"}}
+  d: {{op: call, fn: "{HERE}:count"}}
+edges:
+  - {{from: START, to: [b, a]}}
+  - {{from: a, to: d}}
+  - {{from: b, to: d}}
+"""
+
+
+class Counted(BaseModel):
+    n: int = 0
+
+
+def test_a_yaml_graph_runs_in_supersteps_with_the_same_checkpoints() -> None:
+    # a and b run in one step (applied by name, whatever the order listed); d, reached from both, once
+    from engine.graph.checkpoints import MemoryStore
+
+    text = SUPERSTEPS.replace("A_FN", "left").replace("B_FN", "right")
+    store = MemoryStore()
+    final = graph_from_spec(load(text)).compile(checkpoint=store).invoke({}, run_id="y")
+    assert final.log == ["left", "right", "n=1"]
+    steps = [s for s in store.steps("y") if s.node != "__write__"]  # pending writes left out
+    assert [s.node for s in steps] == ["__input__", "a", "b", "d"]
+    assert steps[1].meta["superstep"] == steps[2].meta["superstep"] == steps[1].step  # one step
+    assert "superstep" not in steps[3].meta
+    assert steps[2].next == ("d",)
+    # two parallel writes to a field without a reducer are refused, naming the key and the nodes
+    clash = SUPERSTEPS.replace("A_FN", "label_left").replace("B_FN", "label_right")
+    with pytest.raises(InvalidUpdate, match=r"At key 'label'.*'a' and 'b'"):
+        graph_from_spec(load(clash)).compile().invoke({})
+
+
 def test_max_steps_is_the_recursion_limit() -> None:
     endless = load(LOOP.replace("n >= params.target", "n < 0").replace("max_steps: 20", "max_steps: 7"))
     assert recursion_limit_of(endless) == 7
