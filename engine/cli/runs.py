@@ -273,7 +273,8 @@ def history(
     states: list[Any] | None = None
     with _open(store) as st:
         _need_run(st, run_id)
-        steps = st.steps(run_id)
+        # pending writes (__write__) are folded in when their step commits: history() skips them too
+        steps = [s for s in st.steps(run_id) if s.node != "__write__"]
         if with_state and path is not None:
             app = _compiled(path, overrides, st)
             _check_same_graph(app, st, run_id, path)
