@@ -26,7 +26,7 @@ from connectors.files import filesystem
 from connectors.readers import Split, reader_for
 from connectors.writers import PartInfo, open_part
 from engine import telemetry
-from engine.errors import BudgetExceeded, DataError, TransientError
+from engine.errors import BudgetExceeded, DataError, FatalRunError, TransientError
 from engine.physical import StageJob, TailJob
 from engine.runtime.allocator import keep_freed_memory
 from engine.runtime.llm.pool import PoolClient, PoolResult
@@ -255,7 +255,7 @@ def _run_segment(
         raise type(exc)(
             f"node '{current}': {where.describe()}: {exc}", node=current, input=where.fields()
         ) from None
-    except BudgetExceeded:
+    except (BudgetExceeded, FatalRunError):  # the run stops: no row-level policy applies
         if part is not None:
             part.abort()
         raise
@@ -324,6 +324,8 @@ def _guarded(
     def run(table: pa.Table) -> pa.Table:
         try:
             return fn(table)
+        except (BudgetExceeded, FatalRunError):  # no row can fix these: bisecting would only repeat them
+            raise
         except Exception as exc:
             if table.num_rows <= 1:
                 failures.extend(_Failure(node, f"{type(exc).__name__}: {exc}", r) for r in table.to_pylist())
@@ -367,7 +369,7 @@ def _ask_pool(pool: PoolClient, table: pa.Table) -> tuple[pa.Table, list[tuple[i
         trace = telemetry.carrier() if telemetry.recording() else None
         result: PoolResult = pool.ask(table, trace)
     except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, (BudgetExceeded, DataError)):
+        if isinstance(exc.cause, (BudgetExceeded, DataError, FatalRunError)):
             raise exc.cause from None
         raise
     return result.table, result.failures

@@ -117,7 +117,8 @@ nodes:
 @pytest.fixture
 def refusing_server() -> Iterator[LLMServer]:
     def refuse(request: dict[str, Any]) -> Any:
-        raise ErrorReply(403, "this key may not use this model")
+        # a 400 is about the request, so about the row (401/403/404 stop the run: test_fail_fast.py)
+        raise ErrorReply(400, "this prompt is not allowed")
 
     with LLMServer(responder=refuse) as srv:
         yield srv
@@ -151,7 +152,7 @@ nodes:
     event = check_said_why(
         summary, path, "classify", "llm_classify", r"in\.csv \(split 0, bytes 0-\d+\): row \d+: "
     )
-    assert "403" in (summary.error or "") and "check the provider's answer" in event["hint"]
+    assert "400" in (summary.error or "") and "check the provider's answer" in event["hint"]
     assert KEY not in (summary.error or "")
     assert isinstance(event["input"]["row"], int)
 

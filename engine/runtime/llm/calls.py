@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine import telemetry
+from engine.runtime.llm.health import CallHealth
 from engine.runtime.llm.ledger import Charge, Ledger
 from engine.runtime.llm.limiter import RateBuckets
 from engine.spec.models import RateLimits, RetryPolicy
@@ -49,7 +50,15 @@ _THROTTLED_PER_ATTEMPT = 10
 
 
 class RowFailed(Exception):
-    """A row got no usable answer from any target; the message says why, for the dead-letter file."""
+    """A row got no usable answer from any target; the message says why, for the dead-letter file.
+
+    ``template`` is true when the prompt template could not be rendered with the row's values (for every
+    target); see :meth:`CallHealth.template_failed_everywhere`.
+    """
+
+    def __init__(self, message: str, *, template: bool = False) -> None:
+        super().__init__(message)
+        self.template = template
 
 
 class CallServices(Protocol):
@@ -194,6 +203,7 @@ class RowCaller:
         cache: ResponseCache | None,
         services: CallServices,
         in_flight: int | asyncio.Semaphore,
+        health: CallHealth | None = None,
     ) -> None:
         self.task = task
         self.settings = settings
@@ -206,16 +216,22 @@ class RowCaller:
         self._flushed_at = time.monotonic()
         # a pool actor passes its own semaphore, shared by every batch it answers at once
         self._slots = asyncio.Semaphore(in_flight) if isinstance(in_flight, int) else in_flight
+        # a pool actor passes the run's node's health, kept across the batches it answers
+        self.health = health or CallHealth(settings.node)
 
     async def answer(self, row: Mapping[str, Any]) -> Any:
-        """The column value for ``row``; raises ``RowFailed`` or ``BudgetExceeded``."""
+        """The column value for ``row``; raises ``RowFailed``, ``BudgetExceeded``, or ``FatalRunError``
+        when no row can pass (:mod:`engine.runtime.llm.health`: later rows then raise it without a call)."""
         errors: list[str] = []
+        template = True
         for target in self.settings.targets:
+            self.health.check()
             try:
                 return await self._answer_with(row, target)
             except RowFailed as exc:
                 errors.append(f"{target.provider}/{target.model}: {exc}")
-        raise RowFailed("; then ".join(errors))
+                template = template and exc.template
+        raise RowFailed("; then ".join(errors), template=template)
 
     async def _answer_with(self, row: Mapping[str, Any], target: Target) -> Any:
         feedback: list[str] = []
@@ -225,7 +241,8 @@ class RowCaller:
             except InvalidAnswer as exc:
                 raise RowFailed(str(exc)) from None
             except Exception as exc:  # a template that fails on this row's values
-                raise RowFailed(f"prompt template: {type(exc).__name__}: {exc}") from None
+                raise RowFailed(f"prompt template: {type(exc).__name__}: {exc}", template=True) from None
+            self.health.rendered += 1
             response = await self._respond(request, target)
             try:
                 return self.task.interpret(request, response.text, response.parsed, response.stop_reason)
@@ -292,6 +309,7 @@ class RowCaller:
                     await self._settle(reserved, None)
                     if limits is not None:
                         self.services.refund_rate(key, request.max_tokens)
+                    self.health.refused(exc, target.provider, target.model)  # raises when no row can pass
                     if (
                         isinstance(exc, RateLimited)
                         and throttled < _THROTTLED_PER_ATTEMPT * policy.max_attempts
@@ -300,6 +318,8 @@ class RowCaller:
                         throttled += 1
                         attempt -= 1
                     elif not exc.retryable or attempt >= policy.max_attempts:
+                        if exc.retryable:  # the provider failed, not the row: the circuit breaker counts it
+                            self.health.gave_up(exc, target.provider, target.model)
                         raise RowFailed(f"{exc} (attempt {attempt} of {policy.max_attempts})") from None
                     if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
                         # the server said when to come back: that, not our own growing backoff
@@ -317,6 +337,7 @@ class RowCaller:
                     await self._settle(reserved, actual)
                     if limits is not None:
                         self.services.refund_rate(key, request.max_tokens - response.output_tokens)
+                    self.health.answered()
                     return response
             await asyncio.sleep(wait)  # outside the slot: a backing-off row does not block others
 

@@ -38,6 +38,7 @@ from engine.runtime.llm.accounts import AccountServices
 from engine.runtime.llm.batch import BatchRowCaller
 from engine.runtime.llm.calls import CallSettings, RowCaller, RowFailed
 from engine.runtime.llm.director import LeaseRequest, PoolDirector
+from engine.runtime.llm.health import CallHealth
 from engine.runtime.llm.limiter import NAMESPACE
 from engine.spec.models import RateLimits
 from operators.llm import LlmSpec
@@ -178,6 +179,7 @@ class PoolWorker:
         self._caches: dict[str, ResponseCache] = {}
         self._slots: dict[int, asyncio.Semaphore] = {}
         self._running: dict[str, set[asyncio.Task[PoolResult]]] = {}
+        self._health: OrderedDict[tuple[str, str], CallHealth] = OrderedDict()
 
     def ready(self) -> int:
         """Answers once the actor is placed and running: its process id."""
@@ -255,6 +257,7 @@ class PoolWorker:
                 self._cache(batch.cache_url),
                 services,
                 self._slots.setdefault(in_flight, asyncio.Semaphore(in_flight)),
+                self._node_health(batch),
             )
             try:
                 outcomes = await asyncio.gather(*(caller.answer(row) for row in rows), return_exceptions=True)
@@ -275,7 +278,20 @@ class PoolWorker:
             ok.append(not isinstance(outcome, BaseException))
         if stop is not None:
             raise stop
+        unrendered = [o for o in outcomes if isinstance(o, RowFailed) and o.template]
+        if batch.spec.mode != "batch" and len(unrendered) == len(outcomes):
+            self._node_health(batch).template_failed_everywhere(len(outcomes), str(unrendered[0]))
         return PoolResult(task.assemble(table, values, ok), failures)
+
+    def _node_health(self, batch: PoolBatch) -> CallHealth:
+        # per run and node, across the batches this actor answers (a few runs' worth are kept)
+        key = (batch.run_id, batch.node)
+        health = self._health.get(key)
+        if health is None:
+            health = self._health[key] = CallHealth(batch.node)
+            if len(self._health) > _KEPT:
+                self._health.popitem(last=False)
+        return health
 
     def _task(self, batch: PoolBatch) -> RowTask:
         # one per node spec and params, whichever run sends them: templates are compiled once
