@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from engine.cli.main import _friendly, _set_option
+from engine.estimate.results import DEFAULT_SAMPLE_RANGES, DEFAULT_SAMPLE_ROWS
 
 if TYPE_CHECKING:
     from engine.check import CheckedPipeline
@@ -24,9 +25,18 @@ _ROWS_MARK = {"exact": "", "estimated": "~", "upper bound": "<="}
     "--sample",
     "sample_rows",
     type=click.IntRange(min=1),
-    default=200,
+    default=DEFAULT_SAMPLE_ROWS,
     show_default=True,
-    help="Rows read from the start of each source and pushed through the pipeline.",
+    help="Rows read from each source, spread over --ranges places of it, and pushed through the pipeline.",
+)
+@click.option(
+    "--ranges",
+    "sample_ranges",
+    type=click.IntRange(min=1),
+    default=DEFAULT_SAMPLE_RANGES,
+    show_default=True,
+    help="Places of each source the sample is read from: byte ranges spread evenly over its files "
+    "(Parquet: row groups; text files read whole: files).",
 )
 @click.option(
     "--count-tokens",
@@ -58,6 +68,7 @@ def estimate(
     path: str,
     overrides: tuple[str, ...],
     sample_rows: int,
+    sample_ranges: int,
     count_tokens: str,
     output_tokens: int | None,
     keep: tuple[str, ...],
@@ -67,8 +78,10 @@ def estimate(
     """Predict each LLM node's rows, calls, tokens and cost before a run.
 
     Reads a sample of each source in this process (no Ray, no model calls unless --count-tokens api),
-    scales it to the whole input, and prices it with the pipeline's prices. Warns, as
-    PATH:LINE:COL: warning: ..., when the expected or worst-case figures pass a budget.
+    from places spread evenly over the whole input, scales each place's rows to its share of the input,
+    and prices them with the pipeline's prices. Gives the expected cost, its p5-p95 range (from how
+    much the places differ) and the worst case. Warns, as PATH:LINE:COL: warning: ..., when the
+    expected or worst-case figures pass a budget.
     """
     from engine.check import check_file
     from engine.errors import DataError
@@ -80,6 +93,7 @@ def estimate(
         click.echo(warning.format(), err=True)
     options = EstimateOptions(
         sample_rows=sample_rows,
+        sample_ranges=sample_ranges,
         count_tokens=count_tokens,  # type: ignore[arg-type]
         output_tokens=output_tokens,
         with_cache=with_cache,
@@ -118,18 +132,28 @@ def _keep(values: tuple[str, ...], checked: CheckedPipeline) -> dict[str, float]
 
 def render(result: Estimate) -> str:
     """The estimate as a table for people, with how each figure was found."""
+    how = result.method
     lines = [
-        f"{result.pipeline}: estimated from the first {result.method['sample_rows']:,} rows of each source, "
-        f"{result.method['count_tokens']} token counts, prices as of {result.method['prices_as_of']}",
+        f"{result.pipeline}: estimated from about {how['sample_rows']:,} rows of each source read from "
+        f"{how['sample_ranges']} places spread over it, {how['count_tokens']} token counts, prices as "
+        f"of {how['prices_as_of']}",
         "",
     ]
     if not result.nodes:
         lines.append("no LLM nodes: nothing to pay for")
         return "\n".join(lines)
     lines += _table(
-        ("source", "rows", "how"),
-        [(s.node, _rows(s.rows, s.basis), s.how) for s in result.sources.values()],
-        right=(1,),
+        ("source", "rows", "p5-p95", "how"),
+        [
+            (
+                s.node,
+                _rows(s.rows, s.basis),
+                f"{s.rows_p5:,}-{s.rows_p95:,}" if s.basis != "exact" else "",
+                s.how,
+            )
+            for s in result.sources.values()
+        ],
+        right=(1, 2),
     )
     lines.append("")
     cached = result.total["cached_calls"] is not None
@@ -142,6 +166,7 @@ def render(result: Estimate) -> str:
         "input tokens",
         "output tokens",
         "expected $",
+        "p5-p95 $",
         "worst-case $",
     )
     body = [_node_row(n, cached) for n in result.nodes.values()]
@@ -157,6 +182,7 @@ def render(result: Estimate) -> str:
             f"{total['input_tokens']:,}",
             f"{total['output_tokens']:,}",
             _usd(total["expected_usd"]),
+            f"{_usd(total['usd_p5'])}-{_usd(total['usd_p95'])}",
             _usd(total["worst_case_usd"]),
         )
     )
@@ -176,8 +202,13 @@ def render(result: Estimate) -> str:
         users = [n.node for n in result.nodes.values() if n.input_tokens_method == method]
         lines.append(f"  input tokens ({', '.join(users)}): {method}")
     for node in result.nodes.values():
+        lines.append(
+            f"  {node.node}: {node.sampled_rows:,} sampled rows from {node.sample_ranges} ranges of "
+            f"'{node.source}' reach it; rows {node.rows_basis}"
+        )
         lines.append(f"  {node.node}: output tokens: {node.output_tokens_basis}")
         lines += [f"  {node.node}: {note}" for note in node.notes]
+    lines.append(f"  range: {result.method['range']}")
     lines.append(f"  worst case: {result.method['worst_case']}")
     lines.append("  rows: ~ estimated from the sample, <= an upper bound, plain exact")
     return "\n".join(lines)
@@ -194,6 +225,7 @@ def _node_row(node: NodeEstimate, cached: bool) -> tuple[str, ...]:
         f"{node.input_tokens:,}",
         f"{node.output_tokens:,}",
         _usd(node.expected_usd),
+        f"{_usd(node.usd_p5)}-{_usd(node.usd_p95)}",
         _usd(node.worst_case_usd),
     )
 

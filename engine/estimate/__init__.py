@@ -1,23 +1,25 @@
 """Predict what a run's LLM steps will do before it runs: calls, tokens and dollars per LLM node.
 
-Nothing here starts Ray or asks a model. For every stage with an LLM node, the first ``sample_rows`` rows
-of its source are read in this process and pushed through the stage's ops in order; each LLM node renders
-the request of every sampled row that reaches it, counts its input tokens, and the counts are scaled to
-the whole input::
+Nothing here starts Ray or asks a model. For every stage with an LLM node, about ``sample_rows`` rows of
+its source are read in this process from ``sample_ranges`` places spread evenly over the whole input, and
+pushed through the stage's ops in order; each LLM node renders the request of every sampled row that
+reaches it, counts its input tokens, and each place's counts are scaled to its share of the input::
 
     source rows    exact (Parquet metadata, one row per file, or a sample that read the whole input),
-                   else input bytes / sampled bytes per row                               (sample.py)
-    rows at a node sampled rows reaching it × source rows / sampled rows; per-batch filters run on the
-                   sample, so their selectivity is measured; an llm_filter keeps every row unless told
-                   otherwise, and dedupe and grouped aggregates keep every row: both upper bounds;
-                   a limit is applied exactly                                               (walk.py)
+                   else the sum over places of rows read × stratum bytes / bytes read, with a p5-p95
+                   range from the spread between neighbouring places          (sample.py, intervals.py)
+    rows at a node sampled rows reaching it from each place × its scale; per-batch filters run on the
+                   sample, so their selectivity is measured where each place is; an llm_filter keeps
+                   every row unless told otherwise, and dedupe and grouped aggregates keep every row:
+                   both upper bounds; a limit is applied exactly                          (walk.py)
     input tokens   the sampled requests' tokens (counted locally or by the provider's token-count
-                   endpoint) × rows / sampled rows                                        (tokens.py)
+                   endpoint) × each place's scale                                         (tokens.py)
     output tokens  llm_classify/llm_filter: the longest label; llm_extract: a minimal instance of the
                    schema; llm_map: an assumption (min(max_tokens, 256) unless given)    (answers.py)
     cost           the pipeline's PriceTable (its price overrides on top), at batch prices for
                    ``mode: batch``; the worst case lets every call write max_tokens and every
-                   llm_extract row use all of its attempts                               (figures.py)
+                   llm_extract row use all of its attempts; the p5-p95 range of the expected
+                   cost comes from the places' spread                                    (figures.py)
 
 An LLM node's answers are stood in for by values of the right type and size (labels in turn, the schema
 instance, a filler text of the assumed length) so that nodes downstream render realistic prompts; with the
@@ -38,7 +40,6 @@ from engine.estimate.figures import (
     merged,
     method,
     node_figures,
-    priced,
     sample_problems,
     warning,
 )
@@ -84,7 +85,7 @@ def estimate_checked(checked: CheckedPipeline, options: EstimateOptions | None =
         if source.id not in samples:
             paths = source.spec.path  # type: ignore[attr-defined]
             urls = [resolve_path(source.id, p) for p in (paths if isinstance(paths, list) else [paths])]
-            samples[source.id] = sample_source(source, urls, options.sample_rows)
+            samples[source.id] = sample_source(source, urls, options.sample_rows, options.sample_ranges)
         walk = StageWalk(pipeline, targets, options, cache, samples[source.id])
         for node in middle[: last + 1]:
             walk.step(node)
@@ -99,10 +100,11 @@ def estimate_checked(checked: CheckedPipeline, options: EstimateOptions | None =
         at += len(occurrence.requests)
         rules = pipeline.priced_as(occurrence.target.provider)
         how = counting[occurrence.target.provider].method
-        figures = node_figures(occurrence, counted, how, rules, options)
+        price = prices.price(rules, occurrence.target.model)
+        sampled = samples[occurrence.source].source
+        figures = node_figures(occurrence, counted, how, rules, options, price, sampled)
         earlier = nodes.get(figures.node)
         nodes[figures.node] = figures if earlier is None else merged(earlier, figures)
-    nodes = {name: priced(n, prices, pipeline) for name, n in nodes.items()}
     result = Estimate(
         pipeline=pipeline.name,
         sources={k: s.source for k, s in samples.items()},

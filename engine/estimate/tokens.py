@@ -22,6 +22,7 @@ from engine.plan import Problem
 from engine.spec.models import Pipeline
 from operators.llm_rows import Target
 from operators.providers.base import LlmRequest, Provider, TokenCounter
+from operators.providers.claude import messages_body
 from operators.providers.errors import ProviderError
 from operators.providers.offline import estimate_tokens
 from operators.providers.registry import get_provider
@@ -52,13 +53,20 @@ class Counter(Protocol):
 
 
 def local_tokens(request: LlmRequest, provider: str) -> int:
-    """About four characters a token over what a call sends; the offline provider's own rule for it."""
+    """About four characters a token over what a call sends; the offline provider's own rule for it.
+
+    For anthropic, what the call sends is its Messages body: the system prompt, the message, and for a
+    structured answer the tool definition (name, description, schema as JSON), plus the tool-use system
+    prompt the API adds. Other providers: the prompt, the system prompt and the answer schema."""
     if provider == "offline":
         return estimate_tokens((request.system or "") + request.prompt)
     chars = len(request.prompt) + len(request.system or "")
     schema = request.structured_schema()
     if schema is None:
         return math.ceil(chars / 4)
+    if provider == "anthropic":
+        tools = messages_body(request)["tools"]
+        return math.ceil((chars + len(json.dumps(tools, sort_keys=True))) / 4) + _TOOL_PROMPT_TOKENS[provider]
     return math.ceil((chars + len(json.dumps(schema))) / 4) + _TOOL_PROMPT_TOKENS.get(provider, 0)
 
 
@@ -76,7 +84,12 @@ class LocalCounter:
         if rules == "offline":
             self.method = "local: the offline provider's own count (characters / 4)"
         else:
-            self.method = "local: about 4 characters a token (prompt, system prompt, answer schema)"
+            sent = (
+                "prompt, system prompt, tool definition"
+                if rules == "anthropic"
+                else "prompt, system prompt, answer schema"
+            )
+            self.method = f"local: about 4 characters a token ({sent})"
             if tool:
                 self.method += f", plus the {tool}-token tool-use system prompt of structured answers"
 

@@ -6,7 +6,11 @@ but only a limit, or an aggregate without groups, keeps the row count sure. An L
 row's request exactly as a run does (``RowTask``) and answers it with a stand-in (or, with the response
 cache consulted, the cached answer), so nodes downstream see answers of the right type and size.
 
-Each sampled row stands for ``scale`` rows of the whole input; ``basis`` says how sure that is.
+The sample comes in parts, one per place of the source it was read from (``sample``), and each part
+walks on its own while the ops are per batch, as a run's batches do: so every LLM node knows, per part,
+the rows and requests that reach it, and each part's rows stand for ``scale`` rows of the whole input
+(``intervals`` makes a range of the parts' spread). A barrier sees the whole sample at once, as it sees
+the whole input in a run: after it the parts are pooled into one. ``basis`` says how sure the rows are.
 """
 
 from __future__ import annotations
@@ -32,6 +36,18 @@ from operators.providers.cache import ResponseCache
 from operators.stateful import BARRIER_OPS
 
 
+@dataclass(frozen=True)
+class PartCount:
+    """What reached an LLM node from one part of the sample."""
+
+    sampled: int
+    requests: int
+    """How many of ``Occurrence.requests``, in order, are this part's."""
+    cached: int
+    scale: float
+    group: int
+
+
 @dataclass
 class Occurrence:
     """One LLM node in one stage: the requests of the sampled rows that reach it, before counting."""
@@ -43,13 +59,28 @@ class Occurrence:
     """Requests of the sampled rows that would be sent (rendered, not answered by the cache)."""
     cached: int | None
     failed: list[str]
-    scale: float
+    parts: list[PartCount]
+    pooled: bool
+    """A barrier upstream pooled the parts: their spread no longer tells the range."""
     basis: RowsBasis
     notes: list[str]
+    source: str = ""
+
+    @property
+    def scale(self) -> float:
+        """Real rows per sampled row, on average over the parts."""
+        return sum(p.sampled * p.scale for p in self.parts) / self.sampled if self.sampled else 0.0
+
+
+@dataclass
+class _Part:
+    table: pa.Table
+    scale: float
+    group: int = 0
 
 
 class StageWalk:
-    """The sample as it flows through one stage: its rows, real rows per sampled row, and how sure."""
+    """The sample as it flows through one stage: its parts' rows, real rows per sampled row, how sure."""
 
     def __init__(
         self,
@@ -63,11 +94,12 @@ class StageWalk:
         self.targets = targets
         self.options = options
         self.cache = cache
-        self.table = sample.table
         source = sample.source
-        self.scale = source.rows / self.table.num_rows if self.table.num_rows else 0.0
-        self.whole = source.basis == "exact" and source.rows == self.table.num_rows
+        self.source = source.node
+        self.parts = [_Part(p.table, p.weight, p.group) for p in sample.parts]
+        self.whole = sample.whole
         """The sample holds every row that reaches this point (at most, after an llm_filter)."""
+        self.pooled = False
         self.real = True
         """Every sampled row here is one a run would have here (no llm_filter has been stood in for)."""
         self.basis: RowsBasis = source.basis
@@ -76,6 +108,16 @@ class StageWalk:
         self.stood_in: list[str] = []
         """LLM nodes upstream whose answers are stand-ins (no cached answer for every row)."""
 
+    @property
+    def sampled(self) -> int:
+        """Sampled rows at this point."""
+        return sum(p.table.num_rows for p in self.parts)
+
+    @property
+    def rows(self) -> int:
+        """The whole input's rows that reach this point."""
+        return round(sum(p.table.num_rows * p.scale for p in self.parts))
+
     def step(self, node: PlanNode) -> None:
         """Pass the sample through ``node``."""
         try:
@@ -83,38 +125,43 @@ class StageWalk:
                 self._llm(node, node.spec)
             elif node.spec.barrier:
                 self._barrier(node)
-            elif self.table.num_rows:
-                before = self.table.num_rows
-                self.table = batch_fn(node.spec)(self.table)
-                if self.table.num_rows != before and self.stood_in:
+            else:
+                before = self.sampled
+                fn = batch_fn(node.spec)
+                for part in self.parts:
+                    if part.table.num_rows:
+                        part.table = fn(part.table)
+                if self.sampled != before and self.stood_in:
                     self.whole = self.real = False
                     self.basis = "estimated" if self.basis == "exact" else self.basis
                     self.notes.append(
                         f"'{node.id}' changes the row count on stand-in answers of "
                         f"{', '.join(map(repr, self.stood_in))} (labels spread evenly): its share is a guess"
                     )
-                elif self.basis == "exact" and not self.whole and self.table.num_rows != before:
+                elif self.basis == "exact" and not self.whole and self.sampled != before:
                     self.basis = "estimated"  # a measured selectivity, not a count
         except (DataError, ConfigError):
             raise
         except Exception as exc:
             raise DataError(f"node '{node.id}': on the sampled rows: {type(exc).__name__}: {exc}") from None
 
-    @property
-    def rows(self) -> int:
-        """The whole input's rows that reach this point."""
-        return round(self.table.num_rows * self.scale)
-
     def _barrier(self, node: PlanNode) -> None:
         spec = node.spec
         state = BARRIER_OPS[spec.op](spec)
-        out = state.push(self.table) if self.table.num_rows else []
+        tables = [p.table for p in self.parts if p.table.num_rows]
+        whole_sample = pa.concat_tables(tables, promote_options="permissive") if tables else None
+        out = state.push(whole_sample) if whole_sample is not None else []
         out += state.finish()
-        table = pa.concat_tables(out, promote_options="permissive") if out else self.table.slice(0, 0)
+        if out:
+            table = pa.concat_tables(out, promote_options="permissive")
+        elif self.parts:
+            table = self.parts[0].table.slice(0, 0)
+        else:
+            table = pa.table({})
         limit: int | None = getattr(spec, "n", None) if spec.op == "limit" else None
         if self.whole:
             rows, basis = table.num_rows, self.basis
-        elif limit is not None and self.real and self.table.num_rows >= limit:
+        elif limit is not None and self.real and self.sampled >= limit:
             rows, basis, self.whole = limit, "exact", True  # the sample alone fills the limit
         elif limit is not None:
             rows, basis = min(limit, self.rows), self.basis
@@ -123,8 +170,8 @@ class StageWalk:
         else:
             rows, basis = self.rows, "upper bound"
             self.notes.append(f"'{node.id}' ({spec.op}) drops an unknown share of rows: an upper bound")
-        self.table = table
-        self.scale = rows / table.num_rows if table.num_rows else 0.0
+        self.parts = [_Part(table, rows / table.num_rows if table.num_rows else 0.0)]
+        self.pooled = True
         self.basis = basis
 
     def _llm(self, node: PlanNode, spec: LlmSpec) -> None:
@@ -133,52 +180,67 @@ class StageWalk:
         answer_tokens = output_tokens(spec, target.provider, self.options)[0]
         requests: list[LlmRequest] = []
         failed: list[str] = []
-        cached = 0
-        values: list[Any] = []
-        ok: list[bool] = []
-        for index, row in enumerate(self.table.to_pylist()):
-            try:
-                request = task.request(row, target)
-            except Exception as exc:  # a template that fails on this row's values fails the row in a run
-                failed.append(f"{type(exc).__name__}: {exc}")
-                values.append(None)
-                ok.append(False)
-                continue
-            value = stand_in(spec, answer_tokens, index)
-            hit = self.cache.get(request) if self.cache is not None else None
-            if hit is None:
-                requests.append(request)
-            else:
-                cached += 1
-                with contextlib.suppress(InvalidAnswer):  # an unusable cached answer: the stand-in
-                    value = task.interpret(request, hit.text, hit.parsed, hit.stop_reason)
-            values.append(value)
-            ok.append(True)
+        counts: list[PartCount] = []
+        sampled = self.sampled
+        index = 0
+        all_cached = 0
+        for part in self.parts:
+            values: list[Any] = []
+            ok: list[bool] = []
+            sent = len(requests)
+            cached = 0
+            for row in part.table.to_pylist():
+                try:
+                    request = task.request(row, target)
+                except Exception as exc:  # a template that fails on this row's values fails the row in a run
+                    failed.append(f"{type(exc).__name__}: {exc}")
+                    values.append(None)
+                    ok.append(False)
+                    index += 1
+                    continue
+                value = stand_in(spec, answer_tokens, index)
+                index += 1
+                hit = self.cache.get(request) if self.cache is not None else None
+                if hit is None:
+                    requests.append(request)
+                else:
+                    cached += 1
+                    with contextlib.suppress(InvalidAnswer):  # an unusable cached answer: the stand-in
+                        value = task.interpret(request, hit.text, hit.parsed, hit.stop_reason)
+                values.append(value)
+                ok.append(True)
+            counts.append(
+                PartCount(part.table.num_rows, len(requests) - sent, cached, part.scale, part.group)
+            )
+            all_cached += cached
+            if part.table.num_rows:
+                part.table = task.assemble(part.table, values, ok)
         self.found.append(
             Occurrence(
                 node,
                 target,
-                self.table.num_rows,
+                sampled,
                 requests,
-                cached if self.cache is not None else None,
+                all_cached if self.cache is not None else None,
                 failed,
-                self.scale,
+                counts,
+                self.pooled,
                 self.basis,
                 list(self.notes),
+                self.source,
             )
         )
-        if self.table.num_rows:
-            self.table = task.assemble(self.table, values, ok)
-        if self.cache is None or cached < len(values):
+        if self.cache is None or all_cached < sampled:
             self.stood_in.append(node.id)
         if isinstance(spec, LlmFilter):
             keep = self.options.keep.get(node.id)
             if keep is not None:
-                self.scale *= keep
+                for part in self.parts:
+                    part.scale *= keep
                 self.whole = self.real = False
                 self.basis = "estimated" if self.basis == "exact" else self.basis
                 self.notes.append(f"'{node.id}' keeps {keep:.0%} of rows (--keep)")
-            elif self.cache is None or cached < len(values):
+            elif self.cache is None or all_cached < sampled:
                 self.real = False
                 self.basis = "upper bound"
                 self.notes.append(

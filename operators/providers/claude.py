@@ -45,6 +45,8 @@ from operators.providers.errors import (
 
 NAME = "anthropic"
 _TOOL = "record_answer"
+TOOL_NAME = _TOOL
+"""The tool a structured answer is recorded with (its name is part of what the answer costs)."""
 _WRAPPED = "value"
 # The Message Batches API's own limit (the other one, 256 MB, is left to the API to enforce).
 _BATCH_LIMIT = 100_000
@@ -96,6 +98,11 @@ def _params(request: LlmRequest) -> dict[str, Any]:
         params["tools"] = [{"name": _TOOL, "description": "Record the answer.", "input_schema": input_schema}]
         params["tool_choice"] = {"type": "tool", "name": _TOOL}
     return params
+
+
+def messages_body(request: LlmRequest) -> dict[str, Any]:
+    """The Messages API body a call of ``request`` sends (for counting what it sends, locally)."""
+    return _params(request)
 
 
 def _response(request: LlmRequest, message: Message, latency_s: float, request_id: str | None) -> LlmResponse:

@@ -66,7 +66,9 @@ class LLMServer:
     one, text is a pure function of the last user message, and a forced tool or Gemini JSON mode gets a
     small instance of the schema. A forced tool (``tool_choice`` ``tool`` or ``any``) answers ``tool_use``;
     ``auto`` and ``none`` answer text. Usage is ceil(chars / 4) in, ceil(answer chars / 4) out, capped at
-    ``max_tokens`` / ``maxOutputTokens`` (then ``max_tokens`` / ``MAX_TOKENS`` and the text is cut).
+    ``max_tokens`` / ``maxOutputTokens`` (then ``max_tokens`` / ``MAX_TOKENS`` and the text is cut). As
+    Anthropic bills it, a call with tools also pays the tool-use system prompt (313 input tokens when a
+    tool is forced, 346 otherwise), and a tool call's output is its name and input as JSON.
 
     Knobs: ``latency_s`` before every inference answer (a sleep: waits overlap); ``faults`` injected
     deterministically; ``rpm_limit`` answers 429 beyond that many requests per minute (token bucket of

@@ -51,6 +51,11 @@ class Call:
     enum_mode: bool = False  # Gemini responseMimeType text/x.enum: the answer is one enum value, unquoted
 
 
+TOOL_USE_SYSTEM_TOKENS = {"forced": 313, "auto": 346}
+"""Input tokens Anthropic adds to a call with tools: the tool-use system prompt of Claude 4 models, for a
+``tool_choice`` of ``any``/``tool`` (forced) or ``auto``/``none`` (Anthropic's tool-use pricing page)."""
+
+
 def estimate_tokens(chars: int) -> int:
     """The server's token estimate: a quarter of the characters, rounded up, at least 1."""
     return max(1, math.ceil(chars / 4))
@@ -134,8 +139,11 @@ def parse_anthropic(body: Any) -> Call:
     users = [m for m in messages if m["role"] == "user"]
     last_user = users[-1] if users else messages[-1]
     counted = system + "".join(_block_text(m["content"], everything=True) for m in messages)
+    overhead = 0
     if tools:
         counted += json.dumps(tools, sort_keys=True)
+        choice = body.get("tool_choice") or {}
+        overhead = TOOL_USE_SYSTEM_TOKENS["forced" if choice.get("type") in ("any", "tool") else "auto"]
     request: ResponderRequest = {
         "provider": "anthropic",
         "model": model,
@@ -145,7 +153,7 @@ def parse_anthropic(body: Any) -> Call:
         "tool": tool_name,
         "body": body,
     }
-    return Call(request, estimate_tokens(len(counted)), max_tokens, tuple(stop_sequences))
+    return Call(request, estimate_tokens(len(counted)) + overhead, max_tokens, tuple(stop_sequences))
 
 
 def _forced_tool(choice: Any, tools: list[Any], schemas: dict[str, dict[str, Any]]) -> str | None:
@@ -184,7 +192,8 @@ def anthropic_message(call: Call, answer: Answer, message_id: str) -> dict[str, 
     if request["tool"] is not None:
         if not isinstance(answer, dict):
             raise ErrorReply(500, "loopback responder: a forced tool needs a JSON object answer")
-        output_tokens = estimate_tokens(len(json.dumps(answer)))
+        # the tool call as the model writes it: the tool's name and its input
+        output_tokens = estimate_tokens(len(json.dumps({"name": request["tool"], "input": answer})))
         # The input stays whole even when max_tokens is exceeded: the stop_reason tells the client.
         limit = call.max_tokens if call.max_tokens is not None else output_tokens
         stop_reason = "max_tokens" if output_tokens > limit else "tool_use"
