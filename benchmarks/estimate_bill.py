@@ -1,5 +1,6 @@
 """What the loopback server would bill a shape's run, computed directly: every row read, filtered and
-rendered as a run renders it, and priced with the server's own usage rules (``tests.loopback.wire``).
+rendered as a run renders it, and priced with the server's own usage rules (``tests.loopback.wire``,
+with Anthropic's tool-use overhead billed).
 
 No Ray and no HTTP: the unit tests compare estimates with this; the ``estimate`` family checks it
 against a real run's bill.
@@ -44,7 +45,7 @@ def bill(spec: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     tokens_in = tokens_out = 0
     usd = 0.0
     for i, row in enumerate(rows):
-        call = wire.parse_anthropic(messages_body(task.request(row, target)))
+        call = wire.parse_anthropic(messages_body(task.request(row, target)), tool_use_overhead=True)
         message = wire.anthropic_message(call, wire.resolve_answer(call, answer), f"msg_{i}")
         used_in, used_out = message["usage"]["input_tokens"], message["usage"]["output_tokens"]
         tokens_in, tokens_out = tokens_in + used_in, tokens_out + used_out

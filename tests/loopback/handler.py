@@ -255,14 +255,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def messages(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
         owner = self.server.owner
-        call = wire.parse_anthropic(body)
+        call = wire.parse_anthropic(body, tool_use_overhead=owner.tool_use_overhead)
         render = lambda c, a: wire.anthropic_message(c, a, owner.next_id("msg_loopback_"))  # noqa: E731
         return owner.infer(call, render, "anthropic", request_id)
 
     def count_tokens(self, body: Any, match: re.Match[str], request_id: str) -> Reply:
         if not isinstance(body, dict):
             raise ErrorReply(400, "The request body must be a JSON object.")
-        call = wire.parse_anthropic({**body, "max_tokens": 1})  # the only field count_tokens does not need
+        # max_tokens: the only field count_tokens does not need
+        call = wire.parse_anthropic(
+            {**body, "max_tokens": 1}, tool_use_overhead=self.server.owner.tool_use_overhead
+        )
         return json_reply(200, {"input_tokens": call.input_tokens}, model=call.request["model"])
 
     def generate_content(self, body: Any, match: re.Match[str], request_id: str) -> Reply:

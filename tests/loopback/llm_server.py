@@ -66,9 +66,10 @@ class LLMServer:
     one, text is a pure function of the last user message, and a forced tool or Gemini JSON mode gets a
     small instance of the schema. A forced tool (``tool_choice`` ``tool`` or ``any``) answers ``tool_use``;
     ``auto`` and ``none`` answer text. Usage is ceil(chars / 4) in, ceil(answer chars / 4) out, capped at
-    ``max_tokens`` / ``maxOutputTokens`` (then ``max_tokens`` / ``MAX_TOKENS`` and the text is cut). As
-    Anthropic bills it, a call with tools also pays the tool-use system prompt (313 input tokens when a
-    tool is forced, 346 otherwise), and a tool call's output is its name and input as JSON.
+    ``max_tokens`` / ``maxOutputTokens`` (then ``max_tokens`` / ``MAX_TOKENS`` and the text is cut). With
+    ``tool_use_overhead``, Anthropic calls with tools are billed as the API bills them: plus the tool-use
+    system prompt (313 input tokens when a tool is forced, 346 otherwise), and a tool call's output is its
+    name and input as JSON (off by default, so the figures tests compute stay as they were).
 
     Knobs: ``latency_s`` before every inference answer (a sleep: waits overlap); ``faults`` injected
     deterministically; ``rpm_limit`` answers 429 beyond that many requests per minute (token bucket of
@@ -90,10 +91,12 @@ class LLMServer:
         api_key: str | None = None,
         openai_structured: bool = True,
         openai_usage: OpenAIUsage | None = None,
+        tool_use_overhead: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.latency_s = latency_s
+        self.tool_use_overhead = tool_use_overhead
         self.responder = responder
         self.batch_delay_s = batch_delay_s
         self.api_key = api_key
@@ -301,7 +304,7 @@ class LLMServer:
 
     def answer_params(self, params: Any) -> dict[str, Any]:
         """The Message answering one batch request's ``params`` (batches get no latency and no faults)."""
-        call = wire.parse_anthropic(params)
+        call = wire.parse_anthropic(params, tool_use_overhead=self.tool_use_overhead)
         return wire.anthropic_message(
             call, wire.resolve_answer(call, self.responder), self.next_id("msg_loopback_")
         )

@@ -48,6 +48,7 @@ class Call:
     max_tokens: int | None
     stop_sequences: tuple[str, ...] = ()
     json_mode: bool = False  # Gemini responseMimeType application/json: the answer is JSON text
+    tool_use_overhead: bool = False  # bill a tool call's output as its name and input (see parse_anthropic)
     enum_mode: bool = False  # Gemini responseMimeType text/x.enum: the answer is one enum value, unquoted
 
 
@@ -93,8 +94,12 @@ def _block_text(content: Any, *, everything: bool) -> str:
     return "\n".join(parts)
 
 
-def parse_anthropic(body: Any) -> Call:
-    """Check a Messages API body as the real API does (the fields a client can get wrong) and parse it."""
+def parse_anthropic(body: Any, *, tool_use_overhead: bool = False) -> Call:
+    """Check a Messages API body as the real API does (the fields a client can get wrong) and parse it.
+
+    With ``tool_use_overhead``, a call with tools is billed as Anthropic bills it: plus the tool-use system
+    prompt's input tokens (:data:`TOOL_USE_SYSTEM_TOKENS`), and a tool call's output as the tool's name and
+    input as JSON (without: the input JSON alone, and no system prompt)."""
     if not isinstance(body, dict):
         raise _invalid("The request body must be a JSON object.")
     model, max_tokens, messages = body.get("model"), body.get("max_tokens"), body.get("messages")
@@ -143,7 +148,8 @@ def parse_anthropic(body: Any) -> Call:
     if tools:
         counted += json.dumps(tools, sort_keys=True)
         choice = body.get("tool_choice") or {}
-        overhead = TOOL_USE_SYSTEM_TOKENS["forced" if choice.get("type") in ("any", "tool") else "auto"]
+        if tool_use_overhead:
+            overhead = TOOL_USE_SYSTEM_TOKENS["forced" if choice.get("type") in ("any", "tool") else "auto"]
     request: ResponderRequest = {
         "provider": "anthropic",
         "model": model,
@@ -153,7 +159,8 @@ def parse_anthropic(body: Any) -> Call:
         "tool": tool_name,
         "body": body,
     }
-    return Call(request, estimate_tokens(len(counted)) + overhead, max_tokens, tuple(stop_sequences))
+    tokens = estimate_tokens(len(counted)) + overhead
+    return Call(request, tokens, max_tokens, tuple(stop_sequences), tool_use_overhead=tool_use_overhead)
 
 
 def _forced_tool(choice: Any, tools: list[Any], schemas: dict[str, dict[str, Any]]) -> str | None:
@@ -192,8 +199,9 @@ def anthropic_message(call: Call, answer: Answer, message_id: str) -> dict[str, 
     if request["tool"] is not None:
         if not isinstance(answer, dict):
             raise ErrorReply(500, "loopback responder: a forced tool needs a JSON object answer")
-        # the tool call as the model writes it: the tool's name and its input
-        output_tokens = estimate_tokens(len(json.dumps({"name": request["tool"], "input": answer})))
+        # with the overhead billed, the tool call as the model writes it: the tool's name and its input
+        written = {"name": request["tool"], "input": answer} if call.tool_use_overhead else answer
+        output_tokens = estimate_tokens(len(json.dumps(written)))
         # The input stays whole even when max_tokens is exceeded: the stop_reason tells the client.
         limit = call.max_tokens if call.max_tokens is not None else output_tokens
         stop_reason = "max_tokens" if output_tokens > limit else "tool_use"

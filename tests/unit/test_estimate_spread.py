@@ -289,3 +289,39 @@ def test_a_10_gb_file_is_estimated_from_a_few_mb_without_ray(tmp_path: Path) -> 
     for run in (small, big):  # rows growing 50x in every 1 MB: a hard input for evenly spread ranges
         assert run["rows"] == pytest.approx(run["true"], rel=0.1)
         assert run["p5"] <= run["true"] <= run["p95"]
+
+
+def test_the_loopback_server_can_bill_anthropics_tool_use_overhead() -> None:
+    """The real SDK over HTTP: with ``tool_use_overhead`` a forced tool pays the 313-token tool-use system
+    prompt (also in count_tokens) and its output is the tool call's name and input."""
+    import anthropic
+
+    from tests.loopback import LLMServer
+
+    tool = {
+        "name": "record_answer",
+        "description": "Record the answer.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"value": {"type": "string", "enum": ["bug", "billing"]}},
+            "required": ["value"],
+        },
+    }
+    ask = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Classify: the app crashes"}],
+        "tools": [tool],
+        "tool_choice": {"type": "tool", "name": "record_answer"},
+    }
+    usage = {}
+    for overhead in (False, True):
+        with LLMServer(tool_use_overhead=overhead) as server:
+            client = anthropic.Anthropic(api_key="k", base_url=server.url, max_retries=0)
+            message = client.messages.create(**ask)  # type: ignore[call-overload]
+            counted = client.messages.count_tokens(**{k: v for k, v in ask.items() if k != "max_tokens"})
+            usage[overhead] = (message.usage.input_tokens, message.usage.output_tokens, counted.input_tokens)
+    plain, billed = usage[False], usage[True]
+    assert billed[0] == plain[0] + 313 == billed[2]
+    called = json.dumps({"name": "record_answer", "input": {"value": "bug"}})
+    assert billed[1] == -(-len(called) // 4) > plain[1]
