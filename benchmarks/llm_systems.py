@@ -53,7 +53,21 @@ DISTURBED_SHARE = 0.2
 """A repeat during which other processes used more than this share of all cores is run again."""
 MAX_EXTRA_REPEATS = 2
 
-Kind = Literal["throughput", "faults_429", "overhead"]
+Kind = Literal["throughput", "faults_429", "overhead", "sdk_loop"]
+Vendor = Literal["anthropic", "openai"]
+MODELS: dict[str, str] = {"anthropic": MODEL, "openai": "gpt-5-mini"}
+"""The model each provider's runs name (both priced in the bundled table)."""
+
+
+def openai_body(text: str) -> dict[str, Any]:
+    """The Chat Completions body the ``openai`` provider sends for a row (the baseline sends the same)."""
+    from operators.providers.base import LlmRequest
+    from operators.providers.openai_chat import request_body
+
+    request = LlmRequest(
+        provider="openai", model=MODELS["openai"], prompt=PROMPT.format(text=text), labels=LABELS
+    )
+    return request_body(request, "json_schema", "max_completion_tokens")
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,8 @@ class LlmCase:
     budget: bool = False
     only_if_one_actor_short: bool = False
     """Measure only when one actor (same latency and N) falls short of the target in the call phase."""
+    provider: Vendor = "anthropic"
+    """Whose SDK both systems use: the node's provider, and the baseline's client."""
 
     @property
     def name(self) -> str:
@@ -81,6 +97,8 @@ class LlmCase:
             parts.append("limiter")
         if self.budget:
             parts.append("budget")
+        if self.provider != "anthropic":
+            parts.append(self.provider)
         return "-".join(parts)
 
     @property
@@ -89,15 +107,15 @@ class LlmCase:
         return self.in_flight / self.latency_s
 
     @property
-    def baseline_key(self) -> tuple[float, int, float, int]:
+    def baseline_key(self) -> tuple[float, int, float, int, str]:
         """Cases with the same key share one baseline measurement."""
-        return (self.latency_s, self.in_flight, self.rate_429, self.rows)
+        return (self.latency_s, self.in_flight, self.rate_429, self.rows, self.provider)
 
 
 # --- inputs and the pipeline ----------------------------------------------------------------------
 
 
-def _texts(rows: int) -> list[str]:
+def texts(rows: int) -> list[str]:
     return [f"message number {i} about {'a crash' if i % 7 == 0 else 'invoices'}" for i in range(rows)]
 
 
@@ -106,7 +124,7 @@ def write_rows(path: Path, rows: int) -> int:
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "text"])
-        writer.writerows(enumerate(_texts(rows)))
+        writer.writerows(enumerate(texts(rows)))
     return path.stat().st_size
 
 
@@ -117,21 +135,23 @@ def pipeline_yaml(case: LlmCase, csv_path: Path, out: Path, url: str, csv_bytes:
     # Split i of the input goes to actor i % actors: one byte range per actor spreads the rows.
     split = f", split_bytes: {csv_bytes // case.actors + 1}" if case.actors > 1 else ""
     limits = "\n    rate_limits: {requests_per_minute: 1000000}" if case.limiter else ""
+    vendor = case.provider
+    base_url = f"{url}/v1" if vendor == "openai" else url  # the openai SDK's base URL ends in /v1
     lines = [
         "version: 1",
         f"name: bench-llm-{case.name}",
         *(["budget: {max_cost_usd: 1000000}"] if case.budget else []),
         "providers:",
-        "  anthropic:",
-        f'    config: {{base_url: "{url}", api_key: "${{HEADRACE_BENCH_KEY}}"}}{limits}',
+        f"  {vendor}:",
+        f'    config: {{base_url: "{base_url}", api_key: "${{HEADRACE_BENCH_KEY}}"}}{limits}',
         "nodes:",
         f"  input: {{op: read_csv, path: {json.dumps(str(csv_path))}, "
         f"column_types: {{id: int64, text: string}}{split}}}",
         "  classify:",
         "    op: llm_classify",
         "    input: input",
-        "    provider: anthropic",
-        f"    model: {MODEL}",
+        f"    provider: {vendor}",
+        f"    model: {MODELS[vendor]}",
         f"    prompt: {json.dumps(PROMPT.replace('{text}', '{{ text }}'))}",
         f"    labels: {json.dumps(list(LABELS))}",
         f"    concurrency: {per_actor}",
@@ -244,7 +264,8 @@ def loopback_server(case: LlmCase) -> Iterator[Any]:
 
 def _server_figures(server: Any, began: float, ended: float) -> dict[str, Any]:
     """What the server saw between two ``time.monotonic()`` instants."""
-    seen = [r for r in server.requests if r.endpoint == "messages" and began <= r.received_at <= ended]
+    calls = ("messages", "chat.completions")
+    seen = [r for r in server.requests if r.endpoint in calls and began <= r.received_at <= ended]
     answered = [r for r in seen if r.status == 200]
     if not answered:
         return {"requests": len(seen), "answered": 0}
@@ -404,6 +425,7 @@ def measure_baseline(
         "in_flight": case.in_flight,
         "repeats": repeats,
         "extra_repeats": extra_repeats,
+        "provider": case.provider,
     }
     with loopback_server(case) as server, CpuByRole() as cpu:
         spec["url"] = server.url
@@ -450,16 +472,18 @@ def baseline_main(spec_json: str) -> None:
     """The baseline's child process (``python -m benchmarks.llm_systems SPEC``): the asyncio loop,
     timed; prints one JSON line of timings."""
     import anthropic  # noqa: F401  (imported before the clock starts)
+    import openai  # noqa: F401
 
     spec = json.loads(spec_json)
     server = psutil.Process(os.getppid())
-    texts = _texts(spec["rows"])
+    prompts = texts(spec["rows"])
     timings: list[dict[str, Any]] = []
     extra = spec["extra_repeats"]
     while sum(1 for t in timings if not t["discarded"]) < spec["repeats"]:
         server_cpu, own_cpu, busy = _cpu(server), time.process_time(), _machine_busy_s()
         began_mono, began = time.monotonic(), time.perf_counter()
-        answered = asyncio.run(_baseline_loop(spec["url"], texts, spec["in_flight"]))
+        loop = _openai_loop if spec.get("provider") == "openai" else _baseline_loop
+        answered = asyncio.run(loop(spec["url"], prompts, spec["in_flight"]))
         took = time.perf_counter() - began
         ended_mono = time.monotonic()
         client_s, server_s = time.process_time() - own_cpu, _cpu(server) - server_cpu
@@ -510,6 +534,30 @@ async def _baseline_loop(url: str, texts: Sequence[str], in_flight: int) -> int:
 
     try:
         await asyncio.gather(*(one(t) for t in texts))
+    finally:
+        await client.close()
+    return len(texts)
+
+
+async def _openai_loop(url: str, texts: Sequence[str], in_flight: int) -> int:
+    """The same loop with ``openai.AsyncOpenAI``: the body the ``openai`` provider sends for each row."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench-key", max_retries=0)
+    slots = asyncio.Semaphore(in_flight)
+    bodies = [openai_body(text) for text in texts]  # built before the loop: the SDK's work is measured
+
+    async def one(body: dict[str, Any]) -> None:
+        async with slots:
+            while True:
+                try:
+                    await client.chat.completions.create(**body)
+                    return
+                except openai.RateLimitError:
+                    continue
+
+    try:
+        await asyncio.gather(*(one(b) for b in bodies))
     finally:
         await client.close()
     return len(texts)

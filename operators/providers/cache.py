@@ -20,6 +20,7 @@ last writer of a key wins, and any of them is right. Folders are made on first w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -27,10 +28,9 @@ import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from connectors.files import filesystem, is_local
-from operators.providers.base import LlmRequest, LlmResponse
+from operators.providers.base import LlmRequest, LlmResponse, identity_of
 
 FORMAT = 1
 CACHE_DIR_VARIABLE = "HEADRACE_CACHE_DIR"
@@ -93,13 +93,16 @@ class ResponseCache:
 
     def path(self, request: LlmRequest) -> str:
         """Where the answer to ``request`` is stored (in the cache's filesystem)."""
-        fingerprint = request.fingerprint()
+        return self._path(request.fingerprint())
+
+    def _path(self, fingerprint: str) -> str:
         return f"{self._root}/{fingerprint[:2]}/{fingerprint}.json"
 
     def get(self, request: LlmRequest) -> LlmResponse | None:
         """The stored answer to ``request``, or None (never an exception over a missing or bad file)."""
-        path = self.path(request)
-        response = self._read(path, request)
+        identity = request.identity_json()  # hashed for the path, compared with the stored request
+        path = self._path(hashlib.sha256(identity.encode("utf-8")).hexdigest())
+        response = self._read(path, identity)
         self._count("hits" if response is not None else "misses")
         return response
 
@@ -132,9 +135,13 @@ class ResponseCache:
         self._count("writes")
         return True
 
-    def _read(self, path: str, request: LlmRequest) -> LlmResponse | None:
+    def _read(self, path: str, identity: str) -> LlmResponse | None:
         try:
-            raw = self._fs.cat_file(path)
+            if self._local:  # a plain read: fsspec's local layer costs as much again as the read itself
+                with open(path, "rb") as fh:
+                    raw = fh.read()
+            else:
+                raw = self._fs.cat_file(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
@@ -144,7 +151,10 @@ class ResponseCache:
             entry = json.loads(raw)
             if not isinstance(entry, dict) or entry.get("format") != FORMAT:
                 raise ValueError(f"not a format {FORMAT} cache entry")
-            if _identity(entry["request"]) != _identity(request.to_json()):
+            stored = entry["request"]
+            if not isinstance(stored, Mapping):
+                raise TypeError(f"the stored request is a {type(stored).__name__}, not an object")
+            if identity_of(stored) != identity:
                 return None  # a collision, an edit, or an older request shape: never answer another request
             return LlmResponse.from_json(entry["response"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -167,10 +177,3 @@ class ResponseCache:
         with contextlib.suppress(OSError):
             self._fs.rm_file(path)
 
-
-def _identity(request_json: Any) -> Any:
-    """A request's JSON as stored on disk, without ``timeout_s`` (it bounds a call, not its answer)."""
-    if not isinstance(request_json, Mapping):
-        raise TypeError(f"the stored request is a {type(request_json).__name__}, not an object")
-    # A JSON round trip makes tuples lists and keys strings, so a fresh request equals a stored one.
-    return json.loads(json.dumps({k: v for k, v in request_json.items() if k != "timeout_s"}))

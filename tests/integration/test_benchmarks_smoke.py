@@ -134,6 +134,10 @@ def test_llm_family_reports_rates_against_the_bound_for_headrace_and_the_baselin
     assert result["systems"]["headrace"]["cpu_s_by_role"]["pool actor"] > 0
     text = (session.results / "latest-llm.md").read_text()
     assert "| 50 ms, N=8, 10% 429s, rate limit 1e6 rpm, budget $1e6 | 40 | 160 |" in text
+    # the response cache at size: a filled cache answered every row of both runs, with no server call
+    cache = session.docs["llm"]["cache"]
+    assert cache["entries"] == 600 and cache["rows_per_s"] > 0 and cache["whole_run_rows_per_s"] > 0
+    assert "cached rows ≥ 4,000/s from a cache of 600 entries" in text
 
 
 def test_graphs_family_reports_each_case_against_langgraph(session: Session) -> None:

@@ -4,7 +4,10 @@ writers never expose half a file; and the default location follows the environme
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import json
+import multiprocessing
 import pickle
 import shutil
 import threading
@@ -294,3 +297,81 @@ def test_home_relative_path_is_expanded(tmp_path: Path, monkeypatch: pytest.Monk
 
 def _fields(request: LlmRequest) -> dict[str, Any]:
     return {name: getattr(request, name) for name in LlmRequest.__dataclass_fields__}
+
+
+# ---------------------------------------------------------------- one cache shared by several engines
+
+
+def _engine_writes(url: str, engine: int, keys: int, rounds: int) -> dict[str, Any]:
+    """One engine's worker: answer every shared key (its own answer, several times), and read them all
+    while the other engines write; returns what it read and any warning."""
+    cache = ResponseCache(url)
+    requests = [dataclasses.replace(REQUEST, prompt=f"shared prompt {k}") for k in range(keys)]
+    wrong: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(rounds):
+            for k, request in enumerate(requests):
+                cache.put(request, _answer(engine, k))
+                for j, other in enumerate(requests):
+                    found = cache.get(other)
+                    if found is not None and found not in [_answer(e, j) for e in range(_ENGINES)]:
+                        wrong.append(f"key {j}: {found!r}")
+    return {"wrong": wrong, "warnings": [str(w.message) for w in caught], "writes": cache.stats.writes}
+
+
+_ENGINES = 4
+
+
+def _answer(engine: int, key: int) -> LlmResponse:
+    # big enough that a torn write would show; each engine's answer to a key differs
+    return dataclasses.replace(
+        RESPONSE, text=f"engine {engine} key {key} " + "x" * 50_000, output_tokens=engine
+    )
+
+
+def _check_shared(url: str, results: list[dict[str, Any]], keys: int) -> None:
+    assert [r["wrong"] for r in results] == [[]] * _ENGINES  # never another key's or a torn answer
+    assert [r["warnings"] for r in results] == [[]] * _ENGINES
+    final = ResponseCache(url)
+    for k in range(keys):
+        found = final.get(dataclasses.replace(REQUEST, prompt=f"shared prompt {k}"))
+        assert found in [_answer(e, k) for e in range(_ENGINES)]  # the last writer's, whichever it was
+    fs, root = fsspec.core.url_to_fs(url)
+    names = [p.rsplit("/", 1)[1] for p in fs.find(root)]
+    assert len(names) == keys and all(n.endswith(".json") and not n.startswith(".") for n in names)
+
+
+def test_engines_in_several_processes_share_a_local_folder(tmp_path: Path) -> None:
+    url, keys = str(tmp_path / "shared"), 12
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, as separate engines would be
+    with concurrent.futures.ProcessPoolExecutor(_ENGINES, mp_context=context) as pool:
+        futures = [pool.submit(_engine_writes, url, e, keys, 3) for e in range(_ENGINES)]
+        results = [f.result(timeout=240) for f in futures]
+    _check_shared(url, results, keys)
+    assert sum(r["writes"] for r in results) == _ENGINES * keys * 3
+
+
+def test_engines_sharing_a_memory_url_each_with_its_own_cache_object() -> None:
+    url, keys = f"memory://headrace-shared-{uuid.uuid4().hex}", 12
+    try:
+        with concurrent.futures.ThreadPoolExecutor(_ENGINES) as pool:
+            futures = [pool.submit(_engine_writes, url, e, keys, 3) for e in range(_ENGINES)]
+            results = [f.result(timeout=240) for f in futures]
+        _check_shared(url, results, keys)
+    finally:
+        fs, root = fsspec.core.url_to_fs(url)
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+
+
+def test_a_hit_compares_the_whole_request_not_just_its_fingerprint(cache: ResponseCache) -> None:
+    # the fast path compares canonical JSON text: a list and a tuple of labels are the same request,
+    # another temperature is not, even when it is stored under this request's fingerprint
+    labelled = dataclasses.replace(REQUEST, output_schema=None, labels=("bug", "other"))
+    cache.put(labelled, RESPONSE)
+    assert cache.get(dataclasses.replace(labelled, labels=["bug", "other"])) == RESPONSE  # type: ignore[arg-type]
+    entry = json.loads(_fs(cache).cat_file(cache.path(labelled)))
+    entry["request"]["temperature"] = 0.5
+    _fs(cache).pipe_file(cache.path(labelled), json.dumps(entry).encode())
+    assert cache.get(labelled) is None
