@@ -290,9 +290,9 @@ def run_family(options: RunOptions) -> dict[str, Any]:
     with ray_running(), tempfile.TemporaryDirectory(prefix="bench-llm-cache-") as cache_work:
         cache = measure_cache(cache_case, Path(cache_work), (lambda: None) if tiny else wait_for_others)
     print(
-        f"  {cache['case']}: {cache['rows_per_s']:.0f} rows/s from the cache "
-        f"({cache['rows_per_s_min']:.0f}-{cache['rows_per_s_max']:.0f}; whole run "
-        f"{cache['whole_run_rows_per_s']:.0f}); filled in {cache['fill_seconds']} s",
+        f"  {cache['case']}: {cache['rows_per_s']} rows/s from the cache ({cache['rows_per_s_min']}-"
+        f"{cache['rows_per_s_max']}; whole run {cache['whole_run_rows_per_s']}); filled in "
+        f"{cache['fill_seconds']} s",
         flush=True,
     )
     name = "llm" + ("" if options.mode == "full" else f"-{options.mode}")

@@ -151,20 +151,20 @@ def measure_cache(case: CacheCase, work: Path, before: Callable[[], object] = la
                 runs.append((small, big))
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
+    # A big run no slower than the small one (start-up noise larger than the rows' cost) gives no rate.
     marginal = [
         (b["rows"] - s["rows"]) / (b["seconds"] - s["seconds"])
-        if b["seconds"] > s["seconds"]
-        else float("inf")
         for s, b in runs
+        if b["seconds"] > s["seconds"]
     ]
     whole = [b["rows"] / b["seconds"] for _, b in runs]
     return {
         "case": case.name,
         **dataclasses.asdict(case),
         **filled,
-        "rows_per_s": round(statistics.median(marginal), 1),
-        "rows_per_s_min": round(min(marginal), 1),
-        "rows_per_s_max": round(max(marginal), 1),
+        "rows_per_s": round(statistics.median(marginal), 1) if marginal else None,
+        "rows_per_s_min": round(min(marginal), 1) if marginal else None,
+        "rows_per_s_max": round(max(marginal), 1) if marginal else None,
         "whole_run_rows_per_s": round(statistics.median(whole), 1),
         "target_rows_per_s": TARGET_ROWS_PER_S,
         "runs": [{"small": s, "big": b} for s, b in runs],

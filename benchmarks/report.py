@@ -300,7 +300,17 @@ def evaluate_llm_targets(
                     "status": _met(ratio >= SDK_LOOP_SHARE),
                 }
             )
-    if cache is not None:
+    if cache is not None and cache["rows_per_s"] is None:
+        out.append(
+            {
+                "target": f"cached rows ≥ {cache['target_rows_per_s']:,.0f}/s from a cache of "
+                f"{cache['entries']:,} entries (the issue asks 1,000,000)",
+                "source": "issue",
+                "measured": "no rate: the big run was not slower than the small one (a noisy machine)",
+                "status": _met(False),
+            }
+        )
+    elif cache is not None:
         out.append(
             {
                 "target": f"cached rows ≥ {cache['target_rows_per_s']:,.0f}/s from a cache of "
