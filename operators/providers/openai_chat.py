@@ -282,17 +282,16 @@ class OpenAIProvider:
             body = request_body(request, mode, self.max_tokens_field)
             started = time.perf_counter()
             try:
-                raw = await self.sdk().chat.completions.with_raw_response.create(
-                    **body, timeout=request.timeout_s
-                )
-                completion = raw.parse()
+                completion = await self.sdk().chat.completions.create(**body, timeout=request.timeout_s)
             except CAUGHT as exc:
                 error = self.error(exc)
                 if self._fall_back(request, mode, error):
                     continue
                 raise error from None  # not chained: the SDK error holds the key in its request
             latency = time.perf_counter() - started
-            return read_completion(request, completion, mode, latency, raw.headers.get("x-request-id"))
+            # the SDK keeps the x-request-id header on the model (the raw-response path costs more CPU)
+            request_id = getattr(completion, "_request_id", None)
+            return read_completion(request, completion, mode, latency, request_id)
 
     def _fall_back(self, request: LlmRequest, mode: StructuredMode, error: ProviderError) -> bool:
         """Whether ``error`` refuses the structured-output request, so the next mode down is worth a try."""
