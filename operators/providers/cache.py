@@ -176,4 +176,3 @@ class ResponseCache:
     def _remove_quietly(self, path: str) -> None:
         with contextlib.suppress(OSError):
             self._fs.rm_file(path)
-
