@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -190,13 +190,15 @@ def run_cases(
     work_dir: Path | None = None,
     warm_up: bool = True,
     gate: bool = True,
+    in_session: Callable[[], object] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every case on headrace and the baseline it shares with others; one result per case.
 
     Baselines run first, each in a child process, before any Ray session; then headrace runs every case
     in one Ray session (reused if one is initialised), after one untimed warm-up run. With ``gate``,
     each measurement first waits while other processes take more than :data:`DISTURBED_SHARE` of the
-    CPU (see :func:`wait_for_others`).
+    CPU (see :func:`wait_for_others`). ``in_session`` runs last, in the same Ray session (a second
+    ``ray.init`` in one process is slow to start and, on a loaded machine, timed out).
     """
     owned = work_dir is None
     base = Path(tempfile.mkdtemp(prefix="bench-llm-")) if owned else work_dir
@@ -247,6 +249,8 @@ def run_cases(
                         "call_headrace_over_baseline": _ratio(h["call_rows_per_s"], b["call_rows_per_s"]),
                     }
                 )
+            if in_session is not None:
+                in_session()
     finally:
         if owned:
             shutil.rmtree(base, ignore_errors=True)
@@ -284,11 +288,17 @@ def run_family(options: RunOptions) -> dict[str, Any]:
     tiny = options.mode == "tiny"
     print(f"LLM steps: {len(cases)} cases, {repeats} repeats each", flush=True)
     machine["load_gate"] = options.gate if options.gate is not None else wait_for_quiet()
-    results = run_cases(cases, repeats, warm_up=not tiny, gate=not tiny)
     cache_case = CACHE_CASES[options.mode]
-    print(f"LLM steps: the response cache at {cache_case.entries:,} entries", flush=True)
-    with ray_running(), tempfile.TemporaryDirectory(prefix="bench-llm-cache-") as cache_work:
-        cache = measure_cache(cache_case, Path(cache_work), (lambda: None) if tiny else wait_for_others)
+    measured: dict[str, Any] = {}
+
+    def cache_at_size() -> None:
+        print(f"LLM steps: the response cache at {cache_case.entries:,} entries", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-llm-cache-") as cache_work:
+            gate = (lambda: None) if tiny else wait_for_others
+            measured.update(measure_cache(cache_case, Path(cache_work), gate))
+
+    results = run_cases(cases, repeats, warm_up=not tiny, gate=not tiny, in_session=cache_at_size)
+    cache = measured
     print(
         f"  {cache['case']}: {cache['rows_per_s']} rows/s from the cache ({cache['rows_per_s_min']}-"
         f"{cache['rows_per_s_max']}; whole run {cache['whole_run_rows_per_s']}); filled in "
