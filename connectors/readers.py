@@ -353,8 +353,16 @@ class _ParquetReader:
         out: list[Split] = []
         for f in expand(urls, node=node, suffixes=(".parquet", ".pq")):
             fs, path = filesystem(f.url)
-            with fs.open(path, "rb") as fh:
-                meta = pq.ParquetFile(fh).metadata
+            try:
+                with fs.open(path, "rb") as fh:
+                    meta = pq.ParquetFile(fh).metadata
+            except (pa.ArrowException, OSError) as exc:  # truncated, not Parquet, unreadable
+                raise DataError(
+                    f"node '{node}': {f.url} is not a readable Parquet file ({type(exc).__name__}: {exc}); "
+                    "check that it was written whole and is Parquet, or leave it out of the path",
+                    node=node,
+                    input={"url": f.url},
+                ) from None
             if meta.num_row_groups == 0:
                 out.append(Split(node, len(out), f.url, 0, 0, row_group=0))
             for rg in range(meta.num_row_groups):

@@ -404,7 +404,7 @@ def _execute(
         committed = {p.split_index for p in earlier}
         reader = reader_for(job.source)  # type: ignore[arg-type]
         ray_map = functools.partial(_ray_map, placement=placement)
-        splits = reader.splits(job.source, job.source_id, list(stage.inputs), ray_map)
+        splits = _plan_splits(reader, job.source, job.source_id, list(stage.inputs), ray_map)
         report.skipped_splits += sum(1 for s in splits if s.index in committed)
         runs.append(StageRun(stage, [s for s in splits if s.index not in committed], earlier))
     report.total_splits = sum(len(r.splits) for r in runs)
@@ -481,6 +481,23 @@ def _in_use(lease: Lease, run_id: str, resume: str | None, checked: CheckedPipel
         f"output folder {folder} is being written now by {holder}: two runs on one folder would replace "
         f"each other's parts; wait for it to end, or give this run another path (--set nodes.NODE.path=...)"
     )
+
+
+def _plan_splits(reader: Any, source: Any, node: str, urls: list[str], ray_map: Any) -> list[Split]:
+    """The source's splits; an input that cannot be opened or listed (an HTTP error status, a missing
+    bucket...) is the user's to fix: a ``DataError`` naming node and inputs, not an internal error."""
+    try:
+        splits: list[Split] = reader.splits(source, node, urls, ray_map)
+    except HeadraceError:
+        raise
+    except Exception as exc:
+        raise DataError(
+            f"node '{node}': cannot read {', '.join(urls)}: {type(exc).__name__}: {exc}; check that the "
+            "input exists and answers (an URL must answer 200)",
+            node=node,
+            input={"url": urls[0] if len(urls) == 1 else ", ".join(urls)},
+        ) from None
+    return splits
 
 
 def _audit_fields(
