@@ -88,20 +88,17 @@ def test_a_pool_actor_killed_mid_batch_loses_no_row_and_answers_none_twice(tmp_p
     assert all(r["label"] == expected_label(r["text"]) for r in rows)
 
 
-class _SlowWorker:
-    """A pool actor that holds each batch for a while (the director's dealing, without providers)."""
-
-    def ready(self) -> int:
-        return os.getpid()
-
-    def cancel_run(self, run_id: str) -> int:
-        return 0
+def _test_director(name: str, idle_s: float | None = None) -> Any:
+    """A pool director as the runtime starts one (unnamed, so each test has its own)."""
+    options = {"max_concurrency": 10_000, "scheduling_strategy": "DEFAULT"}
+    return ray.remote(PoolDirector).options(**options).remote(name, None, idle_s)
 
 
 def test_when_a_run_ends_its_waiting_batches_are_dropped_and_others_are_served() -> None:
-    director = ray.remote(PoolDirector).remote("test-pool", _SlowWorker)
+    director = _test_director("test-pool")
     big = [director.lease.remote(LeaseRequest("big", "t", 1.0, 10, 1)) for _ in range(12)]
-    first = ray.get(big[:4])  # one actor, four batches at once: the rest wait
+    # the pool's real actors (no batch is sent: the director's dealing alone is under test)
+    first = ray.get(big[:4], timeout=300)  # one actor, four batches at once: the rest wait
     assert all(lease is not None for lease in first)
     small = director.lease.remote(LeaseRequest("small", "t", 1.0, 10, 1))
     assert ray.get(director.drop.remote("big")) == 8  # the big run ended: its 8 waiting leases go
@@ -113,7 +110,7 @@ def test_when_a_run_ends_its_waiting_batches_are_dropped_and_others_are_served()
 
 
 def test_a_pool_grows_with_waiting_batches_up_to_its_actors_and_retires_idle_ones() -> None:
-    director = ray.remote(PoolDirector).remote("test-pool-grow", _SlowWorker, 1.0)
+    director = _test_director("test-pool-grow", idle_s=1.0)
     leases = ray.get(
         [director.lease.remote(LeaseRequest("r", "t", 1.0, 10, 3)) for _ in range(12)], timeout=120
     )
