@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from engine.graph import algo, threads
 from engine.graph.builder import GraphPlan
 from engine.graph.drive import drive, iterate
-from engine.graph.errors import GraphError
+from engine.graph.errors import GraphError, InvalidUpdate
 from engine.graph.runner import Runner
 from engine.graph.state import S
 from engine.graph.threads import UNSET, RunState, StepView, StoreRecorder
@@ -315,11 +315,15 @@ class CompiledGraph(Generic[S]):
         modes: frozenset[str],
         placement: Placement | None = None,
     ) -> Runner:
-        if run_id is not None and self.store is not None and self.store.get_run(run_id) is not None:
-            if input is None:
-                return self._resumed(run_id, UNSET, None, limit, modes, placement)
-            return self._continued(input, run_id, limit, modes, placement)
-        values = self.plan.schema.initial(self._input(input))
+        given = run_id is not None and self.store is not None
+        if given and input is None and self.store.get_run(run_id) is not None:  # invoke(None): resume
+            return self._resumed(run_id, UNSET, None, limit, modes, placement)  # type: ignore[arg-type]
+        try:
+            values = self.plan.schema.initial(self._input(input))
+        except InvalidUpdate:
+            if given and self.store.get_run(run_id) is not None:  # input for an existing thread only
+                return self._continued(input, run_id, limit, modes, placement)  # type: ignore[arg-type]
+            raise
         run_id = run_id or _new_run_id()
         tasks = algo.first_tasks(self.plan, values)
         thread = threads.Thread(values, tasks, 0, None, {}, {})  # type: ignore[arg-type]
@@ -328,7 +332,7 @@ class CompiledGraph(Generic[S]):
             from engine.graph.checkpoints.base import RunRecord
             from engine.graph.checkpoints.errors import CheckpointConflict
 
-            try:
+            try:  # creating first saves a read per fresh run; a conflict means the thread exists
                 self.store.create_run(
                     RunRecord(
                         run_id=run_id,
@@ -339,7 +343,7 @@ class CompiledGraph(Generic[S]):
                     )
                 )
             except CheckpointConflict:
-                raise GraphError(f"run {run_id!r} was created meanwhile by another caller") from None
+                return self._continued(input, run_id, limit, modes, placement)
             assert runner.recorder is not None
             runner.recorder.steps([(0, INPUT_NODE, values, tasks, {})])
         return runner
