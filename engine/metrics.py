@@ -232,7 +232,8 @@ class _Collector(Collector):
             finished.add_metric([pipeline, status], count)
         yield finished
         active = GaugeMetricFamily("headrace_runs_active", "Runs in progress.", labels=["pipeline"])
-        per_pipeline: dict[str, int] = {}
+        # a pipeline whose runs all ended reads 0 (a vanished series would keep its last value on a graph)
+        per_pipeline: dict[str, int] = dict.fromkeys((p for p, _ in runs), 0)
         for run in live:
             per_pipeline[run.summary.pipeline] = per_pipeline.get(run.summary.pipeline, 0) + 1
         for pipeline, count in sorted(per_pipeline.items()):
@@ -255,7 +256,7 @@ class _Collector(Collector):
         yield family
 
         yield from _llm_families(llm)
-        yield from _queue_families(live)
+        yield from _queue_families(live, {p for p, _ in runs})
         yield from _engine_family(engines)
 
 
@@ -295,13 +296,13 @@ def _engine_family(engines: list[EngineDepth]) -> Iterator[Metric]:
     yield family
 
 
-def _queue_families(live: list[_Run]) -> Iterator[Metric]:
+def _queue_families(live: list[_Run], ended: set[str]) -> Iterator[Metric]:
     names = (
         ("in_flight", "Ray references the driver is waiting on."),
         ("window", "The most split tasks the scheduler keeps in flight."),
         ("backlog", "Batches handed to a barrier and not yet through its tail task."),
     )
-    depth: dict[str, list[int]] = {}
+    depth: dict[str, list[int]] = {pipeline: [0, 0, 0] for pipeline in ended}  # ended: 0, not gone
     for run in live:
         if run.queue is not None:
             total = depth.setdefault(run.summary.pipeline, [0, 0, 0])

@@ -90,3 +90,15 @@ def test_an_output_folder_that_cannot_be_created_is_named(tmp_path: Path) -> Non
     code, message = _outcome(_pipeline(tmp_path, f"{{op: read_csv, path: {src}}}", "/proc/headrace-out"))
     assert code in (1, 3), message
     assert "/proc/headrace-out" in message, message
+
+
+def test_an_output_folder_holding_an_earlier_run_says_what_to_do_and_nothing_else(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n1,a\n")
+    path = _pipeline(tmp_path, f"{{op: read_csv, path: {src}}}")
+    assert _outcome(path)[0] == 0
+    code, message = _outcome(path)
+    assert code == 3 and "already holds the output of an earlier run" in message, message
+    assert "set `overwrite: true` on the node" in message
+    assert "dead-letter" not in message and "max_failed" not in message  # no unrelated hint
+    assert (tmp_path / "out" / "_manifest.json").exists()  # the earlier run's output is intact

@@ -74,11 +74,13 @@ def test_a_finished_run_stays_counted_by_status() -> None:
     summary = RunSummary("run-unit-1", "unit-metrics", "succeeded", 0.0, {"input": NodeStats("read_csv")})
     summary.nodes["classify"] = NodeStats("llm_classify")
     metrics.track(summary, {"classify": ("anthropic", "claude-haiku-4-5")})
+    metrics.track_queue(summary.run_id, lambda: (2, 4, 1))
     summary.nodes["input"].rows = 10
     summary.nodes["classify"].llm = {"requests": 3, "input_tokens": 30, "output_tokens": 6, "cost_usd": 0.5}
     text = generate_latest(metrics.REGISTRY).decode()
     assert 'headrace_rows_total{node="input",pipeline="unit-metrics"} 10.0' in text
     assert 'headrace_runs_active{pipeline="unit-metrics"} 1.0' in text
+    assert 'headrace_scheduler_in_flight{pipeline="unit-metrics"} 2.0' in text
     metrics.finish(summary)
     text = generate_latest(metrics.REGISTRY).decode()
     assert 'headrace_rows_total{node="input",pipeline="unit-metrics"} 10.0' in text  # never goes back
@@ -87,4 +89,7 @@ def test_a_finished_run_stays_counted_by_status() -> None:
         'headrace_llm_cost_usd_total{model="claude-haiku-4-5",node="classify",pipeline="unit-metrics",'
         'provider="anthropic"} 0.5' in text
     )
-    assert 'headrace_runs_active{pipeline="unit-metrics"}' not in text
+    # the gauges drop to 0 when the run ends (a vanished series would hold its last value on a graph)
+    assert 'headrace_runs_active{pipeline="unit-metrics"} 0.0' in text
+    assert 'headrace_scheduler_in_flight{pipeline="unit-metrics"} 0.0' in text
+    assert 'headrace_scheduler_window{pipeline="unit-metrics"} 0.0' in text
