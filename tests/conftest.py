@@ -19,3 +19,39 @@ def pytest_configure(config: pytest.Config) -> None:
     # Pipelines in tests name their (fake) provider key as ${HEADRACE_TEST_KEY}, as users must: a key
     # written into a pipeline is refused. Tests that grep artefacts for the key use this value.
     os.environ.setdefault("HEADRACE_TEST_KEY", "sk-ant-test-SECRET-9f8e7d")
+
+
+_INTEGRATION = os.path.join("tests", "integration") + os.sep
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/integration, and any test that asks for the ``ray_cluster`` fixture, carries
+    the ``integration`` marker, so ``pytest -m "not integration"`` is the fast subset without Ray."""
+    for item in items:
+        under = _INTEGRATION in str(item.path)
+        if under or "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+_NO_RAY = "127.0.0.1:9"
+"""A Ray address where nothing listens: a `headrace` process that a unit test starts cannot use Ray."""
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_in_integration_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without the ``integration`` marker fails if it starts Ray: in this process ``ray.init``
+    fails at once; in a process it starts, Ray finds no cluster at ``RAY_ADDRESS`` (after Ray's own
+    timeout), so the test fails rather than quietly costing seconds of the fast subset."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+    monkeypatch.setenv("RAY_ADDRESS", _NO_RAY)
+    import ray
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        pytest.fail(
+            f"{request.node.nodeid} starts Ray but is not marked integration: mark it "
+            "`@pytest.mark.integration` (or move it to tests/integration), or keep Ray out of it",
+            pytrace=False,
+        )
+
+    monkeypatch.setattr(ray, "init", refuse)
