@@ -130,23 +130,9 @@ def _segments(chain: list[PlanNode]) -> tuple[tuple[PlanNode, ...], tuple[Barrie
 
 def _combined(nodes: tuple[PlanNode, ...]) -> Resources:
     """One task runs every node of the stage, so it needs the most any of them asks for."""
-
-    def most(values: list[float | None]) -> float | None:
-        present = [v for v in values if v is not None]
-        return max(present) if present else None
-
     # a pooled node's resources are its actors', not the task's: the task only waits for them
-    res = [n.resources for n in nodes if not n.spec.pooled]
-    custom: dict[str, float] = {}
-    for r in res:
-        for key, amount in r.custom.items():
-            custom[key] = max(custom.get(key, 0.0), amount)
-    concurrency = [r.concurrency for r in res if r.concurrency is not None]
-    memory = [r.memory for r in res if r.memory is not None]
-    return Resources(
-        num_cpus=most([r.num_cpus for r in res]),
-        num_gpus=most([r.num_gpus for r in res]),
-        memory=max(memory) if memory else None,
-        custom=custom,
-        concurrency=min(concurrency) if concurrency else None,
-    )
+    combined = Resources()
+    for node in nodes:
+        if not node.spec.pooled:
+            combined = combined.combine(node.resources)
+    return combined

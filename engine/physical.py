@@ -89,6 +89,8 @@ class PhysicalStage:
     inputs: tuple[str, ...]
     ray_options: Mapping[str, Any]
     tails: tuple[TailJob, ...] = ()
+    concurrency: int | None = None
+    """The most head tasks of this stage in flight at once (its nodes' tightest ``concurrency``)."""
 
 
 @dataclass(frozen=True)
@@ -122,14 +124,7 @@ class Placement:
 
 def ray_options(resources: Resources) -> dict[str, Any]:
     """Ray task options for one task of a stage (one CPU unless the nodes ask otherwise)."""
-    options: dict[str, Any] = {"num_cpus": 1.0 if resources.num_cpus is None else resources.num_cpus}
-    if resources.num_gpus:
-        options["num_gpus"] = resources.num_gpus
-    if resources.memory:
-        options["memory"] = resources.memory
-    if resources.custom:
-        options["resources"] = dict(resources.custom)
-    return options
+    return resources.ray_options(default_cpus=1.0)
 
 
 def build_physical(
@@ -167,7 +162,8 @@ def build_physical(
             for i, b in enumerate(stage.barriers)
         )
         inputs = tuple(resolve(stage.source.id, p) for p in paths)
-        out.append(PhysicalStage(job, inputs, ray_options(stage.resources), tails))
+        options = ray_options(stage.resources)
+        out.append(PhysicalStage(job, inputs, options, tails, stage.resources.concurrency))
     return out
 
 
@@ -329,11 +325,8 @@ def plan_pools(stages: list[Stage], defaults: Defaults) -> tuple[list[PoolPlan],
                     continue
                 targets.append(Target(fallback.provider, fallback_model))
             resources = node.resources
-            options: dict[str, Any] = {"num_cpus": resources.num_cpus or 0.0}
-            if resources.memory:
-                options["memory"] = resources.memory
-            if resources.custom:
-                options["resources"] = dict(resources.custom)
+            # pool actors wait on the network: no CPU unless asked; GPUs reach them (a local model)
+            options = resources.ray_options(default_cpus=0.0)
             pools.append(
                 PoolPlan(
                     node=node.id,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import PlanError
-from engine.physical import Placement, ray_options
+from engine.physical import Placement
 from engine.spec.models import Resources
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def remote_call(
 
 
 def _options(node: NodeDef) -> dict[str, Any]:
-    return {**ray_options(node.resources or Resources()), "max_retries": 0}
+    return {**(node.resources or Resources()).ray_options(), "max_retries": 0}
 
 
 async def _await_ref(ref: Any) -> Any:

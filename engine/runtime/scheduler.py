@@ -214,6 +214,13 @@ class _Driver:
         self.splits = list(reversed(run.splits))
         self.attempts: dict[int, int] = {}
         self.retry_at: list[tuple[float, Split]] = []
+        self.running = 0  # this stage's head tasks in flight
+
+    def room(self) -> bool:
+        """Whether the stage may start another head task: its nodes' ``concurrency`` bounds them, as
+        the scheduler's window bounds every stage's together."""
+        limit = self.run.stage.concurrency
+        return limit is None or self.running < limit
 
     def next_split(self) -> Split | None:
         """A split whose retry is due, else the next new one."""
@@ -272,16 +279,20 @@ class _FusedDriver(_Driver):
     """Heads read, transform and write their own parts."""
 
     def submit_head(self) -> bool:
+        if not self.room():
+            return False
         split = self.next_split()
         if split is None:
             return False
         ref = self.s.head(self.run, split, emit=False)
         self.s.heads += 1
+        self.running += 1
         self.s.watch(ref, partial(self._done, split=split))
         return True
 
     def _done(self, ref: Any, *, split: Split) -> None:
         self.s.heads -= 1
+        self.running -= 1
         result: SplitResult | None = self.failed(split, ref)
         if result is None:
             return
@@ -311,19 +322,21 @@ class _BarrierDriver(_Driver):
         self.done = False
 
     def submit_head(self) -> bool:
-        if not self.run.open:
+        if not self.run.open or not self.room():
             return False
         split = self.next_split()
         if split is None:
             return False
         meta, tables = self.s.head(self.run, split, emit=True)
         self.s.heads += 1
+        self.running += 1
         self.producing[0] += 1
         self.s.watch(meta, lambda ref: self._head_done(ref, split, tables))
         return True
 
     def _head_done(self, ref: Any, split: Split, tables: Any) -> None:
         self.s.heads -= 1
+        self.running -= 1
         self.producing[0] -= 1
         result = self.failed(split, ref)
         if result is None:

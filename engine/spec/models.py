@@ -109,6 +109,51 @@ class Resources(Model):
         None, ge=1, description="The most tasks or actors of this node running at once."
     )
 
+    def combine(self, other: Resources) -> Resources:
+        """What one task running the work of both needs: the most of each amount, and the tighter
+        ``concurrency``."""
+
+        def most(a: float | None, b: float | None) -> float | None:
+            return b if a is None else a if b is None else max(a, b)
+
+        custom = dict(self.custom)
+        for key, amount in other.custom.items():
+            custom[key] = max(custom.get(key, 0.0), amount)
+        limits = [c for c in (self.concurrency, other.concurrency) if c is not None]
+        memory = most(self.memory, other.memory)
+        return Resources(
+            num_cpus=most(self.num_cpus, other.num_cpus),
+            num_gpus=most(self.num_gpus, other.num_gpus),
+            memory=None if memory is None else int(memory),
+            custom=custom,
+            concurrency=min(limits) if limits else None,
+        )
+
+    def scale(self, factor: float) -> Resources:
+        """What ``factor`` tasks or actors of this shape hold together (``concurrency`` unchanged)."""
+        return Resources(
+            num_cpus=None if self.num_cpus is None else self.num_cpus * factor,
+            num_gpus=None if self.num_gpus is None else self.num_gpus * factor,
+            memory=None if self.memory is None else int(self.memory * factor),
+            custom={k: v * factor for k, v in self.custom.items()},
+            concurrency=self.concurrency,
+        )
+
+    def ray_options(self, *, default_cpus: float = 1.0) -> dict[str, Any]:
+        """The one conversion to Ray options, for tasks, actor pools and graph nodes alike.
+
+        ``default_cpus`` applies when ``num_cpus`` is not given: 1 for a task that computes, 0 for an
+        actor that waits on the network (an LLM pool's).
+        """
+        options: dict[str, Any] = {"num_cpus": default_cpus if self.num_cpus is None else self.num_cpus}
+        if self.num_gpus:
+            options["num_gpus"] = self.num_gpus
+        if self.memory:
+            options["memory"] = self.memory
+        if self.custom:
+            options["resources"] = dict(self.custom)
+        return options
+
 
 class RetryPolicy(Model):
     """How a failed batch, call or step is retried before its error policy applies."""
