@@ -34,7 +34,7 @@ from benchmarks.data import DATA_DIR, ensure_dataset  # noqa: E402
 from benchmarks.harness import RESULTS_DIR, machine_info, sync_disks, write_json  # noqa: E402
 from benchmarks.streaming import CASES  # noqa: E402
 from benchmarks.systems import BATCH_ROWS  # noqa: E402
-from connectors.readers import READERS  # noqa: E402
+from connectors.readers import CSV  # noqa: E402
 from connectors.sinks import WriteParquet  # noqa: E402
 from connectors.sources import ReadCsv  # noqa: E402
 from connectors.writers import open_part  # noqa: E402
@@ -65,7 +65,7 @@ def run_once(files: list[str], query: str, out: Path, compression: str) -> dict[
     sink = WriteParquet.model_validate(
         {"op": "write_parquet", "path": str(out), "input": "transform", "compression": compression}
     )
-    reader = READERS["read_csv"]
+    reader = CSV
     transform = batch_fn(Sql(op="sql", input="input", query=query))
     cpu = dict.fromkeys(STAGES, 0.0)
     rows = 0

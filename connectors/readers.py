@@ -1,7 +1,7 @@
 """What sources do: plan the splits of their inputs, and read one split as Arrow tables.
 
-``READERS`` maps each source op to its reader. A split is the unit of parallelism, retry and resume:
-one Ray task reads, transforms and writes one split.
+Each source op's reader is its ``reader`` behaviour in the op registry (:func:`reader_for`). A split
+is the unit of parallelism, retry and resume: one Ray task reads, transforms and writes one split.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import pyarrow.parquet as pq
 
 from connectors.csv_quotes import csv_local_quote_state, csv_quote_effect, range_quote_states
 from connectors.files import FileRef, expand, filesystem, is_local
-from connectors.sources import FileSource, ReadCsv, ReadJsonl, ReadParquet, ReadText
+from connectors.sources import ReadCsv, ReadJsonl, ReadParquet, ReadText
 from connectors.splits import ByteRange, header_line, plan_ranges, read_csv_range, read_lines_range
-from engine.errors import DataError
+from engine.errors import DataError, HeadraceError
+from engine.spec.models import SourceSpec
+from engine.spec.registry import behaviour
 
 
 @dataclass(frozen=True)
@@ -389,15 +391,16 @@ class _ParquetReader:
                 yield pa.Table.from_batches([batch])
 
 
-READERS: dict[str, Reader] = {
-    "read_csv": _CsvReader(),
-    "read_jsonl": _JsonlReader(),
-    "read_text": _TextReader(),
-    "read_parquet": _ParquetReader(),
-}
-"""The reader of each source op."""
+CSV: Reader = _CsvReader()
+JSONL: Reader = _JsonlReader()
+TEXT: Reader = _TextReader()
+PARQUET: Reader = _ParquetReader()
+"""The built-in readers, registered for their ops in :mod:`connectors` (``reader`` behaviour)."""
 
 
-def reader_for(spec: FileSource) -> Reader:
-    """The reader of a source node's op."""
-    return READERS[spec.op]
+def reader_for(spec: SourceSpec) -> Reader:
+    """The reader of a source node's op, from the op registry (a plugin's source has its own)."""
+    reader: Reader | None = behaviour(spec.op, "reader")
+    if reader is None:
+        raise HeadraceError(f"op '{spec.op}' has no reader registered (register_op(..., reader=...))")
+    return reader

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 
 from connectors.files import filesystem, is_local
 from connectors.sinks import FileSink, WriteCsv, WriteParquet
-from engine.errors import DataError
+from engine.errors import DataError, HeadraceError
+from engine.spec.registry import behaviour
 
 
 @dataclass(frozen=True)
@@ -206,14 +207,11 @@ class _JsonlPart(_Part):
         self.handle.write(lines.encode("utf-8"))
 
 
-WRITERS: dict[str, type[_Part]] = {
-    "write_parquet": _ParquetPart,
-    "write_csv": _CsvPart,
-    "write_jsonl": _JsonlPart,
-}
-"""The part writer of each sink op."""
-
-
 def open_part(spec: FileSink, folder: str, split_index: int, split_id: str) -> PartWriter:
-    """A writer for the part of split ``split_index`` in ``folder``."""
-    return WRITERS[spec.op](spec, folder, split_index, split_id)
+    """A writer for the part of split ``split_index`` in ``folder``: the sink op's ``writer`` from the op
+    registry, called as ``writer(spec, folder, split_index, split_id)``."""
+    writer = behaviour(spec.op, "writer")
+    if writer is None:
+        raise HeadraceError(f"op '{spec.op}' has no writer registered (register_op(..., writer=...))")
+    part: PartWriter = writer(spec, folder, split_index, split_id)
+    return part

@@ -13,10 +13,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.errors import DataError
+from engine.errors import DataError, HeadraceError
 from engine.policy import import_object
 from engine.spec.models import NodeSpec
-from operators.pii_batch import PII_BATCH_OPS
+from engine.spec.registry import behaviour
 from operators.text import chunk_spans
 from operators.transforms import (
     Cast,
@@ -255,22 +255,13 @@ def _put(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return table.append_column(name, values)
 
 
-BATCH_OPS: dict[str, Callable[[Any], BatchFn]] = {
-    "sql": _sql,
-    "filter": _filter,
-    "select": _select,
-    "rename": _rename,
-    "cast": _cast,
-    "map_batches": _map_batches,
-    "flat_map": _flat_map,
-    "explode": _explode,
-    "sample": _sample,
-    "chunk_text": _chunk_text,
-    **PII_BATCH_OPS,
-}
-"""Per-batch ops the optimizer may fuse into one task, by op name."""
-
-
 def batch_fn(spec: NodeSpec) -> BatchFn:
-    """The per-batch function of ``spec`` (its op must be in :data:`BATCH_OPS`)."""
-    return BATCH_OPS[spec.op](spec)
+    """The per-batch function of ``spec``: its op's ``batch`` behaviour from the op registry (the
+    built-ins above are registered in :mod:`operators`; a plugin registers its own)."""
+    make = behaviour(spec.op, "batch")
+    if make is None:
+        raise HeadraceError(
+            f"op '{spec.op}' has no per-batch function registered (register_op(..., batch=...))"
+        )
+    fn: BatchFn = make(spec)
+    return fn

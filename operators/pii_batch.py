@@ -1,4 +1,5 @@
-"""What ``pii_detect`` and ``pii_mask`` do to a batch: ``Table -> Table`` functions for BATCH_OPS.
+"""What ``pii_detect`` and ``pii_mask`` do to a batch: ``Table -> Table`` functions, registered as
+their ops' ``batch`` behaviour in :mod:`operators`.
 
 A column is first screened in Arrow (``pyarrow.compute.match_substring_regex`` with the triggers of the
 asked types); only the rows that can hold a finding go through the Python detectors, and only the rows
@@ -29,7 +30,7 @@ from operators.pii import (
 )
 from operators.pii_text import mask_values, text_type
 
-__all__ = ["FINDINGS_ARROW_TYPE", "MIN_KEY_CHARS", "PII_BATCH_OPS", "hash_tag"]
+__all__ = ["FINDINGS_ARROW_TYPE", "MIN_KEY_CHARS", "hash_tag"]
 
 BatchFn = Callable[[pa.Table], pa.Table]
 MIN_KEY_CHARS = 16
@@ -204,7 +205,3 @@ def _key(spec: PiiMask) -> bytes:
             "machine that runs tasks (or use mode mask)"
         )
     return value.encode("utf-8")
-
-
-PII_BATCH_OPS: dict[str, Callable[..., BatchFn]] = {"pii_detect": _pii_detect, "pii_mask": _pii_mask}
-"""The PII per-batch ops, merged into :data:`operators.batch.BATCH_OPS`."""

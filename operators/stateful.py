@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ConfigDict, Field, model_validator
 
+from engine.errors import HeadraceError
 from engine.spec.models import ColumnKind, Columns, Model, TransformSpec
-from engine.spec.registry import register_op
+from engine.spec.registry import behaviour, register_op
 from operators.transforms import Limit
 
 
@@ -250,9 +251,11 @@ _MERGE: dict[str, Callable[[Any, Any], Any]] = {
     "list": _concat,
 }
 
-BARRIER_OPS: dict[str, Callable[[Any], BarrierState]] = {
-    "limit": LimitState,
-    "dedupe": DedupeState,
-    "aggregate": AggregateState,
-}
-"""The state behind each barrier op, by op name."""
+
+def barrier_state(spec: Any) -> BarrierState:
+    """The stream-wide state of a barrier node: its op's ``state`` behaviour from the op registry."""
+    make = behaviour(spec.op, "state")
+    if make is None:
+        raise HeadraceError(f"op '{spec.op}' has no barrier state registered (register_op(..., state=...))")
+    state: BarrierState = make(spec)
+    return state

@@ -3,7 +3,8 @@
 The checks run in the order a run used to meet them, and each one runs on what the earlier ones could
 build, so one pass reports every problem it can rather than stopping at the first:
 
-1. stages and fusion (:func:`engine.optimizer.optimize`): a join, an op with no runtime;
+1. stages and fusion (:func:`engine.optimizer.optimize`): a join, an op with no runtime, an op (a
+   plugin's) with no behaviour registered to run it;
 2. Arrow type names in the nodes' fields (``column_types: {id: integer64}``);
 3. physical stages (:func:`engine.physical.build_physical`) and their outputs: an output equal to or
    inside an input, two sinks in one folder, a ``memory://`` path;
@@ -40,6 +41,7 @@ from engine.physical import (
 from engine.plan import Plan, Problem
 from engine.policy import Policy
 from engine.spec.models import Pipeline
+from engine.spec.registry import Kind, behaviour_kinds
 
 
 def compile_pipeline(
@@ -67,6 +69,7 @@ def compile_pipeline(
     stages, found = optimize(checked.plan)
     problems += found
     problems += _type_problems(checked.plan)
+    problems += _behaviour_problems(checked.plan)
     physical = build_physical(stages, pipeline.defaults.batch_rows, checked.resolver())
     problems += check_outputs(physical)
     problems += check_policy(physical, checked.plan.nodes.values(), policy)
@@ -128,6 +131,31 @@ def _type_problems(plan: Plan) -> list[Problem]:
                         code="type",
                     )
                 )
+    return problems
+
+
+_NEEDS: dict[str, Kind] = {"source": "reader", "sink": "writer"}
+
+
+def _behaviour_problems(plan: Plan) -> list[Problem]:
+    """A problem for every node whose op validates but has nothing registered to run it (a plugin that
+    registered a model only): the run would stop at its first batch."""
+    problems = []
+    for node in plan.nodes.values():
+        spec = node.spec
+        need: Kind | None = _NEEDS.get(spec.kind)
+        if spec.kind == "transform" and not spec.pooled:
+            need = "state" if spec.barrier else "batch" if spec.per_batch else None
+        if need is not None and need not in behaviour_kinds(spec.op):
+            problems.append(
+                Problem(
+                    ("nodes", node.id, "op"),
+                    f"op '{spec.op}' (node '{node.id}') validates but has no `{need}` behaviour registered, "
+                    "so it cannot run",
+                    f"its plugin registers it with register_op(Model, {need}=...)",
+                    code="not_executable",
+                )
+            )
     return problems
 
 

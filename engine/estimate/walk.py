@@ -33,7 +33,7 @@ from operators.llm import LlmFilter, LlmSpec
 from operators.llm_rows import InvalidAnswer, RowTask, Target
 from operators.providers.base import LlmRequest
 from operators.providers.cache import ResponseCache
-from operators.stateful import BARRIER_OPS
+from operators.stateful import barrier_state
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class StageWalk:
 
     def _barrier(self, node: PlanNode) -> None:
         spec = node.spec
-        state = BARRIER_OPS[spec.op](spec)
+        state = barrier_state(spec)
         tables = [p.table for p in self.parts if p.table.num_rows]
         whole_sample = pa.concat_tables(tables, promote_options="permissive") if tables else None
         out = state.push(whole_sample) if whole_sample is not None else []

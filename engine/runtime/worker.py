@@ -34,7 +34,7 @@ from engine.spec.models import NodeSpec
 from operators.batch import batch_fn
 from operators.llm import LlmReduce
 from operators.llm_reduce import LlmReduceState
-from operators.stateful import BARRIER_OPS, BarrierState
+from operators.stateful import BarrierState, barrier_state
 
 
 @dataclass(frozen=True)
@@ -389,7 +389,7 @@ class BarrierActor:
         if isinstance(spec, LlmReduce):
             self.state = LlmReduceState(spec, partial(_ask_pool, (pools or {})[node]), dict(params or {}))
         else:
-            self.state = BARRIER_OPS[spec.op](spec)
+            self.state = barrier_state(spec)
         self.rows_in = 0
         self.rows_out = 0
 

@@ -1,9 +1,16 @@
-"""The table of ops: each ``op`` name maps to the node model that describes it.
+"""The table of ops: each ``op`` name maps to the node model that describes it and to its behaviour.
 
 Built-in ops come from the ``connectors`` and ``operators`` packages; third parties add theirs through
 the ``headrace.ops`` entry-point group (an entry point names a module, or a node model class, or a
 callable returning a list of them). The discriminated union of :func:`pipeline_model` is assembled from
 this table, so a plugin's op brings its own schema.
+
+Behaviour is held here too, by kind (:data:`KINDS`): ``batch`` (spec -> per-batch function),
+``state`` (spec -> a barrier's stream-wide state), ``reader`` (a source's reader), ``writer`` (a sink's
+part writer class). Register it with the model (``register_op(Model, batch=fn)``) or apart from it
+(:func:`register_behaviour`); a value may be an import path (``"pkg.mod:name"``), resolved on first use,
+so validating a pipeline never imports what only running it needs. An LLM op's pool needs no entry: a
+model that subclasses ``operators.llm.LlmSpec`` is pooled and runs on the shared pool machinery.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import threading
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
-from typing import Annotated, Any, TypeVar, Union, get_args
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, overload
 
 from pydantic import Field, create_model
 
@@ -23,7 +30,11 @@ from engine.spec.models import NodeName, NodeSpec, Pipeline
 ENTRY_POINT_GROUP = "headrace.ops"
 _BUILTIN_MODULES = ("connectors", "operators")
 
+Kind = Literal["batch", "state", "reader", "writer"]
+KINDS: tuple[Kind, ...] = ("batch", "state", "reader", "writer")
+
 _ops: dict[str, type[NodeSpec]] = {}
+_behaviour: dict[str, dict[str, Any]] = {}
 _lock = threading.Lock()
 _loaded = False
 
@@ -43,9 +54,53 @@ def op_name(model: type[NodeSpec]) -> str:
     return args[0]
 
 
-def register_op(model: N) -> N:
-    """Class decorator: make ``model`` the schema of its ``op``."""
+@overload
+def register_op(model: N, **behaviour: Any) -> N: ...
+
+
+@overload
+def register_op(model: None = None, **behaviour: Any) -> Any: ...
+
+
+def register_op(model: N | None = None, **behaviour: Any) -> Any:
+    """Class decorator: make ``model`` the schema of its ``op``, with its behaviour by kind
+    (``@register_op`` or ``@register_op(batch=...)``, or called as ``register_op(Model, reader=...)``)."""
+    if model is None:
+        return lambda m: register_op(m, **behaviour)
     name = op_name(model)
+    if behaviour:
+        register_behaviour(name, **behaviour)
+    return _register_model(name, model)
+
+
+def register_behaviour(op: str, **behaviour: Any) -> None:
+    """Register what ``op`` does, by kind (see :data:`KINDS`); a value may be an import path."""
+    unknown = set(behaviour) - set(KINDS)
+    if unknown:
+        raise RegistryError(f"op '{op}': unknown behaviour {sorted(unknown)}; known: {', '.join(KINDS)}")
+    with _lock:
+        _behaviour.setdefault(op, {}).update(behaviour)
+
+
+def behaviour(op: str, kind: Kind) -> Any | None:
+    """What ``op`` does of ``kind`` (None when it has none): built-ins and plugins, import paths resolved."""
+    _ensure_loaded()
+    value = _behaviour.get(op, {}).get(kind)
+    if isinstance(value, str):
+        module, _, attr = value.partition(":")
+        value = getattr(importlib.import_module(module), attr)
+        with _lock:
+            _behaviour[op][kind] = value
+    return value
+
+
+def behaviour_kinds(op: str) -> set[str]:
+    """The kinds of behaviour ``op`` has registered, without importing any of them."""
+    _ensure_loaded()
+    return set(_behaviour.get(op, {}))
+
+
+def _register_model(name: str, model: N) -> N:
     with _lock:
         existing = _ops.get(name)
         if existing is not None and existing is not model:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from connectors import csv_quotes, splits
 from connectors.csv_quotes import csv_local_quote_state, csv_quote_effect, range_quote_states
-from connectors.readers import READERS, Split
+from connectors.readers import CSV, Split
 from connectors.sources import ReadCsv
 from connectors.splits import (
     ByteRange,
@@ -397,7 +397,7 @@ def test_csv_source_reads_literal_quotes_in_unquoted_fields_like_one_whole_read(
     rows = [f'{i},5" screen {i},"line\nbreak ""{i}"""tail"' for i in range(3_000)]
     path = tmp_path / "lax.csv"
     path.write_bytes(("id,size,notes\n" + "\n".join(rows) + "\n").encode())
-    reader = READERS["read_csv"]
+    reader = CSV
     spec = ReadCsv(op="read_csv", path=str(path), split_bytes=500)
     whole = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
     for look_back in (csv_quotes.LOOK_BACK_BYTES, 8):
@@ -414,7 +414,7 @@ def test_csv_without_quoting_takes_quotes_as_text_and_plans_without_reading(tmp_
     rows = [f'{i},"open {i}' if i % 2 else f'{i},close {i}" and 5" screen' for i in range(2_000)]
     path = tmp_path / "unquoted.csv"
     path.write_bytes(("id,text\n" + "\n".join(rows) + "\n").encode())
-    reader = READERS["read_csv"]
+    reader = CSV
     spec = ReadCsv.model_validate(
         {"op": "read_csv", "path": str(path), "split_bytes": 300, "quote_char": None}
     )
@@ -707,7 +707,7 @@ def test_quoted_crlf_is_kept_whatever_block_size_the_caller_asks_for(tmp_path: P
 def test_csv_source_splits_carry_each_range_end_state_and_read_every_row_once(tmp_path: Path):
     path = tmp_path / "big.csv"
     rows = _big_csv(path, 3 * 1024 * 1024)
-    reader = READERS["read_csv"]
+    reader = CSV
 
     def read(split_bytes: int) -> tuple[list[Split], pa.Table]:
         spec = ReadCsv(op="read_csv", path=str(path), split_bytes=split_bytes)
