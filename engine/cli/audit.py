@@ -8,7 +8,7 @@ import sys
 import click
 
 from engine.audit import AuditLog
-from engine.cli.main import _friendly
+from engine.cli.common import friendly
 
 
 @click.group()
@@ -27,7 +27,7 @@ _LOG = click.option(
 @audit.command()
 @_LOG
 @click.option("--expect-head", metavar="HASH", help="The last hash recorded elsewhere (see `audit head`).")
-@_friendly
+@friendly
 def verify(log_path: str | None, expect_head: str | None) -> None:
     """Check the chain; exit 1 naming every line where it breaks."""
     log = AuditLog(log_path)
@@ -42,7 +42,7 @@ def verify(log_path: str | None, expect_head: str | None) -> None:
 
 @audit.command()
 @_LOG
-@_friendly
+@friendly
 def head(log_path: str | None) -> None:
     """Print the hash of the last entry, to keep somewhere the log's writers cannot edit."""
     click.echo(AuditLog(log_path).head())
@@ -51,7 +51,7 @@ def head(log_path: str | None) -> None:
 @audit.command()
 @_LOG
 @click.option("-n", "count", type=int, default=20, show_default=True, help="How many entries, newest last.")
-@_friendly
+@friendly
 def show(log_path: str | None, count: int) -> None:
     """Print the last entries as JSON lines."""
     entries = list(AuditLog(log_path).entries())

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from engine.cli.main import _friendly, _set_option
+from engine.cli.common import friendly, set_option
 from engine.estimate.results import DEFAULT_SAMPLE_RANGES, DEFAULT_SAMPLE_ROWS
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ _ROWS_MARK = {"exact": "", "estimated": "~", "upper bound": "<="}
 
 @click.command()
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
-@_set_option
+@set_option
 @click.option(
     "--sample",
     "sample_rows",
@@ -63,7 +63,7 @@ _ROWS_MARK = {"exact": "", "estimated": "~", "upper bound": "<="}
     help="Count rows whose request is already in the LLM response cache as free, and report them.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for tools.")
-@_friendly
+@friendly
 def estimate(
     path: str,
     overrides: tuple[str, ...],

@@ -10,52 +10,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar
 
 import click
 
-from engine.errors import ConfigError, Diagnostic, HeadraceError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
-
-
-def _friendly(fn: F) -> F:
-    """Turn headrace errors into their messages and exit codes, never a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            for diag in exc.diagnostics:
-                click.echo(diag.format(), err=True)
-            sys.exit(exc.exit_code)
-        except HeadraceError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt as exc:
-            number = int(getattr(exc, "signal_number", 2))  # engine.runtime.stopping.Terminated: 15
-            click.echo("interrupted" if number == 2 else "stopped by SIGTERM", err=True)
-            sys.exit(128 + number)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
-            raise
-        except Exception as exc:
-            if os.environ.get("HEADRACE_DEBUG"):
-                raise
-            click.echo(
-                f"internal error: {type(exc).__name__}: {exc} (this is a bug in headrace; "
-                "set HEADRACE_DEBUG=1 for the traceback and please report it)",
-                err=True,
-            )
-            sys.exit(EXIT_INTERNAL)
-
-    return wrapper  # type: ignore[return-value]
+from engine.cli.common import friendly, set_option
+from engine.errors import ConfigError, Diagnostic
 
 
 class _LazyGroup(click.Group):
@@ -90,18 +51,9 @@ def cli() -> None:
     """headrace: streaming data pipelines with LLM steps, on Ray."""
 
 
-_set_option = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a field before validation, e.g. --set nodes.input.path=data/x.csv (repeatable).",
-)
-
-
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
-@_set_option
+@set_option
 @click.option(
     "--format",
     "fmt",
@@ -111,7 +63,7 @@ _set_option = click.option(
     help="`json` prints one JSON object per file for tools.",
 )
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-@_friendly
+@friendly
 def validate(paths: tuple[str, ...], overrides: tuple[str, ...], fmt: str, strict: bool) -> None:
     """Check pipeline files; print one line per problem as PATH:LINE:COL: error: MESSAGE.
 
@@ -151,7 +103,7 @@ def validate(paths: tuple[str, ...], overrides: tuple[str, ...], fmt: str, stric
 
 @cli.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file, not stdout.")
-@_friendly
+@friendly
 def schema(output: str | None) -> None:
     """Print the JSON Schema (draft 2020-12) of the pipeline format."""
     from engine.spec.schema import json_schema
@@ -164,7 +116,7 @@ def schema(output: str | None) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--to", "to", type=click.Choice(["json", "yaml"]), required=True, help="Target format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file, not stdout.")
-@_friendly
+@friendly
 def convert(path: str, to: str, output: str | None) -> None:
     """Convert a pipeline file between YAML and JSON (PATH `-` reads stdin).
 
@@ -178,7 +130,7 @@ def convert(path: str, to: str, output: str | None) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
-@_set_option
+@set_option
 @click.option(
     "--format",
     "fmt",
@@ -187,7 +139,7 @@ def convert(path: str, to: str, output: str | None) -> None:
     show_default=True,
     help="Mermaid (renders on GitHub) or Graphviz DOT.",
 )
-@_friendly
+@friendly
 def graph(path: str, overrides: tuple[str, ...], fmt: str) -> None:
     """Print the pipeline's graph as Mermaid or DOT text."""
     from engine.check import check_file
@@ -202,7 +154,7 @@ def graph(path: str, overrides: tuple[str, ...], fmt: str) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, exists=True))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the result here.")
 @click.option("--in-place", is_flag=True, help="Rewrite PATH itself.")
-@_friendly
+@friendly
 def migrate(path: str, output: str | None, in_place: bool) -> None:
     """Upgrade a pipeline file to the current format, keeping its comments."""
     from engine.spec.migrate_file import migrate_file
@@ -223,7 +175,7 @@ def migrate(path: str, output: str | None, in_place: bool) -> None:
 @click.option("--list", "list_", is_flag=True, help="List the templates.")
 @click.option("-o", "--output", type=click.Path(), help="File to write (default NAME.yaml).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-@_friendly
+@friendly
 def new(template: str | None, name: str | None, list_: bool, output: str | None, force: bool) -> None:
     """Start a pipeline from a template (`headrace new --list` shows them)."""
     from engine.spec.templates import render_template, templates

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from engine.cli.main import _friendly, _set_option
+from engine.cli.common import friendly, set_option
 
 if TYPE_CHECKING:
     from engine.service.client import EngineTarget
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
-@_set_option
+@set_option
 @click.option(
     "--address",
     help="Ray cluster address (`auto`, `ray://host:10001`); default: start a local Ray.",
@@ -84,7 +84,7 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Start a private Ray in this process even when a warm engine is running.",
 )
-@_friendly
+@friendly
 def run(
     path: str,
     overrides: tuple[str, ...],

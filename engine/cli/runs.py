@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from engine.cli.main import _friendly, _set_option
+from engine.cli.common import friendly, set_option
 from engine.cli.run_records import (
     header_json,
     moment,
@@ -73,7 +73,7 @@ def runs() -> None:
 @click.option("--until", metavar="WHEN", help="Only runs started before WHEN (a duration ago or a date).")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most N runs.")
 @_json_option
-@_friendly
+@friendly
 def list_runs(
     store: str | None,
     status: str | None,
@@ -162,7 +162,7 @@ def _graph_row(run: Any) -> dict[str, Any]:
     "--status", type=click.Choice(_STATUSES), help="Only runs with this status (default: all but running)."
 )
 @click.option("--pipeline", "--graph", "pipeline", metavar="NAME", help="Only runs of this pipeline.")
-@_friendly
+@friendly
 def prune(
     store: str | None,
     older_than: str | None,
@@ -195,7 +195,7 @@ def prune(
 @click.argument("run_id")
 @_store_option
 @_json_option
-@_friendly
+@friendly
 def show(run_id: str, store: str | None, as_json: bool) -> None:
     """A run's outcome and per-node table (rows, seconds, tokens, cost, retries, dead letters, errors
     with their place in the pipeline file and the input); for a state graph also its last step and the
@@ -249,13 +249,13 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
 @runs.command()
 @click.argument("run_id")
 @click.argument("path", required=False, type=click.Path(dir_okay=False, allow_dash=True))
-@_set_option
+@set_option
 @_store_option
 @click.option(
     "--state", "with_state", is_flag=True, help="Print the full state after each step (needs PATH)."
 )
 @_json_option
-@_friendly
+@friendly
 def history(
     run_id: str,
     path: str | None,
@@ -299,11 +299,11 @@ def history(
 @runs.command()
 @click.argument("run_id")
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
-@_set_option
+@set_option
 @_store_option
 @click.option("--value", metavar="JSON|@FILE", help="The answer to the run's pending interrupt().")
 @_json_option
-@_friendly
+@friendly
 def resume(
     run_id: str, path: str, overrides: tuple[str, ...], store: str | None, value: str | None, as_json: bool
 ) -> None:
@@ -321,10 +321,10 @@ def resume(
 @click.argument("run_id")
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--step", "step", type=click.IntRange(min=0), required=True, help="The step to replay from.")
-@_set_option
+@set_option
 @_store_option
 @_json_option
-@_friendly
+@friendly
 def replay(
     run_id: str, path: str, step: int, overrides: tuple[str, ...], store: str | None, as_json: bool
 ) -> None:
@@ -338,10 +338,10 @@ def replay(
 @click.option("--step", "step", type=click.IntRange(min=0), required=True, help="The step to fork from.")
 @click.option("--update", metavar="JSON|@FILE", help="State fields to set at the fork (through reducers).")
 @click.option("--resume", "go", is_flag=True, help="Continue the new run at once.")
-@_set_option
+@set_option
 @_store_option
 @_json_option
-@_friendly
+@friendly
 def fork(
     run_id: str,
     path: str,
@@ -375,7 +375,7 @@ def fork(
     help="The HTML file to write.",
 )
 @_store_option
-@_friendly
+@friendly
 def report(run_id: str, output: str, store: str | None) -> None:
     """Write a run's record as one self-contained HTML page: its facts, DAG, timeline of batches (or
     graph steps), rows and cost over time, per-node table and errors. Prints the path written.

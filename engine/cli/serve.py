@@ -6,7 +6,7 @@ import os
 
 import click
 
-from engine.cli.main import _friendly
+from engine.cli.common import friendly
 
 
 @click.command()
@@ -43,7 +43,7 @@ from engine.cli.main import _friendly
     show_default=True,
     help="The HTTP server's log level.",
 )
-@_friendly
+@friendly
 def serve(
     host: str, port: int, address: str | None, num_cpus: int | None, max_runs: int, log_level: str
 ) -> None:
