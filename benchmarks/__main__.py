@@ -2,8 +2,9 @@
 
 The families, in the order they run: ``streaming`` (streaming transform against a pyarrow loop, plain
 Ray tasks and Ray Data), ``llm`` (LLM steps against the bound N / latency and an asyncio client),
-``graphs`` (state graphs against LangGraph) and ``concurrency`` (the Engine against raw Ray tasks, and
-1,000 concurrent runs against LangGraph). Each measures its own baselines in the same run and writes
+``graphs`` (state graphs against LangGraph), ``concurrency`` (the Engine against raw Ray tasks, and
+1,000 concurrent runs against LangGraph) and ``estimate`` (``headrace estimate`` against what runs then
+cost, on several shapes of input). Each measures its own baselines in the same run and writes
 its JSON, markdown and plots into ``benchmarks/results/``; the session then writes the index of every
 family, ``benchmarks/results/latest-summary.md``: the results file each family's figures come from, its
 date and machine, and every target next to what was measured, met or not.
@@ -28,7 +29,7 @@ from benchmarks.streaming import CASES
 _QUICK_HELP = (
     "smaller sizes and 3 repeats for every family, sized to finish in under 10 minutes on a quiet "
     "2-core machine: streaming at 0.2 and 1 GB instead of 1, 4 and 10 GB; llm at 200 ms only; "
-    "graphs and concurrency with smaller counts"
+    "graphs and concurrency with smaller counts; estimate with 3,000 rows a shape instead of 6,000"
 )
 SHORTCUTS: dict[str, tuple[tuple[str, ...], str]] = {
     "llm": (("llm",), "throughput at 200 ms only (about 3 min); the full run adds 50 ms, 429s and overhead"),

@@ -75,6 +75,12 @@ def _many_cases() -> tuple[str, ...]:
     return tuple(CASES)
 
 
+def _estimate(options: RunOptions, cases: tuple[str, ...]) -> dict[str, Any]:
+    from benchmarks.estimate import run_family
+
+    return run_family(options)
+
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -89,6 +95,7 @@ FAMILIES: dict[str, Family] = {
             _concurrency,
         ),
         Family("many", "many small pipelines at once", "latest-many.md", _many_cases(), _many),
+        Family("estimate", "`headrace estimate` against the bill", "latest-estimate.md", (), _estimate),
     )
 }
 """Every family, in the order a session runs them (the order of issue 7)."""

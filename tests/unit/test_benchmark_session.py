@@ -16,7 +16,14 @@ from benchmarks.summary import SUMMARY_JSON, SUMMARY_MD
 
 
 def test_only_selects_families_and_streaming_cases_in_session_order() -> None:
-    assert select([]) == {"streaming": (), "llm": (), "graphs": (), "concurrency": (), "many": ()}
+    assert select([]) == {
+        "streaming": (),
+        "llm": (),
+        "graphs": (),
+        "concurrency": (),
+        "many": (),
+        "estimate": (),
+    }
     assert select(["many_sql"]) == {"many": ("many_sql",)}
     assert select(["concurrency", "llm"]) == {"llm": (), "concurrency": ()}
     assert select(["csv_sql"]) == {"streaming": ("csv_sql",)}
