@@ -382,6 +382,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+import benchmarks.many_serve  # noqa: E402, F401  (registers the many_serve case; it imports from here)
+
 if __name__ == "__main__":  # a quick look without the session: python -m benchmarks.many [tiny|quick]
     mode = sys.argv[1] if len(sys.argv) > 1 else "tiny"
     run_family(RunOptions(mode=mode, results_dir=Path(tempfile.mkdtemp())))  # type: ignore[arg-type]
