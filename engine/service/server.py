@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import ipaddress
 import logging
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -79,6 +81,8 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
         )
     sock = _bind(options.host, options.port)
     url = _url(options.host, sock.getsockname()[1])
+    if (chosen := close_unless_loopback(options.host, os.environ)) is not None:
+        announce(chosen)
     token = LocalToken()
     app = create_app(None, token)
     engine = Engine(
@@ -126,6 +130,40 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         announce("headrace engine stopped")
+
+
+def close_unless_loopback(host: str, environ: MutableMapping[str, str]) -> str | None:
+    """Choose the closed policy for a server others can reach: bound beyond loopback, with no
+    ``HEADRACE_POLICY`` set, it sets ``HEADRACE_POLICY=closed`` in ``environ`` (the server's checks, its
+    compile cache and a local Ray's workers read it there). Returns what to tell the operator, or None.
+
+    On loopback only the owner of the discovery file's token can submit, who could run the same
+    pipelines with ``headrace run``: the environment's policy applies, as it does to ``headrace run``.
+    """
+    if _is_loopback(host):
+        return None
+    chosen = (environ.get("HEADRACE_POLICY") or "").strip().lower()
+    if not chosen:
+        environ["HEADRACE_POLICY"] = "closed"
+        return (
+            f"listening beyond loopback ({host}): the closed policy applies; allow roots, schemes and "
+            "modules with HEADRACE_ALLOWED_ROOTS, HEADRACE_ALLOWED_SCHEMES and HEADRACE_ALLOWED_MODULES"
+        )
+    if chosen == "open":
+        return (
+            f"warning: listening beyond loopback ({host}) with HEADRACE_POLICY=open: whoever holds the "
+            "token may read and write any file this server can"
+        )
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
