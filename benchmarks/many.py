@@ -106,7 +106,7 @@ _SQL = """version: 1
 name: many-sql-{i}
 nodes:
   input: {{op: read_csv, path: {csv}, column_types: {{id: int64, text: string}}}}
-  shape: {{op: sql, input: input, query: "SELECT id, upper(text) AS text, length(text) AS n FROM input"}}
+  shape: {{op: sql, input: input, query: "SELECT id, upper(text) AS text, length(text) AS n FROM batch"}}
   output: {{op: write_parquet, input: shape, path: {out}, overwrite: true}}
 """
 
