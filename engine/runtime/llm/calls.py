@@ -53,12 +53,20 @@ class RowFailed(Exception):
     """A row got no usable answer from any target; the message says why, for the dead-letter file.
 
     ``template`` is true when the prompt template could not be rendered with the row's values (for every
-    target); see :meth:`CallHealth.template_failed_everywhere`.
+    target); see :meth:`CallHealth.template_failed_everywhere`. ``down`` is the provider error a target
+    still gave after all its retries (the provider failed, not the row), with its provider and model.
     """
 
-    def __init__(self, message: str, *, template: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        template: bool = False,
+        down: tuple[ProviderError, str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.template = template
+        self.down = down
 
 
 class CallServices(Protocol):
@@ -224,13 +232,24 @@ class RowCaller:
         when no row can pass (:mod:`engine.runtime.llm.health`: later rows then raise it without a call)."""
         errors: list[str] = []
         template = True
+        down: list[tuple[ProviderError, str, str] | None] = []
         for target in self.settings.targets:
             self.health.check()
             try:
-                return await self._answer_with(row, target)
+                answer = await self._answer_with(row, target)
             except RowFailed as exc:
                 errors.append(f"{target.provider}/{target.model}: {exc}")
                 template = template and exc.template
+                down.append(exc.down)
+            else:
+                # the circuit breaker counts rows, after fallbacks: a provider that is down while its
+                # fallback answers costs retries, never the run
+                self.health.answered()
+                return answer
+        if down and all(d is not None for d in down):  # every target was down, not the row at fault
+            last = down[-1]
+            assert last is not None
+            self.health.gave_up(*last)
         raise RowFailed("; then ".join(errors), template=template)
 
     async def _answer_with(self, row: Mapping[str, Any], target: Target) -> Any:
@@ -318,9 +337,11 @@ class RowCaller:
                         throttled += 1
                         attempt -= 1
                     elif not exc.retryable or attempt >= policy.max_attempts:
-                        if exc.retryable:  # the provider failed, not the row: the circuit breaker counts it
-                            self.health.gave_up(exc, target.provider, target.model)
-                        raise RowFailed(f"{exc} (attempt {attempt} of {policy.max_attempts})") from None
+                        # retryable: the provider failed, not the row (the circuit breaker may count it)
+                        down = (exc, target.provider, target.model) if exc.retryable else None
+                        raise RowFailed(
+                            f"{exc} (attempt {attempt} of {policy.max_attempts})", down=down
+                        ) from None
                     if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
                         # the server said when to come back: that, not our own growing backoff
                         wait = exc.retry_after_s
@@ -337,7 +358,6 @@ class RowCaller:
                     await self._settle(reserved, actual)
                     if limits is not None:
                         self.services.refund_rate(key, request.max_tokens - response.output_tokens)
-                    self.health.answered()
                     return response
             await asyncio.sleep(wait)  # outside the slot: a backing-off row does not block others
 

@@ -8,7 +8,9 @@ dead_letter`` they would set every row aside (at 10 million rows: 10 million ref
   unknown model or endpoint), or a provider that cannot be built as configured: the first one stops;
 - a prompt template that fails on every row of a batch and has rendered for no row yet;
 - a provider that is down: the circuit breaker trips when at least ``BREAKER_FAILED_SHARE`` of the last
-  ``BREAKER_WINDOW`` calls (once ``BREAKER_MIN_CALLS`` were made) failed after all their retries.
+  ``BREAKER_WINDOW`` rows (once ``BREAKER_MIN_CALLS`` were tried) got no answer because every target,
+  fallbacks included, failed after all its retries. A provider that is down while its fallback answers
+  costs retries, not the run.
 
 :class:`CallHealth` keeps this state for one run's node in one pool actor, across the batches it answers;
 once it has stopped, every later row of that run raises the same :class:`FatalRunError` without a call.
@@ -53,7 +55,7 @@ class CallHealth:
             raise self.stopped
 
     def answered(self) -> None:
-        """A call got an answer."""
+        """A row got an answer (from its provider or a fallback)."""
         self._recent.append(True)
 
     def refused(self, exc: ProviderError, provider: str, model: str) -> None:
@@ -67,14 +69,16 @@ class CallHealth:
             )
 
     def gave_up(self, exc: ProviderError, provider: str, model: str) -> None:
-        """A call failed after all its retries: the circuit breaker counts it (and may trip)."""
+        """A row got no answer because every target failed after all its retries (``provider``/``model``
+        the last one tried): the circuit breaker counts it (and may trip)."""
         self._recent.append(False)
         failed = self._recent.count(False)
         if len(self._recent) >= BREAKER_MIN_CALLS and failed >= BREAKER_FAILED_SHARE * len(self._recent):
             self._stop(
-                f"node '{self.node}': {failed} of the last {len(self._recent)} calls to {provider}/{model} "
-                f"failed after every retry (last: {exc}); the provider looks down, so the run stopped "
-                "(circuit breaker) instead of setting every row aside; resume once it answers again"
+                f"node '{self.node}': {failed} of the last {len(self._recent)} rows got no answer after "
+                f"every retry of every target (last: {provider}/{model}: {exc}); the provider looks down, so "
+                "the run stopped (circuit breaker) instead of setting every row aside; resume once it "
+                "answers again"
             )
 
     def template_failed_everywhere(self, rows: int, first_error: str) -> None:
