@@ -73,8 +73,11 @@ def head() -> Iterator[Head]:
         RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
         "--num-cpus=2", f"--object-store-memory={256 * 1024 * 1024}", f"--temp-dir={temp_dir}",
-        # the client server's default port (10001) would collide with any other head on the machine
+        # Ray's default ports for the client server (10001) and the dashboard agent (52365) collide with
+        # any other Ray on the machine, such as the suite's own: the agent then never registers and the
+        # job server answers "No available agent to submit job"
         "--disable-usage-stats", f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
     ]  # fmt: skip
     try:
         for _attempt in range(3):
@@ -108,23 +111,17 @@ def _kill(temp_dir: str) -> None:
 
 
 def _submit(head: Head, entrypoint: str, runtime_env: dict[str, object]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            RAY,
-            "job",
-            "submit",
-            "--address",
-            head.dashboard,
-            "--runtime-env-json",
-            json.dumps(runtime_env),
-            "--",
-            *entrypoint.split(),
-        ],
-        env=head.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    argv = [
+        RAY, "job", "submit", "--address", head.dashboard,
+        "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint.split(),
+    ]  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        done = subprocess.run(argv, env=head.env, capture_output=True, text=True, timeout=300)
+        # the job server answers before the node's agent has registered with it: Ray says to retry
+        if "No available agent to submit job" not in done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(3)
 
 
 def _summary(stdout: str) -> dict[str, object]:
