@@ -297,7 +297,8 @@ def test_keys_and_endpoints_reach_workers_and_never_logs(monkeypatch: pytest.Mon
 
 
 def test_a_row_that_fails_everywhere_names_the_openai_error(server: LLMServer) -> None:
-    server.responder = lambda request: (_ for _ in ()).throw(ErrorReply(404, "The model does not exist"))
+    # a 400 fails this row only (a 401, 403 or 404 would stop the whole run: test_fail_fast.py)
+    server.responder = lambda request: (_ for _ in ()).throw(ErrorReply(400, "The prompt is too long"))
     spec = LlmClassify(op="llm_classify", input="x", prompt="{{ t }}", labels=["a", "b"])
     settings = CallSettings(node="n", targets=(Target("openai", MODEL),), retry=RetryPolicy(max_attempts=2))
     provider = _provider(server)
@@ -317,6 +318,6 @@ def test_a_row_that_fails_everywhere_names_the_openai_error(server: LLMServer) -
         finally:
             await provider.close()
 
-    with pytest.raises(RowFailed, match=r"openai \(HTTP 404\).*does not exist"):
+    with pytest.raises(RowFailed, match=r"openai \(HTTP 400\).*too long"):
         asyncio.run(main())
-    assert len(_calls(server)) == 1  # a 404 is final: not sent again
+    assert len(_calls(server)) == 1  # a 400 is final: not sent again

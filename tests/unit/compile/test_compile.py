@@ -156,12 +156,21 @@ def test_a_state_graph_compiles_as_a_graph(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_validate_refuses_what_run_refuses_without_ray(tmp_path: Path, text: str, says: str) -> None:
+def test_validate_refuses_what_run_refuses_without_ray(
+    tmp_path: Path, text: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    had_ray = "ray" in sys.modules
+    if had_ray:  # an earlier test of this session imported (and started) Ray: validate must not start it
+        monkeypatch.setattr(sys.modules["ray"], "init", _no_ray_init)
     path = write(tmp_path / "p.yaml", text)
     result = invoke("validate", str(path))
     assert result.exit_code == 1, result.output
     assert f"{path}:" in result.output and " error: " in result.output and says in result.output
-    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+    assert had_ray or "ray" not in sys.modules  # validate never even imports Ray
+
+
+def _no_ray_init(*args: object, **kwargs: object) -> None:
+    raise AssertionError("validate started Ray")
 
 
 def test_validate_warns_about_a_missing_key_and_strict_refuses(
