@@ -34,13 +34,12 @@ from operators.providers.base import (
 )
 from operators.providers.errors import (
     BadResponse,
-    ConnectionFailed,
     MissingCredentials,
     ProviderError,
-    ProviderTimeout,
     error_for_status,
     parse_retry_after,
     redact,
+    transport_error,
 )
 
 NAME = "anthropic"
@@ -282,14 +281,7 @@ class AnthropicProvider:
         if isinstance(exc, anthropic.APIStatusError):
             retry_after = parse_retry_after(exc.response.headers)
             return error_for_status(NAME, exc.status_code, message, retry_after)
-        if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException)):
-            return ProviderTimeout(message, provider=NAME)
-        if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
-            return ConnectionFailed(message, provider=NAME)
-        if isinstance(exc, (anthropic.APIResponseValidationError, ValueError)):
-            # The SDK does not wrap a 200 whose body is not JSON: json.JSONDecodeError is a ValueError.
-            return BadResponse(f"malformed response body: {message}", provider=NAME)
-        return ProviderError(f"{type(exc).__name__}: {message}", provider=NAME)
+        return transport_error(NAME, anthropic, exc, message)
 
     async def close(self) -> None:
         """Close the SDK client's connections; idempotent."""

@@ -24,6 +24,7 @@ import email.utils
 import re
 import time
 from collections.abc import Iterable, Mapping
+from types import ModuleType
 from typing import Any
 
 
@@ -140,6 +141,21 @@ def error_for_status(
     if status >= 500:
         return ServerError(message, provider=provider, status=status, retry_after_s=retry_after_s)
     return RequestRejected(message, provider=provider, status=status, retry_after_s=retry_after_s)
+
+
+def transport_error(name: str, sdk: ModuleType, exc: Exception, message: str) -> ProviderError:
+    """The ``ProviderError`` of an exception without a status from the ``anthropic`` or ``openai`` SDK
+    (``sdk``: both are generated alike, with the same exception classes), or from httpx under it."""
+    import httpx2
+
+    if isinstance(exc, (sdk.APITimeoutError, httpx2.TimeoutException)):
+        return ProviderTimeout(message, provider=name)
+    if isinstance(exc, (sdk.APIConnectionError, httpx2.TransportError)):
+        return ConnectionFailed(message, provider=name)
+    if isinstance(exc, (sdk.APIResponseValidationError, ValueError)):
+        # The SDKs do not wrap a 200 whose body is not JSON: json.JSONDecodeError is a ValueError.
+        return BadResponse(f"malformed response body: {message}", provider=name)
+    return ProviderError(f"{type(exc).__name__}: {message}", provider=name)
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:

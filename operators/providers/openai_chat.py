@@ -38,17 +38,16 @@ from openai.types.chat import ChatCompletion
 from operators.providers.base import BatchStatus, ConfigReader, LlmRequest, LlmResponse
 from operators.providers.errors import (
     BadResponse,
-    ConnectionFailed,
     MissingCredentials,
     ProviderConfigError,
     ProviderError,
-    ProviderTimeout,
     RateLimited,
     RequestRejected,
     error_for_status,
     parse_rate_limit_reset,
     parse_retry_after,
     redact,
+    transport_error,
 )
 
 NAME = "openai"
@@ -346,14 +345,7 @@ class OpenAIProvider:
                 # OpenAI answers an exhausted prepaid balance with a 429 too: waiting will not help
                 return RequestRejected(message, provider=NAME, status=exc.status_code)
             return error
-        if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
-            return ProviderTimeout(message, provider=NAME)
-        if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
-            return ConnectionFailed(message, provider=NAME)
-        if isinstance(exc, (openai.APIResponseValidationError, ValueError)):
-            # The SDK does not wrap a 200 whose body is not JSON: json.JSONDecodeError is a ValueError.
-            return BadResponse(f"malformed response body: {message}", provider=NAME)
-        return ProviderError(f"{type(exc).__name__}: {message}", provider=NAME)
+        return transport_error(NAME, openai, exc, message)
 
     async def close(self) -> None:
         """Close the SDK client's connections; idempotent."""
