@@ -23,6 +23,8 @@ from engine.errors import DataError, HeadraceError
 from engine.spec.models import SourceSpec
 from engine.spec.registry import behaviour
 
+_INFER_BLOCK = 1 << 20  # the bytes Arrow infers column types from: the file's first block
+
 
 @dataclass(frozen=True)
 class Split:
@@ -134,13 +136,15 @@ class _CsvReader:
         # Infer once, from the start of the first file, so every split and part shares one schema.
         fs, path = filesystem(first.url)
         with fs.open(path, "rb") as fh:
-            # malformed rows are the read's business (fail or dead-letter), not the inference's
-            options = self._options(spec, None, 1 << 20, on_invalid=lambda row: "skip")
-            try:
-                reader = pacsv.open_csv(fh, **options)
-                schema = reader.schema
-            except pa.ArrowInvalid as exc:
-                raise DataError(f"node '{node}': {first.url}: {exc}") from None
+            # Arrow infers from the first block only; handing it the file object would let its
+            # read-ahead threads pull several more blocks (10+ MB of a remote file) for nothing.
+            head = fh.read(2 * _INFER_BLOCK)
+        # malformed rows are the read's business (fail or dead-letter), not the inference's
+        options = self._options(spec, None, _INFER_BLOCK, on_invalid=lambda row: "skip")
+        try:
+            schema = pacsv.open_csv(pa.BufferReader(head), **options).schema
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"node '{node}': {first.url}: {exc}") from None
         return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in schema])
 
     def _options(
