@@ -9,6 +9,7 @@ means the output is complete.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
@@ -149,9 +150,13 @@ def _read_json(folder: str, name: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def clear_dead_letters(folder: str, sink_id: str) -> None:
-    """Remove dead-letter files an earlier run of this stage left in ``folder``."""
+def clear_dead_letters(folder: str, nodes: Iterable[str]) -> None:
+    """Remove dead-letter files an earlier run of this stage (its ``nodes``) left in ``folder``: files
+    are named ``dead-NODE[+NODE...]-SPLIT.jsonl`` after the nodes whose rows failed."""
     fs, path = filesystem(folder)
+    mine = set(nodes)
     if fs.exists(path):
-        for entry in fs.glob(f"{path}/dead-{sink_id}-*.jsonl"):
-            fs.rm(entry)
+        for entry in fs.glob(f"{path}/dead-*.jsonl"):
+            label = entry.rstrip("/").rsplit("/", 1)[-1][len("dead-") :].rsplit("-", 1)[0]
+            if mine & set(label.split("+")):
+                fs.rm(entry)

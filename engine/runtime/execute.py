@@ -400,7 +400,7 @@ def _execute(
         else:
             claim_output(job.sink, job.output, job.sink_id, run_id, spec_hash)  # type: ignore[arg-type]
             if job.dead_letters:
-                clear_dead_letters(job.dead_letters, job.sink_id)
+                clear_dead_letters(job.dead_letters, [*job.on_error, job.sink_id])
         committed = {p.split_index for p in earlier}
         reader = reader_for(job.source)  # type: ignore[arg-type]
         ray_map = functools.partial(_ray_map, placement=placement)

@@ -346,7 +346,9 @@ def _write_dead_letters(
         return None
     fs, folder = filesystem(folder_url)
     fs.makedirs(folder, exist_ok=True)
-    name = f"dead-{sink_id}-{where.index:05d}.jsonl"
+    # named after the nodes whose rows failed (a source's bad rows are the source's, not the sink's)
+    label = "+".join(sorted({f.node for f in failures})) or sink_id
+    name = f"dead-{label}-{where.index:05d}.jsonl"
     tmp = f"{folder}/.{name}.tmp"
     with fs.open(tmp, "w") as fh:
         for f in failures:

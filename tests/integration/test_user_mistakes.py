@@ -102,3 +102,13 @@ def test_an_output_folder_holding_an_earlier_run_says_what_to_do_and_nothing_els
     assert "set `overwrite: true` on the node" in message
     assert "dead-letter" not in message and "max_failed" not in message  # no unrelated hint
     assert (tmp_path / "out" / "_manifest.json").exists()  # the earlier run's output is intact
+
+
+def test_a_source_nodes_dead_letters_are_named_after_the_source(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n1,a\n2,b,one too many\n3,c\n")
+    dead = tmp_path / "dead"
+    source = f"{{op: read_csv, path: {src}, on_error: {{mode: dead_letter, dead_letter_path: {dead}}}}}"
+    code, message = _outcome(_pipeline(tmp_path, source))
+    assert code == 0, message
+    assert [p.name for p in dead.glob("*.jsonl")] == ["dead-input-00000.jsonl"]
