@@ -7,6 +7,7 @@ is the unit of parallelism, retry and resume: one Ray task reads, transforms and
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -264,6 +265,21 @@ def _lines(split: Split, batch_rows: int, encoding: str = "utf-8") -> Iterator[l
     return read_lines_range(fs, byte_range, batch_rows=batch_rows, encoding=encoding)
 
 
+def _json_row(line: str) -> dict[str, Any]:
+    """One JSONL line as a row; ValueError for a line that is not a JSON object, including one nested
+    deeper than Python's parser can follow (its RecursionError would otherwise fail the whole split)."""
+    try:
+        row = json.loads(line)
+    except RecursionError:
+        raise ValueError(
+            f"nested deeper than the JSON reader can follow (Python's recursion limit, "
+            f"{sys.getrecursionlimit()})"
+        ) from None
+    if not isinstance(row, dict):
+        raise ValueError("each line must be a JSON object")
+    return row
+
+
 class _JsonlReader:
     def splits(
         self, spec: ReadJsonl, node: str, urls: list[str], pmap: ParallelMap = serial_map
@@ -282,9 +298,7 @@ class _JsonlReader:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise ValueError("each line must be a JSON object")
+                    row = _json_row(line)
                 except ValueError as exc:
                     message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
                     if bad_row is None:
