@@ -324,15 +324,25 @@ class TenantLedgerActor:
         """Open a run's account (its budgets, and ``tenant`` when its tenant has a cost quota)."""
         self._runs.open(run_id, run_budget, node_budgets, tenant)
 
-    def reserve_call(self, run_id: str, node: str, charge: Charge) -> bool:
+    def reserve_call(self, run_id: str, node: str, charge: Charge, holder: str | None = None) -> bool:
         """See ``RunAccounts.reserve``."""
-        return self._runs.reserve(run_id, node, charge)
+        return self._runs.reserve(run_id, node, charge, holder)
 
     def settle_call(
-        self, run_id: str, node: str, reserved: Charge, actual: Charge | None, requests: int = 1
+        self,
+        run_id: str,
+        node: str,
+        reserved: Charge,
+        actual: Charge | None,
+        requests: int = 1,
+        holder: str | None = None,
     ) -> None:
         """See ``RunAccounts.settle``."""
-        self._runs.settle(run_id, node, reserved, actual, requests)
+        self._runs.settle(run_id, node, reserved, actual, requests, holder)
+
+    def release_holder(self, holder: str) -> int:
+        """See ``RunAccounts.release_holder`` (a pool actor died mid-call)."""
+        return self._runs.release_holder(holder)
 
     def record_cached(
         self, run_id: str, node: str, requests: int, input_tokens: int, output_tokens: int

@@ -10,7 +10,7 @@ import pytest
 from engine.errors import BudgetExceeded
 from engine.runtime.llm.accounts import RunAccounts
 from engine.runtime.llm.director import FairQueue
-from engine.runtime.llm.ledger import Charge
+from engine.runtime.llm.ledger import WAIT, Charge
 from engine.runtime.task_slots import TaskSlots
 from engine.runtime.tenants import LocalTenant, TenantLedger, TenantQuota
 from engine.spec.models import Budget
@@ -84,6 +84,26 @@ def test_a_closed_account_returns_its_figures_refuses_calls_and_still_releases_t
     accounts.settle("r", "n", Charge(0.4), Charge(0.2))  # a call of the ended run settles late
     assert tenants.spent("team") == pytest.approx(0.3)
     assert tenants.reserve("team", 0.7) is None  # nothing is held for the ended run any more
+
+
+def test_a_dead_pool_actors_reservations_are_settled_at_their_worst_case_once() -> None:
+    """A pool actor killed mid-call never settles: releasing its holder settles what it held as spent
+    (the provider may have billed), frees the tenant's quota, and its late settlement counts nothing."""
+    accounts, tenants = _accounts()
+    accounts.open("r", None, {}, "team")
+    assert accounts.reserve("r", "n", Charge(0.3), holder="dead") is True
+    assert accounts.reserve("r", "n", Charge(0.3), holder="dead") is True
+    assert accounts.reserve("r", "n", Charge(0.2), holder="alive") is True
+    assert tenants.reserve("team", 0.3) is WAIT  # 0.8 held: another 0.3 waits for settlements
+    assert accounts.release_holder("dead") == 2
+    assert accounts.release_holder("dead") == 0  # twice (two tasks saw it die): nothing more
+    assert tenants.spent("team") == pytest.approx(0.6)
+    accounts.settle("r", "n", Charge(0.3), Charge(0.01), holder="dead")  # cannot come, but if it did
+    assert tenants.spent("team") == pytest.approx(0.6)
+    accounts.settle("r", "n", Charge(0.2), Charge(0.1), holder="alive")
+    assert tenants.spent("team") == pytest.approx(0.7)
+    assert accounts.close("r")["n"]["requests"] == 3
+    assert tenants.reserve("team", 0.3) is None  # nothing held by the dead actor any more
 
 
 def test_llm_task_slots_go_to_waiting_runs_in_turn() -> None:

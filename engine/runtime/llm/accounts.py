@@ -5,6 +5,11 @@ tenant has a cost quota) and closes it when it ends; the account's final figures
 record and the account is forgotten. Between the two, the shared pools' actors reserve and settle each
 call against the account by run id (:class:`AccountServices`), and the driver polls its usage.
 
+Each reservation names its *holder*, the pool actor whose call it is. An actor that dies mid-call never
+settles, so whoever sees it die releases its holder: each reservation it held is settled as spent at its
+worst case (the provider may have billed the call; a budget must never count less than was spent), and
+the tenant's quota is no longer held by calls that will never end.
+
 :class:`RunAccounts` is plain Python; the cluster's ledger service
 (:class:`~engine.runtime.tenants.TenantLedgerActor`, one named detached Ray actor) holds one beside the
 tenants' quotas, so a reservation's tenant scope is a call inside the same process, not another actor
@@ -13,7 +18,7 @@ round trip, and a run costs no actor (no process) of its own.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,6 +38,7 @@ class RunAccounts:
         self._tenant_scope = tenant_scope
         self._open: dict[str, Ledger] = {}
         self._closed: OrderedDict[str, TenantScope | None] = OrderedDict()
+        self._held: dict[str, Counter[tuple[str, str, Charge]]] = {}
 
     def open(
         self,
@@ -46,17 +52,51 @@ class RunAccounts:
         self._closed.pop(run_id, None)
         self._open[run_id] = Ledger(run_budget, node_budgets, scope)
 
-    def reserve(self, run_id: str, node: str, charge: Charge) -> bool:
-        """See ``Ledger.reserve``; a run whose account is closed (it ended) may start no call."""
+    def reserve(self, run_id: str, node: str, charge: Charge, holder: str | None = None) -> bool:
+        """See ``Ledger.reserve``; a run whose account is closed (it ended) may start no call.
+        ``holder``: the pool actor making the call (see :meth:`release_holder`)."""
         ledger = self._open.get(run_id)
         if ledger is None:
             raise BudgetExceeded(f"run {run_id!r} has ended: no new LLM calls", scope="run")
-        return ledger.reserve(node, charge)
+        granted = ledger.reserve(node, charge)
+        if granted and holder is not None:
+            self._held.setdefault(holder, Counter())[(run_id, node, charge)] += 1
+        return granted
 
     def settle(
-        self, run_id: str, node: str, reserved: Charge, actual: Charge | None, requests: int = 1
+        self,
+        run_id: str,
+        node: str,
+        reserved: Charge,
+        actual: Charge | None,
+        requests: int = 1,
+        holder: str | None = None,
     ) -> None:
         """See ``Ledger.settle``; after the run ended only its tenant's reservation is released."""
+        if holder is not None:
+            held = self._held.get(holder)
+            key = (run_id, node, reserved)
+            if held is None or not held[key]:
+                return  # released already: its holder was reported dead
+            held[key] -= 1
+            if not held[key]:
+                del held[key]
+                if not held:
+                    del self._held[holder]
+        self._settle(run_id, node, reserved, actual, requests)
+
+    def release_holder(self, holder: str) -> int:
+        """Settle every reservation ``holder`` (a pool actor that died) still held, each as spent at its
+        worst case; how many there were. Settling twice is harmless: the second finds none."""
+        held = self._held.pop(holder, None)
+        if not held:
+            return 0
+        for (run_id, node, charge), count in held.items():
+            for _ in range(count):
+                self._settle(run_id, node, charge, charge, 1)
+        return sum(held.values())
+
+    def _settle(self, run_id: str, node: str, reserved: Charge, actual: Charge | None, requests: int) -> None:
         ledger = self._open.get(run_id)
         if ledger is not None:
             ledger.settle(node, reserved, actual, requests)
@@ -97,15 +137,16 @@ class AccountServices:
     """The budget half of ``CallServices`` for one run's account in the ledger service (an actor handle);
     the pool actors' calls go through it."""
 
-    def __init__(self, ledger: Any, run_id: str) -> None:
+    def __init__(self, ledger: Any, run_id: str, holder: str | None = None) -> None:
         self._ledger = ledger
         self._run_id = run_id
+        self._holder = holder
 
     async def reserve_budget(self, node: str, charge: Charge) -> bool:
         import ray
 
         try:
-            granted: bool = await self._ledger.reserve_call.remote(self._run_id, node, charge)
+            granted: bool = await self._ledger.reserve_call.remote(self._run_id, node, charge, self._holder)
         except ray.exceptions.RayTaskError as exc:
             raise (exc.cause if isinstance(exc.cause, BudgetExceeded) else exc) from None
         return granted
@@ -113,7 +154,7 @@ class AccountServices:
     async def settle_budget(
         self, node: str, reserved: Charge, actual: Charge | None, requests: int = 1
     ) -> None:
-        await self._ledger.settle_call.remote(self._run_id, node, reserved, actual, requests)
+        await self._ledger.settle_call.remote(self._run_id, node, reserved, actual, requests, self._holder)
 
     async def record_cached(self, node: str, requests: int, input_tokens: int, output_tokens: int) -> None:
         await self._ledger.record_cached.remote(self._run_id, node, requests, input_tokens, output_tokens)

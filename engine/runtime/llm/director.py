@@ -12,7 +12,8 @@ actor (the rows never pass through the director) and gives the lease back.
   When every actor is full and leases wait, the director starts another, up to the most actors a node
   gives its pool (``resources.concurrency``). An actor idle for ``HEADRACE_POOL_IDLE_S`` seconds (60) is
   retired.
-- **Alive and placed.** A new actor gets work only once it has answered (it is placed and running).
+- **Alive and placed.** A new actor gets work only once it has answered (it is placed and running);
+  the director awaits that answer, it never blocks its event loop on Ray.
   A task whose actor died mid-batch says so when it gives the lease back: the actor is dropped and the
   task sends the whole batch again to another (the dead actor's answers never reached the output).
 - **Cancelling frees the share at once.** When a run ends its waiting leases are dropped, its leased
@@ -137,14 +138,15 @@ class Lease:
 
     id: int
     actor: Any
+    holder: str
+    """Who holds the actor's budget reservations in the ledger (released when it dies mid-call)."""
 
 
 @dataclass
 class _Actor:
     handle: Any
-    answer: Any = None
-    """The pending answer of its ``ready`` call (None once it answered)."""
     ready: bool = False
+    holder: str = ""
     leases: set[int] = field(default_factory=set)
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -169,6 +171,7 @@ class PoolDirector:
             idle_s = float(os.environ.get("HEADRACE_POOL_IDLE_S", _IDLE_S_DEFAULT))
         self._idle_s = idle_s
         self._reaper: asyncio.Task[None] | None = None
+        self._starting: set[asyncio.Task[None]] = set()
         self.started = 0
         self.retired = 0
 
@@ -187,7 +190,7 @@ class PoolDirector:
         self._deal()
         return await future
 
-    def release(self, lease_id: int, died: bool = False) -> None:
+    async def release(self, lease_id: int, died: bool = False) -> None:
         """Give a lease back; ``died``: its actor died mid-batch (it gets no more work)."""
         entry = self._leases.pop(lease_id, None)
         if entry is None:
@@ -201,7 +204,7 @@ class PoolDirector:
                 self._forget(entry[0], kill=True)
         self._deal()
 
-    def drop(self, run_id: str) -> int:
+    async def drop(self, run_id: str) -> int:
         """Forget ``run_id``: its waiting leases are refused, its batches on actors cancelled and their
         leases freed. Returns how many waiting leases were dropped."""
         dropped = self._queue.drop(run_id)
@@ -218,7 +221,7 @@ class PoolDirector:
         self._deal()
         return len(dropped)
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """Actors (ready, starting), leases out, leases waiting, the most actors, started and retired."""
         return {
             "actors": sum(1 for a in self._actors.values() if a.ready),
@@ -230,17 +233,14 @@ class PoolDirector:
             "retired": self.retired,
         }
 
-    def actor_pids(self) -> list[int]:
+    async def actor_pids(self) -> list[int]:
         """Process ids of the ready actors (tests kill one)."""
-        import ray
-
-        pids: list[int] = ray.get([a.handle.ready.remote() for a in self._actors.values() if a.ready])
-        return pids
+        ready = await asyncio.gather(*(a.handle.ready.remote() for a in self._actors.values() if a.ready))
+        return [pid for pid, _ in ready]
 
     # -- dealing --------------------------------------------------------------------------------------
 
     def _deal(self) -> None:
-        self._check_ready()
         while len(self._queue):
             free = [(len(a.leases), i) for i, a in self._actors.items() if a.ready]
             free = [f for f in free if f[0] < BATCHES_PER_ACTOR]
@@ -256,7 +256,7 @@ class PoolDirector:
             self._leases[self._ids] = (actor_id, request.run_id)
             actor = self._actors[actor_id]
             actor.leases.add(self._ids)
-            future.set_result(Lease(self._ids, actor.handle))
+            future.set_result(Lease(self._ids, actor.handle, actor.holder))
         self._grow()
 
     def _grow(self) -> None:
@@ -276,27 +276,24 @@ class PoolDirector:
         # a cluster service: never captured by the placement group of the tenant whose run started it
         handle = ray.remote(self._worker_class).options(scheduling_strategy="DEFAULT", **options).remote()
         self._ids += 1
-        self._actors[self._ids] = _Actor(handle, handle.ready.remote())
+        self._actors[self._ids] = _Actor(handle)
         self.started += 1
+        task = asyncio.get_running_loop().create_task(self._await_ready(self._ids, handle))
+        self._starting.add(task)  # held, so the loop does not drop it half-way
+        task.add_done_callback(self._starting.discard)
 
-    def _check_ready(self) -> None:
-        """Mark started actors that have answered as ready (polled: cheap, and never lost)."""
-        import ray
-
-        for actor_id, actor in list(self._actors.items()):
-            if actor.ready or actor.answer is None:
-                continue
-            done, _ = ray.wait([actor.answer], timeout=0)
-            if not done:
-                continue
-            try:
-                ray.get(done[0])
-            except Exception as exc:  # it could not start: leases keep waiting for others
-                _log.warning("pool %s: an actor failed to start: %s", self.name, exc)
-                self._forget(actor_id, kill=True)
-            else:
-                actor.ready, actor.answer = True, None
-                actor.idle_since = time.monotonic()
+    async def _await_ready(self, actor_id: int, handle: Any) -> None:
+        """Deal to a started actor once it answers (it is placed and running)."""
+        try:
+            _, holder = await handle.ready.remote()
+        except Exception as exc:  # it could not start: leases keep waiting for others
+            _log.warning("pool %s: an actor failed to start: %s", self.name, exc)
+            self._forget(actor_id, kill=True)
+        else:
+            actor = self._actors.get(actor_id)
+            if actor is not None:
+                actor.ready, actor.holder, actor.idle_since = True, holder, time.monotonic()
+        self._deal()
 
     def _forget(self, actor_id: int, *, kill: bool) -> None:
         import ray
@@ -311,12 +308,9 @@ class PoolDirector:
                 ray.kill(actor.handle)
 
     async def _reap(self) -> None:
-        """Notice actors that started (every 0.1 s while some start) and retire actors idle longer than
-        the idle time."""
+        """Retire actors idle longer than the idle time."""
         while True:
-            starting = any(not a.ready for a in self._actors.values())
-            await asyncio.sleep(0.1 if starting else min(1.0, max(0.05, self._idle_s / 4)))
-            self._deal()
+            await asyncio.sleep(min(1.0, max(0.05, self._idle_s / 4)))
             now = time.monotonic()
             for actor_id, actor in list(self._actors.items()):
                 if actor.ready and not actor.leases and now - actor.idle_since > self._idle_s:

@@ -143,6 +143,8 @@ class PoolClient:
                 return result
             except ray.exceptions.RayActorError:
                 died = True
+                if batch.ledger is not None:  # its calls in flight will never settle
+                    batch.ledger.release_holder.remote(lease.holder)
                 if attempt == _REDISPATCH:
                     raise
             finally:
@@ -153,8 +155,8 @@ class PoolClient:
 class _RunServices:
     """``CallServices`` for one batch: its run's account in the ledger service, the cluster's limiter."""
 
-    def __init__(self, batch: PoolBatch) -> None:
-        self._account = AccountServices(batch.ledger, batch.run_id)
+    def __init__(self, batch: PoolBatch, holder: str) -> None:
+        self._account = AccountServices(batch.ledger, batch.run_id, holder)
         self._limiter = batch.limiter
         self.reserve_budget = self._account.reserve_budget
         self.settle_budget = self._account.settle_budget
@@ -180,10 +182,12 @@ class PoolWorker:
         self._slots: dict[int, asyncio.Semaphore] = {}
         self._running: dict[str, set[asyncio.Task[PoolResult]]] = {}
         self._health: OrderedDict[tuple[str, str], CallHealth] = OrderedDict()
+        self._holder = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
+        """Who holds this actor's budget reservations in the ledger (released if the actor dies)."""
 
-    def ready(self) -> int:
-        """Answers once the actor is placed and running: its process id."""
-        return os.getpid()
+    def ready(self) -> tuple[int, str]:
+        """Answers once the actor is placed and running: its process id and its reservations' holder."""
+        return os.getpid(), self._holder
 
     def pid(self) -> int:
         """The actor's process id (tests kill it to check recovery)."""
@@ -228,7 +232,7 @@ class PoolWorker:
     async def _process(self, batch: PoolBatch, table: pa.Table) -> PoolResult:
         rows = table.to_pylist()
         task = self._task(batch)
-        services = _RunServices(batch)
+        services = _RunServices(batch, self._holder)
         outcomes: list[Any]
         if batch.spec.mode == "batch":
             target = batch.settings.targets[0]
