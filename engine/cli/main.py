@@ -26,6 +26,7 @@ class _LazyGroup(click.Group):
     lazy: ClassVar[dict[str, str]] = {
         "audit": "engine.cli.audit:audit",
         "estimate": "engine.cli.estimate:estimate",
+        "import": "engine.cli.import_pipeline_ex:import_",
         "run": "engine.cli.run:run",
         "runs": "engine.cli.runs:runs",
         "serve": "engine.cli.serve:serve",

@@ -33,6 +33,7 @@ EXPORTED = {
         "register_op",
         "run_checked",
     ],
+    "engine.importers": ["Conversion", "ImportProblem", "import_pipeline_ex"],
     "engine.records": [
         "EVENT_KINDS",
         "Event",
