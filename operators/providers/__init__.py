@@ -22,6 +22,7 @@ from operators.providers.base import (
 from operators.providers.errors import (
     BadResponse,
     ConnectionFailed,
+    KeyRejected,
     ProviderConfigError,
     ProviderError,
     ProviderTimeout,
@@ -37,6 +38,7 @@ __all__ = [
     "BatchProvider",
     "BatchStatus",
     "ConnectionFailed",
+    "KeyRejected",
     "LlmRequest",
     "LlmResponse",
     "Provider",

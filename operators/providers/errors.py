@@ -9,6 +9,7 @@
     ├── ConnectionFailed          refused, reset or dropped connection: retryable
     ├── BadResponse               a 200 whose body is not what the API promises: retryable
     ├── RequestRejected           any other 4xx (bad request, auth, not found): not retryable
+    │   └── KeyRejected           the key itself is refused, whatever the status (Gemini: 400 API_KEY_INVALID)
     ├── ProviderConfigError       unknown provider, bad config, missing credentials: not retryable
     └── RecordingMissing          replay-only mode met a request it has no recording of: not retryable
 
@@ -117,6 +118,11 @@ class RequestRejected(ProviderError):
     """The provider refused the request (4xx other than 429): sending it again will not help."""
 
 
+class KeyRejected(RequestRejected):
+    """The provider refused the API key itself, whatever HTTP status it chose: Google answers a wrong key
+    with 400 INVALID_ARGUMENT (reason ``API_KEY_INVALID``), not 401. No row can pass it."""
+
+
 class ProviderConfigError(ProviderError):
     """The provider cannot be built or used as configured (what to set is in the message)."""
 
@@ -221,6 +227,17 @@ def parse_rate_limit_reset(headers: Mapping[str, str] | None) -> float | None:
             if seconds is not None:
                 waits.append(seconds)
     return max(waits) if waits else None
+
+
+def google_error_reasons(details: Any) -> set[str]:
+    """The ``reason`` of each ``ErrorInfo`` detail of a Google API error body (e.g. ``API_KEY_INVALID``)."""
+    error = details.get("error", details) if isinstance(details, dict) else None
+    items = error.get("details") if isinstance(error, dict) else None
+    return {
+        item["reason"]
+        for item in (items if isinstance(items, list) else [])
+        if isinstance(item, dict) and isinstance(item.get("reason"), str)
+    }
 
 
 def parse_retry_delay(details: Any) -> float | None:

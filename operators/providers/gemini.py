@@ -44,16 +44,20 @@ from operators.providers.base import (
 from operators.providers.errors import (
     BadResponse,
     ConnectionFailed,
+    KeyRejected,
     MissingCredentials,
     ProviderError,
     ProviderTimeout,
     error_for_status,
+    google_error_reasons,
     parse_retry_after,
     parse_retry_delay,
     redact,
 )
 
 NAME = "gemini"
+# ErrorInfo reasons by which Google refuses the key itself; a wrong key comes back as 400, not 401.
+_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
 _STOP_REASONS = {"STOP": "end_turn", "MAX_TOKENS": "max_tokens"}
 # Inlined batches are capped at 20 MB of requests, which the API enforces (a 400); the count limit only
 # keeps one batch's bookkeeping bounded, and matches Anthropic's.
@@ -381,6 +385,8 @@ class GeminiProvider:
             retry_after = parse_retry_after(headers) if headers is not None else None
             if retry_after is None:
                 retry_after = parse_retry_delay(exc.details)
+            if _KEY_REASONS & google_error_reasons(exc.details):
+                return KeyRejected(message, provider=NAME, status=exc.code)
             return error_for_status(NAME, exc.code, message, retry_after)
         if isinstance(exc, _TIMEOUT_ERRORS):  # before OSError: TimeoutError is one
             return ProviderTimeout(f"no answer within the timeout ({message})", provider=NAME)

@@ -21,6 +21,7 @@ ROWS = 200
 @pytest.fixture(autouse=True)
 def _store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEADRACE_CHECKPOINTS", f"sqlite:///{tmp_path}/runs.db")
+    monkeypatch.setenv("HEADRACE_TEST_KEY", "a-wrong-key")  # servers that check keys expect another
 
 
 def _pipeline(
@@ -67,16 +68,18 @@ def _refusing(status: int, message: str) -> Callable[[Any], Any]:
     return refuse
 
 
-@pytest.mark.parametrize("provider", ["anthropic"])
-def test_a_refused_key_stops_the_run_at_once_even_under_dead_letter(tmp_path: Path, provider: str) -> None:
-    # anthropic: the server checks the key (any other gets its real 401); gemini: every call answers 401
-    refuse = None if provider == "anthropic" else _refusing(401, "API key not valid")
-    with LLMServer(api_key="the-right-key", responder=refuse) as server:
+@pytest.mark.parametrize(("provider", "status"), [("anthropic", 401), ("gemini", 400)])
+def test_a_refused_key_stops_the_run_at_once_even_under_dead_letter(
+    tmp_path: Path, provider: str, status: int
+) -> None:
+    # the server checks the key and answers a wrong one as each API does: anthropic 401, Google 400
+    # INVALID_ARGUMENT with the ErrorInfo reason API_KEY_INVALID
+    with LLMServer(api_key="the-right-key") as server:
         summary = _run(_pipeline(tmp_path, server.url, provider=provider))
         sent = len(server.requests)
-    assert summary.status == "failed" and summary.exit_code == 3
+    assert summary.status == "failed" and summary.exit_code == 3, summary.error
     error = summary.error or ""
-    assert "HTTP 401" in error and "authentication failed" in error, error
+    assert f"HTTP {status}" in error and "authentication failed" in error, error
     model = "claude-haiku-4-5" if provider == "anthropic" else "gemini-2.5-flash"
     assert f"{provider}/{model}" in error and "node 'classify'" in error
     variable = "$ANTHROPIC_API_KEY" if provider == "anthropic" else "$GEMINI_API_KEY"

@@ -36,13 +36,17 @@ class ErrorReply(Exception):
 
     ``status`` is the HTTP status (400, 401, 403, 404, 429, 500, 503, 529); the server picks the matching
     Anthropic error type or Gemini status string. ``retry_after_s`` adds a ``retry-after`` header.
+    ``reason`` is Google's ``ErrorInfo`` reason (e.g. ``API_KEY_INVALID``), sent in Gemini's error details.
     """
 
-    def __init__(self, status: int, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, retry_after_s: float | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after_s = retry_after_s
+        self.reason = reason
 
 
 @dataclass(frozen=True)

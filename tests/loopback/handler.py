@@ -246,7 +246,9 @@ class _Handler(BaseHTTPRequestHandler):
             if not key:
                 raise ErrorReply(403, "Method doesn't allow unregistered callers. Please use an API key.")
             if expected is not None and key != expected:
-                raise ErrorReply(400, "API key not valid. Please pass a valid API key.")
+                raise ErrorReply(
+                    400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID"
+                )
 
     def _base_url(self) -> str:
         return f"http://{self.headers.get('host') or self.server.owner.url.removeprefix('http://')}"

@@ -293,7 +293,7 @@ class LLMServer:
         if provider == "gemini":
             # Gemini has no 529; its overload answer is 503 UNAVAILABLE.
             status = 503 if error.status == 529 else error.status
-            payload = wire.gemini_error(status, error.message, error.retry_after_s)
+            payload = wire.gemini_error(status, error.message, error.retry_after_s, error.reason)
         elif provider == "openai":
             status = 503 if error.status == 529 else error.status  # nor has OpenAI
             payload = openai_error(status, error.message)

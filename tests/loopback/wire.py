@@ -365,17 +365,33 @@ _GEMINI_STATUSES = {
 }
 
 
-def gemini_error(status: int, message: str, retry_after_s: float | None = None) -> dict[str, Any]:
-    """A Google API error body: ``{"error": {"code": ..., "message": ..., "status": ...}}``."""
+def gemini_error(
+    status: int, message: str, retry_after_s: float | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    """A Google API error body: ``{"error": {"code": ..., "message": ..., "status": ..., "details": [...]}}``,
+    with a ``RetryInfo`` detail for ``retry_after_s`` and an ``ErrorInfo`` one for ``reason`` (Google
+    answers a wrong key with 400 INVALID_ARGUMENT, reason ``API_KEY_INVALID``)."""
     error: dict[str, Any] = {
         "code": status,
         "message": message,
         "status": _GEMINI_STATUSES.get(status, "UNKNOWN"),
     }
+    details: list[dict[str, Any]] = []
+    if reason is not None:
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        )
     if retry_after_s is not None:
-        error["details"] = [
+        details.append(
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after_s:g}s"}
-        ]
+        )
+    if details:
+        error["details"] = details
     return {"error": error}
 
 

@@ -22,6 +22,7 @@ import operators.providers
 from operators.providers import (
     BadResponse,
     ConnectionFailed,
+    KeyRejected,
     LlmRequest,
     LlmResponse,
     Provider,
@@ -213,9 +214,14 @@ def test_rejections_are_final_and_never_show_the_key(name: str) -> None:
         wrong_key = _run(_fail(_provider(name, server, api_key=secret), _request(name)))
     with LLMServer(responder=echo_key) as server:
         echoed = _run(_fail(_provider(name, server, api_key=secret), _request(name)))
-    # Gemini answers a bad key with 400 INVALID_ARGUMENT, as the real API does; Anthropic and OpenAI with 401.
-    for raised, status in ((wrong_key, 400 if name == "gemini" else 401), (echoed, 400)):
-        assert type(raised) is RequestRejected and not raised.retryable and raised.status == status
+    # Gemini answers a bad key with 400 INVALID_ARGUMENT (reason API_KEY_INVALID), as the real API does:
+    # still a refused key (KeyRejected, which stops a run); Anthropic and OpenAI with 401.
+    refused_key = KeyRejected if name == "gemini" else RequestRejected
+    for raised, kind, status in (
+        (wrong_key, refused_key, 400 if name == "gemini" else 401),
+        (echoed, RequestRejected, 400),
+    ):
+        assert type(raised) is kind and not raised.retryable and raised.status == status
         assert secret not in str(raised) and secret not in repr(raised) and raised.__cause__ is None
     assert "[REDACTED]" in str(echoed)
 
@@ -396,6 +402,7 @@ def test_public_names_are_pinned() -> None:
         "BatchProvider",
         "BatchStatus",
         "ConnectionFailed",
+        "KeyRejected",
         "LlmRequest",
         "LlmResponse",
         "Provider",
@@ -475,7 +482,10 @@ def test_a_count_with_a_bad_key_is_rejected_without_the_key(name: str) -> None:
         with pytest.raises(ProviderError) as raised:
             _run(_count(provider, _request(name)))
     error = raised.value
-    assert type(error) is RequestRejected and not error.retryable and error.provider == name
+    assert type(error) is (
+        KeyRejected if name == "gemini" else RequestRejected
+    )  # Google: 400 API_KEY_INVALID
+    assert not error.retryable and error.provider == name
     assert secret not in str(error) and secret not in repr(error) and error.__cause__ is None
 
 

@@ -5,7 +5,8 @@ dead_letter`` they would set every row aside (at 10 million rows: 10 million ref
 "succeeded" run):
 
 - an answer that says the key or the model is wrong: 401 (authentication), 403 (permission), 404 (an
-  unknown model or endpoint), or a provider that cannot be built as configured: the first one stops;
+  unknown model or endpoint), a refused key whatever its status (Gemini answers a wrong key with 400
+  ``API_KEY_INVALID``), or a provider that cannot be built as configured: the first one stops;
 - a prompt template that fails on every row of a batch and has rendered for no row yet;
 - a provider that is down: the circuit breaker trips when at least ``BREAKER_FAILED_SHARE`` of the last
   ``BREAKER_WINDOW`` rows (once ``BREAKER_MIN_CALLS`` were tried) got no answer because every target,
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 
 from engine.errors import FatalRunError
-from operators.providers.errors import ProviderConfigError, ProviderError
+from operators.providers.errors import KeyRejected, ProviderConfigError, ProviderError
 
 FATAL_STATUS = {
     401: "authentication failed: the key is wrong, expired or missing",
@@ -60,8 +61,10 @@ class CallHealth:
 
     def refused(self, exc: ProviderError, provider: str, model: str) -> None:
         """A call failed with ``exc``: raise ``FatalRunError`` when no row can pass that error."""
-        if exc.status in FATAL_STATUS or isinstance(exc, ProviderConfigError):
-            what = FATAL_STATUS.get(exc.status or 0, "the provider cannot be used as configured")
+        if exc.status in FATAL_STATUS or isinstance(exc, (ProviderConfigError, KeyRejected)):
+            # a refused key is an authentication failure whatever status carried it (Gemini: 400)
+            status = 401 if isinstance(exc, KeyRejected) else exc.status or 0
+            what = FATAL_STATUS.get(status, "the provider cannot be used as configured")
             key = f"providers.{provider}.config.api_key or {_KEY_VARIABLES.get(provider, 'its key variable')}"
             self._stop(
                 f"node '{self.node}': {provider}/{model} answered {exc}: {what} (key from {key}); every "
