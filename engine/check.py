@@ -83,7 +83,7 @@ def locate(problem: Problem, doc: Document) -> Diagnostic:
     """Place a plan problem in the file it came from."""
     span = doc.source_map.locate(problem.where, prefer=problem.at)
     return Diagnostic(
-        doc.path,
+        doc.file_of(span),
         span.line,
         span.col,
         problem.message,

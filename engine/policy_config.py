@@ -78,5 +78,5 @@ def _diagnostic(err: Any, data: Any, document: Document | None, at: JsonPath) ->
         return Diagnostic("<policy>", 1, 1, message, code="policy", json_path=format_path(where))
     span = document.source_map.locate(where, prefer="key" if unknown else "value")
     return Diagnostic(
-        document.path, span.line, span.col, message, code="policy", json_path=format_path(where)
+        document.file_of(span), span.line, span.col, message, code="policy", json_path=format_path(where)
     )

@@ -54,9 +54,9 @@ def explain(exc: HeadraceError, checked: CheckedPipeline, run_id: str) -> Failur
     op = ""
     if node is not None:
         span = document.source_map.locate(("nodes", node), prefer="key")
-        location = {"file": document.path, "line": span.line, "col": span.col}
+        location = {"file": document.file_of(span), "line": span.line, "col": span.col}
         op = spec.nodes[node].op
-        prefix = f"{document.path}:{span.line}:{span.col}: "
+        prefix = f"{document.file_of(span)}:{span.line}:{span.col}: "
         text = text.replace(f"node '{node}': ", f"node '{node}' ({op}): ", 1)
     hint = _next_step(exc, node, op, checked, run_id)
     message = f"{prefix}{text}" + (f"; {hint}" if hint else "")

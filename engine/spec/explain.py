@@ -103,7 +103,7 @@ def _one(err: ErrorDetails, doc: Document, schema: Mapping[str, Any]) -> Diagnos
             message += f" (got {_show(err.get('input'))})"
     span = smap.locate(where, prefer="key" if prefer == "key" else "value")
     return Diagnostic(
-        doc.path,
+        doc.file_of(span),
         span.line,
         span.col,
         message,

@@ -54,7 +54,7 @@ def interpolate(doc: Document, env: Mapping[str, str]) -> Document:
         span = doc.source_map.locate(where)
         problems.append(
             Diagnostic(
-                doc.path,
+                doc.file_of(span),
                 span.line,
                 span.col,
                 message,
@@ -94,7 +94,7 @@ def refuse_literal_secrets(doc: Document) -> None:
                 span = doc.source_map.locate(where)
                 problems.append(
                     Diagnostic(
-                        doc.path,
+                        doc.file_of(span),
                         span.line,
                         span.col,
                         f"providers.{name}.config.{key} holds a secret written into the pipeline",

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.errors import ConfigError, Diagnostic
+from engine.spec.compose import compose
 from engine.spec.document import Document, Limits, read_document
 from engine.spec.explain import explain
 from engine.spec.interpolate import interpolate, refuse_literal_secrets
@@ -38,7 +39,7 @@ def load_pipeline(
     limits: Limits | None = None,
 ) -> LoadedPipeline:
     """Read and validate ``path``; raise :class:`ConfigError` listing every problem found."""
-    doc = read_document(path, content, limits=limits)
+    doc = compose(read_document(path, content, limits=limits), read_document, limits)
     doc = apply_overrides(doc, tuple(overrides))
     doc, warnings = _upgrade(doc)
     refuse_literal_secrets(doc)
@@ -85,7 +86,7 @@ def _upgrade(doc: Document) -> tuple[Document, list[Diagnostic]]:
         raise ConfigError(
             [
                 Diagnostic(
-                    doc.path,
+                    doc.file_of(span),
                     span.line,
                     span.col,
                     exc.message,

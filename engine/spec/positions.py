@@ -21,10 +21,11 @@ class Limits:
 
 @dataclass(frozen=True)
 class Span:
-    """A 1-based line and column in a source file."""
+    """A 1-based line and column in a source file: the document's own, or ``path`` (an included file)."""
 
     line: int
     col: int
+    path: str = ""
 
 
 @dataclass
@@ -68,6 +69,10 @@ class Document:
     data: Any
     source_map: SourceMap
     format: Literal["yaml", "json"]
+
+    def file_of(self, span: Span) -> str:
+        """The file ``span`` is in: an included file's path, else this document's."""
+        return span.path or self.path
 
 
 def join_path(where: JsonPath, key: str | int) -> JsonPath:

@@ -17,12 +17,29 @@ def json_schema() -> dict[str, Any]:
     schema = _switch_on_op(
         _strict_names(pipeline_model().model_json_schema(by_alias=True, mode="validation"))
     )
+    schema["properties"] = {**_COMPOSE_PROPERTIES, **schema["properties"]}
     return {
         "$schema": SCHEMA_DIALECT,
         "$id": SCHEMA_ID,
         "title": f"headrace pipeline (format v{FORMAT_VERSION})",
         **{k: v for k, v in schema.items() if k != "title"},
     }
+
+
+# resolved by the loader before validation (engine/spec/compose.py), so the models never see them
+_COMPOSE_PROPERTIES: dict[str, Any] = {
+    "extends": {
+        "type": "string",
+        "description": "A base pipeline file (relative to this one) whose fields this file overrides: "
+        "mappings merge key by key, `null` removes a key, `edges` are appended.",
+    },
+    "include": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "Fragment files (relative to this one) holding pipeline fields (nodes, providers, "
+        "defaults...), merged in order under this file's own fields.",
+    },
+}
 
 
 def op_models(schema: Mapping[str, Any]) -> dict[str, str]:
