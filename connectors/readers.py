@@ -20,6 +20,7 @@ from connectors.csv_quotes import csv_local_quote_state, csv_quote_effect, range
 from connectors.files import FileRef, expand, filesystem, is_local
 from connectors.sources import ReadCsv, ReadJsonl, ReadParquet, ReadText
 from connectors.splits import ByteRange, header_line, plan_ranges, read_csv_range, read_lines_range
+from connectors.text_cells import InvalidText, decode_text_columns
 from engine.errors import DataError, HeadraceError
 from engine.spec.models import SourceSpec
 from engine.spec.registry import behaviour
@@ -146,7 +147,18 @@ class _CsvReader:
             schema = pacsv.open_csv(pa.BufferReader(head), **options).schema
         except pa.ArrowInvalid as exc:
             raise DataError(f"node '{node}': {first.url}: {exc}") from None
-        return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in schema])
+        # a column of no values is text; so is one read as binary because a cell of the first block is
+        # not UTF-8 (the read checks each text cell under `encoding_errors` instead of turning every
+        # cell of the column into bytes), unless binary is what `column_types` asks for
+        declared = spec.column_types or {}
+        return pa.schema(
+            [
+                pa.field(f.name, pa.string())
+                if pa.types.is_null(f.type) or (pa.types.is_binary(f.type) and f.name not in declared)
+                else f
+                for f in schema
+            ]
+        )
 
     def _options(
         self,
@@ -154,10 +166,10 @@ class _CsvReader:
         schema: pa.Schema | None,
         block: int,
         on_invalid: Callable[[Any], str] | None = None,
+        as_bytes: list[str] | None = None,
     ) -> dict[str, Any]:
-        types: dict[str, pa.DataType] = {f.name: f.type for f in schema} if schema else {}
-        for name, type_name in (spec.column_types or {}).items():
-            types[name] = pa.type_for_alias(type_name)
+        types = self._types(spec, schema)
+        types.update(dict.fromkeys(as_bytes or [], pa.binary()))
         return {
             "read_options": pacsv.ReadOptions(block_size=block, column_names=spec.column_names),
             "parse_options": pacsv.ParseOptions(
@@ -173,6 +185,12 @@ class _CsvReader:
                 strings_can_be_null=True,
             ),
         }
+
+    def _types(self, spec: ReadCsv, schema: pa.Schema | None) -> dict[str, pa.DataType]:
+        types: dict[str, pa.DataType] = {f.name: f.type for f in schema} if schema else {}
+        for name, type_name in (spec.column_types or {}).items():
+            types[name] = pa.type_for_alias(type_name)
+        return types
 
     def read(
         self, spec: ReadCsv, split: Split, batch_rows: int, bad_row: BadRowHandler | None = None
@@ -190,7 +208,13 @@ class _CsvReader:
                 )
                 return "skip"
 
-        options = self._options(spec, split.schema, 16 << 20, on_invalid)
+        # text columns are parsed as bytes and checked as UTF-8 here (see connectors.text_cells)
+        text = [n for n, t in self._types(spec, split.schema).items() if pa.types.is_string(t)]
+        options = self._options(spec, split.schema, 16 << 20, on_invalid, as_bytes=text)
+
+        def locate() -> int | None:
+            return _first_invalid_utf8(fs, path, split.start, split.end)
+
         try:
             batches = read_csv_range(
                 fs,
@@ -201,7 +225,14 @@ class _CsvReader:
                 batch_rows=batch_rows,
                 **options,
             )
-            yield from _rechunk(batches, batch_rows)
+            tables = _rechunk(batches, batch_rows)
+            yield from decode_text_columns(tables, text, spec.encoding_errors, bad_row, locate)
+        except InvalidText as exc:
+            raise DataError(
+                f"node '{split.node}': {split.url}: {exc}",
+                node=split.node,
+                input={"url": split.url, "split": split.index, "start": split.start, "end": split.end},
+            ) from None
         except pa.ArrowInvalid as exc:
             hint = ""
             if "conversion error" in str(exc):
@@ -214,6 +245,18 @@ class _CsvReader:
                 node=split.node,
                 input={"url": split.url, "split": split.index, "start": split.start, "end": split.end},
             ) from None
+
+
+def _first_invalid_utf8(fs: Any, path: str, start: int, end: int) -> int | None:
+    """The file offset of the first byte in ``[start, end)`` that is not UTF-8, or None."""
+    with fs.open(path, "rb") as fh:
+        fh.seek(start)
+        data = fh.read(end - start)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return start + exc.start
+    return None
 
 
 def _quote_states(

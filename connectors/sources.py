@@ -50,6 +50,13 @@ class ReadCsv(FileSource):
     )
     columns: list[str] | None = Field(None, description="Read only these columns, in this order.")
     null_values: list[str] = Field(default_factory=lambda: [""], description="Strings read as null.")
+    encoding_errors: Literal["on_error", "fail", "replace"] = Field(
+        "on_error",
+        description="What a text cell that is not valid UTF-8 does: `on_error` makes its row a malformed "
+        "row (set aside under the node's `on_error`, else the run fails naming file, byte offset, row "
+        "and column); `fail` fails so whatever `on_error` says; `replace` reads each invalid byte as "
+        "U+FFFD. Valid cells are never changed, and a column is never turned into bytes.",
+    )
 
     def output_columns(self, inputs: object) -> Columns | None:
         types = self.column_types or {}

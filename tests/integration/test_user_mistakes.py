@@ -5,6 +5,7 @@ status, an output folder that cannot be created."""
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,3 +113,19 @@ def test_a_source_nodes_dead_letters_are_named_after_the_source(tmp_path: Path) 
     code, message = _outcome(_pipeline(tmp_path, source))
     assert code == 0, message
     assert [p.name for p in dead.glob("*.jsonl")] == ["dead-input-00000.jsonl"]
+
+
+def test_an_invalid_utf8_cell_is_dead_lettered_and_every_valid_cell_is_written_as_text(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"id,text\n1,caf\xe9\n2,x0\n3,\xc3\xa9t\xc3\xa9\n")
+    dead = tmp_path / "dead"
+    source = f"{{op: read_csv, path: {src}, on_error: {{mode: dead_letter, dead_letter_path: {dead}}}}}"
+    code, message = _outcome(_pipeline(tmp_path, source))
+    assert code == 0, message
+    written = [json.loads(line) for p in sorted((tmp_path / "out").glob("part-*.jsonl")) for line in p.open()]
+    assert written == [{"id": 2, "text": "x0"}, {"id": 3, "text": "été"}]  # not "b'x0'"
+    (record,) = [json.loads(line) for p in dead.glob("dead-input-*.jsonl") for line in p.open()]
+    assert record["node"] == "input" and "invalid UTF-8" in record["error"]
+    assert record["row"] == {"row": {"id": 1, "text": "caf\\xe9"}}

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from connectors.readers import JSONL, Reader
-from connectors.sources import ReadJsonl
+from connectors.readers import CSV, JSONL, Reader
+from connectors.sources import ReadCsv, ReadJsonl
 from engine.errors import DataError
 
 
@@ -44,3 +44,59 @@ def test_a_jsonl_line_nested_5000_deep_fails_naming_file_and_line_without_dead_l
     with pytest.raises(DataError) as caught:
         _read(JSONL, ReadJsonl(op="read_jsonl", path=str(src)), src, None)
     assert f"{src} (line 2 of the split" in str(caught.value) and "nested deeper" in str(caught.value)
+
+
+# One invalid UTF-8 cell (\xe9, Latin-1's é) among valid ones, in the first block (where pyarrow would
+# infer the whole column as binary) and past the first MiB (where the column is inferred as text).
+LATIN1 = b"id,text\n1,caf\xe9\n2,ok\n3,\xc3\xa9t\xc3\xa9\n"
+FAR = (
+    b"id,text\n"
+    + b"".join(b"%d,row %d\n" % (i, i) for i in range(100_000))
+    + b"100000,caf\xe9\n100001,\xc3\xa9\n"
+)
+
+
+def _csv(tmp_path: Path, data: bytes, **fields: Any) -> tuple[Path, ReadCsv]:
+    src = tmp_path / "in.csv"
+    src.write_bytes(data)
+    return src, ReadCsv(op="read_csv", path=str(src), **fields)
+
+
+@pytest.mark.parametrize("data", [LATIN1, FAR], ids=["first_block", "past_the_first_mib"])
+def test_an_invalid_utf8_cell_fails_the_read_naming_file_byte_offset_row_and_column(
+    tmp_path: Path, data: bytes
+) -> None:
+    src, spec = _csv(tmp_path, data)
+    with pytest.raises(DataError) as caught:
+        _read(CSV, spec, src, None)
+    message = str(caught.value)
+    assert f"{src}: byte {data.index(bytes([0xE9]))}" in message and "column 'text'" in message, message
+    assert "encoding_errors: replace" in message
+
+
+@pytest.mark.parametrize("data", [LATIN1, FAR], ids=["first_block", "past_the_first_mib"])
+def test_an_invalid_utf8_cells_row_is_set_aside_and_every_valid_cell_comes_out_unchanged(
+    tmp_path: Path, data: bytes
+) -> None:
+    src, spec = _csv(tmp_path, data)
+    bad: list[tuple[str, dict[str, Any]]] = []
+    rows = _read(CSV, spec, src, bad)
+    expected = [
+        {"id": int(i), "text": t.decode()}
+        for i, t in (line.split(b",") for line in data.splitlines()[1:])
+        if b"\xe9" not in t or b"\xc3" in t
+    ]
+    assert rows == expected  # all text, none of it bytes; the é of row "été" intact
+    bad_id = int(data[: data.index(b",caf")].rsplit(b"\n", 1)[1])
+    ((error, row),) = bad
+    assert "column 'text': invalid UTF-8" in error and row == {"row": {"id": bad_id, "text": "caf\\xe9"}}
+
+
+def test_encoding_errors_replace_reads_the_invalid_byte_as_u_fffd_and_fail_ignores_dead_letters(
+    tmp_path: Path,
+) -> None:
+    src, spec = _csv(tmp_path, LATIN1, encoding_errors="replace")
+    assert [r["text"] for r in _read(CSV, spec, src, None)] == ["caf\ufffd", "ok", "été"]
+    src, spec = _csv(tmp_path, LATIN1, encoding_errors="fail")
+    with pytest.raises(DataError, match="encoding_errors: fail"):
+        _read(CSV, spec, src, [])  # a bad-row handler (on_error dead_letter) does not take it
