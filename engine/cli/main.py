@@ -30,6 +30,7 @@ class _LazyGroup(click.Group):
         "run": "engine.cli.run:run",
         "runs": "engine.cli.runs:runs",
         "serve": "engine.cli.serve:serve",
+        "tokens": "engine.cli.tokens:tokens",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -57,7 +57,7 @@ from engine.runtime.tenants import DEFAULT_TENANT, ClusterTenants, TenantQuota
 __all__ = ["Engine", "EngineBusy", "RunCancelled", "RunHandle", "TenantQuota"]
 
 _MODES = ["values", "events"]
-_RUN_OPTIONS = frozenset({"run_id", "resume", "checkpoint", "cache", "progress", "overrides"})
+_RUN_OPTIONS = frozenset({"run_id", "resume", "checkpoint", "cache", "progress", "overrides", "value"})
 
 
 class Engine:
@@ -196,7 +196,8 @@ class Engine:
         to a pipeline file, or a ``CheckedPipeline``. ``inputs``: a graph's input state (for a pipeline
         file that is a state graph, too). Higher ``priority`` starts first within the tenant. Options:
         ``run_id``; for pipelines also ``overrides`` (``--set`` values, with a path), ``resume``,
-        ``checkpoint``, ``cache``, ``progress``. Raises :class:`EngineBusy` when the queue is full.
+        ``checkpoint``, ``cache``, ``progress``, ``value`` (with ``resume``: the answer to a state graph's
+        pending ``interrupt()``). Raises :class:`EngineBusy` when the queue is full.
         """
         return self._submit(app_or_spec, inputs, tenant, priority, options, here=False)
 
@@ -367,6 +368,7 @@ class Engine:
                 tenant_weight=self._admission.weight(handle.tenant),
                 placement=placement,
                 observe=lambda live: setattr(handle, "_live", live),
+                **({"value": options["value"]} if "value" in options else {}),
             )
             with handle._lock:
                 handle._thread_id = None

@@ -37,7 +37,7 @@ from engine.physical import PhysicalStage, Placement
 from engine.records.leases import Lease, LeaseHeld
 from engine.runtime.cluster import ray_session
 from engine.runtime.failures import explain
-from engine.runtime.graphs import GraphRunSummary, default_url, run_graph
+from engine.runtime.graphs import UNSET, GraphRunSummary, default_url, run_graph
 from engine.runtime.llm.services import start_services
 from engine.runtime.progress import Progress
 from engine.runtime.recording import RunRecording
@@ -71,6 +71,7 @@ def run_checked(
     observe: Callable[[RunSummary], None] | None = None,
     tenant_name: str | None = None,
     tenant_weight: float = 1.0,
+    value: Any = UNSET,
 ) -> RunSummary | GraphRunSummary:
     """Run ``target`` to completion on Ray and return its summary (failures are in the summary).
 
@@ -90,7 +91,8 @@ def run_checked(
     actor of the run into a tenant's CPU placement group (a task that could never fit there is refused
     before the run starts); ``observe`` is handed the live summary of a dataflow run as it starts (the
     engine streams progress from it). ``tenant_name`` is the tenant the run's record names (default: the
-    pipeline's ``tenant`` label, else ``default``).
+    pipeline's ``tenant`` label, else ``default``). ``value``: with ``resume``, the answer to a state
+    graph's pending ``interrupt()``.
 
     Every dataflow run writes its record (:mod:`engine.records`) to the runs store: ``$HEADRACE_CHECKPOINTS``,
     else ``runs.db`` under ``$HEADRACE_HOME``; ``headrace runs list/show/report`` read it.
@@ -128,6 +130,7 @@ def run_checked(
                     checkpoint=checkpoint,
                     run_id=run_id,
                     resume=resume,
+                    value=value,
                     address=address,
                     placement=placement,
                 )

@@ -2,9 +2,13 @@
 discovery file through which ``headrace run`` finds it, and the light client that run uses.
 
 Modules: :mod:`~engine.service.server` (process and lifecycle), :mod:`~engine.service.app` (the
-FastAPI routes), :mod:`~engine.service.runs` (runs and their events), :mod:`~engine.service.events`,
-:mod:`~engine.service.compile_cache`, :mod:`~engine.service.auth`, :mod:`~engine.service.models`
-(request and response bodies), :mod:`~engine.service.discovery` and :mod:`~engine.service.client`.
+FastAPI app and middleware), :mod:`~engine.service.api_runs` and :mod:`~engine.service.api_pipelines`
+(routes), :mod:`~engine.service.runs` (runs and their events), :mod:`~engine.service.catalog` and
+:mod:`~engine.service.ledger` (what the service knows of a run; its accepted runs, durably),
+:mod:`~engine.service.events`, :mod:`~engine.service.compile_cache`, :mod:`~engine.service.auth` and
+:mod:`~engine.service.tokens` (tokens, roles, tenants), :mod:`~engine.service.audit_trail`,
+:mod:`~engine.service.guard` (bodies' size and time), :mod:`~engine.service.models` (request and
+response bodies), :mod:`~engine.service.discovery` and :mod:`~engine.service.client`.
 Importing this package imports none of them: the client path must not pay for the server's.
 """
 

@@ -1,18 +1,30 @@
-"""Who is calling: bearer-token authentication as one small, replaceable piece.
+"""Who is calling and what they may do: bearer tokens, roles and tenants, as small replaceable pieces.
 
-An :class:`Authenticator` turns the token of a request into a :class:`Principal`, or None (401). The
-warm engine uses :class:`LocalToken`, the one random token of its discovery file; a multi-user service
-plugs in a token store with roles and tenants behind the same interface.
+An :class:`Authenticator` turns the token of a request into a :class:`Principal` or refuses it with
+:class:`Unauthenticated` (401). The server's is :class:`ServiceTokens`: the owner token of the
+discovery file (the local user, an admin of every tenant) and the tokens of the token store
+(:mod:`engine.service.tokens`). :class:`LocalToken` alone is the owner token.
+
+Authorisation is two checks, each a 403: the caller's role ranks at least the route's
+(``viewer`` reads, ``operator`` also submits, cancels and resumes, ``admin`` also manages tokens and
+schedules), and the tenant a request acts for is one of the caller's. Every refusal leaves its reason in
+the request's state, where the audit trail (:mod:`engine.service.audit_trail`) finds it.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
-from typing import Annotated, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from engine.service.tokens import ALL_TENANTS, Role, TokenStore, rank
+
+OWNER = "owner"
+"""The name of the discovery file's token in audit entries."""
 
 
 @dataclass(frozen=True)
@@ -20,34 +32,82 @@ class Principal:
     """An authenticated caller."""
 
     name: str
-    """Who it is (a token's id), for logs and records."""
-    roles: frozenset[str] = field(default_factory=frozenset)
+    """Who it is: a token's id, or ``owner`` for the discovery file's token."""
+    role: Role = "admin"
     tenants: frozenset[str] | None = None
     """The tenants it may act for; None: every tenant."""
+
+    def has(self, role: Role) -> bool:
+        """Whether the caller's role ranks at least ``role``."""
+        return rank(self.role) >= rank(role)
+
+    def may_act_for(self, tenant: str) -> bool:
+        """Whether ``tenant`` is one of the caller's."""
+        return self.tenants is None or tenant in self.tenants
+
+
+class Unauthenticated(Exception):
+    """The token is missing, unknown, expired or revoked (401)."""
+
+    def __init__(self, reason: str, token_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.token_id = token_id
 
 
 class Authenticator(Protocol):
     """Maps a bearer token to the caller it belongs to."""
 
-    def authenticate(self, token: str) -> Principal | None:
-        """The caller, or None when the token is unknown, expired or revoked."""
+    def authenticate(self, token: str) -> Principal:
+        """The caller; raises :class:`Unauthenticated` when the token is not valid."""
         ...
 
 
 class LocalToken:
-    """One random token, for the local user who can read the discovery file."""
+    """One random token, for the local user who can read the discovery file: an admin of every tenant."""
 
     def __init__(self, token: str | None = None) -> None:
         self.token = token or secrets.token_urlsafe(32)
 
-    def authenticate(self, token: str) -> Principal | None:
-        """The local owner when ``token`` is this one (compared in constant time)."""
+    def authenticate(self, token: str) -> Principal:
+        """The owner when ``token`` is this one (compared in constant time)."""
         if secrets.compare_digest(token.encode(), self.token.encode()):
-            return Principal("local", frozenset({"admin"}))
-        return None
+            return Principal(OWNER, "admin", None)
+        raise Unauthenticated("unknown token")
 
 
-_bearer = HTTPBearer(auto_error=False, description="The token from the engine's discovery file.")
+class ServiceTokens:
+    """The owner token, then the token store's tokens (re-read when the store's file changes)."""
+
+    def __init__(self, owner: LocalToken, store: TokenStore) -> None:
+        self.owner = owner
+        self.store = store
+
+    @property
+    def token(self) -> str:
+        """The owner token (written to the discovery file)."""
+        return self.owner.token
+
+    def authenticate(self, token: str) -> Principal:
+        """The owner, or the store's token's holder; :class:`Unauthenticated` says why not."""
+        if secrets.compare_digest(token.encode(), self.owner.token.encode()):
+            return Principal(OWNER, "admin", None)
+        verdict = self.store.verify(token)
+        if verdict.problem is not None or verdict.entry is None:
+            raise Unauthenticated(verdict.problem or "unknown token", verdict.token_id)
+        entry = verdict.entry
+        tenants = None if ALL_TENANTS in entry.tenants else frozenset(entry.tenants)
+        return Principal(entry.id, entry.role, tenants)
+
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `headrace tokens create` (or engine.json).")
+
+
+def note(request: Request, **facts: Any) -> None:
+    """Leave facts about the request (caller, tenant, run, reason) for its audit entry."""
+    for key, value in facts.items():
+        if value is not None:
+            setattr(request.state, key, value)
 
 
 def authenticated(
@@ -55,11 +115,49 @@ def authenticated(
 ) -> Principal:
     """FastAPI dependency: the caller of ``request``, or 401 with a ``WWW-Authenticate`` challenge."""
     authenticator: Authenticator = request.app.state.authenticator
-    principal = authenticator.authenticate(credentials.credentials) if credentials is not None else None
-    if principal is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "a valid bearer token is required (the `token` in the engine's discovery file)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if credentials is None:
+        note(request, reason="no bearer token")
+        raise _unauthorized("a bearer token is required (`headrace tokens create`, or engine.json's token)")
+    try:
+        principal = authenticator.authenticate(credentials.credentials)
+    except Unauthenticated as exc:
+        note(request, token=exc.token_id, reason=exc.reason)
+        raise _unauthorized(f"the bearer token was refused: {exc.reason}") from None
+    note(request, token=principal.name, role=principal.role)
     return principal
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def require(role: Role) -> Callable[..., Principal]:
+    """FastAPI dependency factory: the caller, when its role ranks at least ``role`` (else 403)."""
+
+    def dependency(request: Request, caller: Annotated[Principal, Depends(authenticated)]) -> Principal:
+        if not caller.has(role):
+            note(request, reason=f"role {caller.role} may not do this (needs {role})")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"this needs the {role} role; the token's role is {caller.role}"
+            )
+        return caller
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+def for_tenant(request: Request, caller: Principal, tenant: str) -> None:
+    """Refuse (403) a request that acts for a tenant that is not the caller's."""
+    note(request, tenant=tenant)
+    if not caller.may_act_for(tenant):
+        note(request, reason=f"tenant {tenant} is not one of the token's")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"tenant {tenant!r} is not one of this token's tenants "
+            f"({', '.join(sorted(caller.tenants or ()))})",
+        )
+
+
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]

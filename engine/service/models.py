@@ -12,13 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 RunState = Literal["queued", "running", "succeeded", "failed", "budget_exceeded", "cancelled", "interrupted"]
 
 
-class RunRequest(BaseModel):
-    """A run to start: a pipeline (by path or as text), its overrides and how to run it."""
+class PipelineSource(BaseModel):
+    """A pipeline (by path or as text) with its overrides."""
 
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(
-        None, description="A pipeline file on the server's machine (absolute, or relative to `cwd`)."
+        None,
+        description="A pipeline file on the server's machine (absolute, or relative to `cwd`), under its "
+        "allowed roots when its policy names any.",
     )
     pipeline: str | None = Field(None, description="The pipeline's YAML or JSON text (instead of `path`).")
     overrides: list[str] = Field(
@@ -34,19 +36,62 @@ class RunRequest(BaseModel):
         description="Values for the pipeline's `${NAME}` references (a name absent here is unset); default: "
         "the server's environment.",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PipelineSource:
+        if (self.path is None) == (self.pipeline is None):
+            raise ValueError("give exactly one of `path` and `pipeline`")
+        return self
+
+
+class RunRequest(PipelineSource):
+    """A run to start: a pipeline (by path or as text), its overrides and how to run it."""
+
     run_id: str | None = Field(None, description="Use this run id instead of a generated one.")
     resume: str | None = Field(None, description="Continue this earlier run of the same pipeline.")
-    tenant: str = Field("default", description="The tenant the run is admitted and accounted under.")
+    tenant: str | None = Field(
+        None,
+        description="The tenant the run is admitted and accounted under (one of the token's); default: the "
+        "token's only tenant, else `default`.",
+    )
     priority: int = Field(0, description="Higher starts first within the tenant.")
     inputs: dict[str, Any] | None = Field(None, description="A state graph's input state.")
     cache: bool = Field(True, description="Read and write the LLM response cache.")
     checkpoint: str | None = Field(None, description="Where a state graph's checkpoints go (a store URL).")
+    value: Any = Field(
+        None, description="With `resume`: the answer to the state graph's pending `interrupt()`."
+    )
 
-    @model_validator(mode="after")
-    def _one_source(self) -> RunRequest:
-        if (self.path is None) == (self.pipeline is None):
-            raise ValueError("give exactly one of `path` and `pipeline`")
-        return self
+
+class EstimateRequest(PipelineSource):
+    """A pipeline to estimate, and how (as `headrace estimate`'s options)."""
+
+    sample_rows: int = Field(400, ge=1, le=100_000, description="Rows read from each source.")
+    sample_ranges: int = Field(
+        32, ge=1, le=1000, description="Places of each source the sample is read from."
+    )
+    output_tokens: int | None = Field(None, ge=1, description="Output tokens per llm_map call.")
+    keep: dict[str, float] = Field(
+        default_factory=dict, description="The share of rows each named llm_filter node keeps."
+    )
+
+
+class ResumeRequest(BaseModel):
+    """How to continue a run: the answer to its pending interrupt, if it waits for one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: Any = Field(None, description="The answer to the state graph's pending `interrupt()`.")
+    env: dict[str, str] | None = Field(
+        None, description="Values for the pipeline's `${NAME}` references (default: the server's)."
+    )
+
+
+class RunPage(BaseModel):
+    """One page of `GET /v1/runs`."""
+
+    runs: list[dict[str, Any]] = Field(description="The runs, newest first.")
+    next_offset: int | None = Field(description="The `offset` of the next page; null on the last one.")
 
 
 class Problem(BaseModel):

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.compile import Compiled
 from engine.errors import ConfigError, HeadraceError
+from engine.policy import Policy, PolicyViolation
+from engine.records import RecordStore
 from engine.runtime.engine import Engine, RunHandle
 from engine.runtime.handles import RunCancelled
 from engine.service.compile_cache import CompileCache
 from engine.service.events import EventLog
-from engine.service.models import RunRequest
+from engine.service.ledger import RunLedger
+from engine.service.models import PipelineSource, RunRequest
 
 _TICK_S = 0.5
 _KEEP_ENDED = 10_000
@@ -48,36 +53,71 @@ class ServedRun:
 class ServedRuns:
     """Submits runs to the engine and keeps their event logs."""
 
-    def __init__(self, engine: Engine, cache: CompileCache, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cache: CompileCache,
+        loop: asyncio.AbstractEventLoop,
+        ledger: RunLedger | None = None,
+        records: RecordStore | None = None,
+    ) -> None:
         self.engine = engine
         self.cache = cache
+        self.ledger = ledger
+        self.records = records
+        """The runs store's records (the per-node table, reports), where the runs write them."""
         self._loop = loop
         self._runs: dict[str, ServedRun] = {}
         self._lock = threading.Lock()
         self._ticker: asyncio.Task[None] | None = None
 
-    def submit(self, request: RunRequest) -> tuple[ServedRun, list[dict[str, Any]]]:
-        """Check and submit ``request``; raise :class:`ConfigError` for an invalid pipeline."""
+    def submit(self, request: RunRequest, *, token: str = "owner") -> tuple[ServedRun, list[dict[str, Any]]]:
+        """Check and submit ``request`` for the caller ``token`` (its id, for the ledger); raise
+        :class:`ConfigError` for an invalid pipeline. The run is in the ledger before it is submitted, so
+        an accepted run is never lost from ``GET /v1/runs`` (see :mod:`engine.service.ledger`)."""
         compiled = self._check(request)
         run_id = request.resume or request.run_id
         with self._lock:
             if run_id is not None and run_id in self._runs and not self._runs[run_id].handle.done():
                 raise DuplicateRun(f"run {run_id!r} is in flight on this engine")
+        if run_id is None:  # chosen here so the ledger has the run before the engine does
+            run_id = f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(6)}"
         options: dict[str, Any] = {"cache": request.cache, "progress": False}
-        for name in ("run_id", "resume", "checkpoint"):
+        for name in ("resume", "checkpoint"):
             if (value := getattr(request, name)) is not None:
                 options[name] = value
-        handle = self.engine.submit(
-            compiled, request.inputs, tenant=request.tenant, priority=request.priority, **options
-        )
+        if request.resume is None:
+            options["run_id"] = run_id
+        if "value" in request.model_fields_set:
+            options["value"] = request.value
+        tenant = request.tenant or "default"
+        previous = self.ledger.get(run_id) if self.ledger is not None else None
+        if self.ledger is not None:
+            stored = request.model_dump(exclude={"env", "value"}, exclude_none=True)
+            self.ledger.accept(run_id, tenant, compiled.checked.plan.name, token, stored)
+        try:
+            handle = self.engine.submit(
+                compiled, request.inputs, tenant=tenant, priority=request.priority, **options
+            )
+        except BaseException:
+            if self.ledger is not None:
+                self.ledger.restore(run_id, previous)
+            raise
         served = ServedRun(handle, EventLog(self._loop))
         served.events.append("accepted", {"run_id": handle.run_id, "tenant": handle.tenant})
         with self._lock:
             self._runs[handle.run_id] = served
             if len(self._runs) > _KEEP_ENDED:
                 self._forget_ended()
-        handle.add_done_callback(lambda h: _post_end(served, h))
+        handle.add_done_callback(lambda h: self._ended(served, h))
         return served, [d.as_dict() for d in compiled.problems]
+
+    def _ended(self, served: ServedRun, handle: RunHandle) -> None:
+        ended = view(handle)
+        if self.ledger is not None:
+            error = ended.get("error")
+            self.ledger.finish(handle.run_id, ended["status"], error["message"] if error else None)
+        served.events.append("end", ended)
 
     def _forget_ended(self) -> None:
         ended = [run_id for run_id, s in self._runs.items() if s.handle.done()]
@@ -127,34 +167,33 @@ class ServedRuns:
 
     def _check(self, request: RunRequest) -> Compiled:
         env: Mapping[str, str] = os.environ if request.env is None else request.env
-        cwd = request.cwd
-        if request.pipeline is not None:
-            return self.cache.check(
-                "-",
-                request.pipeline.encode("utf-8"),
-                overrides=request.overrides,
-                env=env,
-                cwd=cwd,
-                cache=request.cache,
-            )
-        assert request.path is not None
-        where = os.path.join(cwd or os.getcwd(), request.path)
-        try:
-            with open(where, "rb") as fh:
-                content = fh.read()
-        except OSError:
-            # the same refusal `headrace validate` gives for a file it cannot read
-            from engine.check import check_file
-
-            check_file(where, overrides=request.overrides, env=env, cwd=cwd)
-            raise
+        label, content = read_source(request, env)
         return self.cache.check(
-            request.path, content, overrides=request.overrides, env=env, cwd=cwd, cache=request.cache
+            label, content, overrides=request.overrides, env=env, cwd=request.cwd, cache=request.cache
         )
 
 
-def _post_end(served: ServedRun, handle: RunHandle) -> None:
-    served.events.append("end", view(handle))
+def read_source(request: PipelineSource, env: Mapping[str, str]) -> tuple[str, bytes]:
+    """The pipeline a request names: its label (``-`` for text, else the path as given) and its bytes.
+
+    A ``path`` must lie under the server's allowed roots when its policy names any (``PolicyViolation``,
+    a 403); a file that cannot be read is refused as ``headrace validate`` refuses it (``ConfigError``)."""
+    if request.pipeline is not None:
+        return "-", request.pipeline.encode("utf-8")
+    assert request.path is not None
+    where = os.path.join(request.cwd or os.getcwd(), request.path)
+    policy = Policy.from_env()
+    if policy.roots is not None and (problem := policy.path_problem(where)) is not None:
+        raise PolicyViolation(f"pipeline file {request.path}: {problem}")
+    try:
+        with open(where, "rb") as fh:
+            return request.path, fh.read()
+    except OSError:
+        # the same refusal `headrace validate` gives for a file it cannot read
+        from engine.check import check_file
+
+        check_file(where, overrides=request.overrides, env=env, cwd=request.cwd)
+        raise
 
 
 def view(handle: RunHandle) -> dict[str, Any]:

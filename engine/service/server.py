@@ -29,10 +29,20 @@ import uvicorn
 from engine.errors import HeadraceError
 from engine.runtime.engine import Engine
 from engine.service.app import create_app
-from engine.service.auth import LocalToken
+from engine.service.auth import LocalToken, ServiceTokens
+from engine.service.catalog import settle
 from engine.service.compile_cache import CompileCache
-from engine.service.discovery import EngineInfo, discovery_path, live_info, remove_info, write_info
+from engine.service.discovery import (
+    EngineInfo,
+    discovery_path,
+    headrace_home,
+    live_info,
+    remove_info,
+    write_info,
+)
+from engine.service.ledger import LEDGER_FILE, RunLedger
 from engine.service.runs import ServedRuns
+from engine.service.tokens import TokenStore
 
 _log = logging.getLogger(__name__)
 _GRACE_S = 30
@@ -51,7 +61,7 @@ class ServeOptions:
     log_level: str = "warning"
 
 
-class _Server(uvicorn.Server):
+class ServiceServer(uvicorn.Server):
     """uvicorn's server, told when it listens and when a signal asks it to stop."""
 
     def __init__(self, config: uvicorn.Config, on_started: Any, on_stop: Any) -> None:
@@ -83,17 +93,22 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
     url = _url(options.host, sock.getsockname()[1])
     if (chosen := close_unless_loopback(options.host, os.environ)) is not None:
         announce(chosen)
-    token = LocalToken()
-    app = create_app(None, token)
+    tokens = ServiceTokens(LocalToken(), TokenStore())
+    app = create_app(None, tokens)
+    # metrics_port: the engine tracks its runs' figures only while this process serves metrics; the
+    # port is loopback's, and /metrics (behind a token) is how others read them
     engine = Engine(
-        options.address, max_concurrent_runs=options.max_concurrent_runs, max_queued=options.max_queued
+        options.address,
+        max_concurrent_runs=options.max_concurrent_runs,
+        max_queued=options.max_queued,
+        metrics_port=0,
     )
     engine.start()  # Ray starts here, in the main thread (where it installs its signal handlers)
-    info = EngineInfo(url, os.getpid(), time.time(), token.token)
+    info = EngineInfo(url, os.getpid(), time.time(), tokens.token)
     state: dict[str, Any] = {}
 
     def started() -> None:
-        runs = ServedRuns(engine, CompileCache(), asyncio.get_running_loop())
+        runs = open_served_runs(engine, asyncio.get_running_loop())
         runs.start_ticker()
         state["runs"] = app.state.runs = runs
         write_info(info, where)
@@ -113,7 +128,7 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
         lifespan="off",
         access_log=False,
     )
-    server = _Server(config, started, stopping)
+    server = ServiceServer(config, started, stopping)
     # uvicorn re-raises the signal that stopped it once it has: keep that from killing us before the
     # cleanup below (Ray's handlers, installed by ray.init, would end the process too)
     previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -130,6 +145,23 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         announce("headrace engine stopped")
+
+
+def open_served_runs(engine: Engine, loop: asyncio.AbstractEventLoop) -> ServedRuns:
+    """The runs of a service starting on ``loop``: its ledger (``service.db`` under ``$HEADRACE_HOME``),
+    the runs store's records, and the runs an earlier process left unended settled (see
+    :mod:`engine.service.ledger`)."""
+    from engine.records import open_records
+    from engine.runtime.graphs import ensure_store_folder, store_url
+
+    url = store_url(None)
+    ensure_store_folder(url)
+    ledger = RunLedger(headrace_home() / LEDGER_FILE, server=f"{socket.gethostname()}:{os.getpid()}")
+    runs = ServedRuns(engine, CompileCache(), loop, ledger=ledger, records=open_records(url))
+    settled = settle(runs, runs.records)
+    if settled:
+        _log.warning("%d run(s) accepted by an earlier server were left unended: settled", len(settled))
+    return runs
 
 
 def close_unless_loopback(host: str, environ: MutableMapping[str, str]) -> str | None:
