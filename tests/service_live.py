@@ -19,6 +19,7 @@ import uvicorn
 
 from engine.audit import AuditLog
 from engine.runtime.engine import Engine
+from engine.runtime.tenants import TenantQuota
 from engine.service.app import create_app
 from engine.service.auth import LocalToken, ServiceTokens
 from engine.service.server import ServiceServer, open_served_runs
@@ -66,12 +67,24 @@ class LiveService:
 
 
 @contextmanager
-def live_service(home: Path, *, engine: bool = True, **app_options: Any) -> Iterator[LiveService]:
-    """Serve the app until the block ends (``home`` must be ``$HEADRACE_HOME`` of the test)."""
+def live_service(
+    home: Path,
+    *,
+    engine: bool = True,
+    quotas: dict[str, TenantQuota] | None = None,
+    tls: tuple[Path, Path] | None = None,
+    **app_options: Any,
+) -> Iterator[LiveService]:
+    """Serve the app until the block ends (``home`` must be ``$HEADRACE_HOME`` of the test); ``quotas``:
+    the engine's tenants; ``tls``: (certificate, key) to serve HTTPS with."""
     tokens = ServiceTokens(LocalToken(), TokenStore(home / "tokens.json"))
     audit = AuditLog(home / "audit.jsonl")
     app = create_app(None, tokens, audit, **app_options)
-    running = Engine(start_ray=False, max_concurrent_runs=8, metrics_port=0).start() if engine else None
+    running = (
+        Engine(start_ray=False, max_concurrent_runs=8, metrics_port=0, tenants=quotas).start()
+        if engine
+        else None
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -82,13 +95,21 @@ def live_service(home: Path, *, engine: bool = True, **app_options: Any) -> Iter
             app.state.runs = open_served_runs(running, asyncio.get_running_loop())
         ready.set()
 
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
+    )
     server = ServiceServer(config, started, lambda: None)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         assert ready.wait(30), "the test server did not start"
-        yield LiveService(f"http://127.0.0.1:{port}", tokens.token, tokens.store, audit, app, home)
+        scheme = "https" if tls else "http"
+        yield LiveService(f"{scheme}://127.0.0.1:{port}", tokens.token, tokens.store, audit, app, home)
     finally:
         server.should_exit = True
         thread.join(30)

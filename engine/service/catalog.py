@@ -38,7 +38,8 @@ class Found:
 
 
 def find(runs: ServedRuns, records: RecordStore | None, run_id: str) -> Found:
-    """The run ``run_id``, or :class:`UnknownRun`."""
+    """The run ``run_id`` if the service accepted it, or :class:`UnknownRun` (runs others started in the
+    same runs store are not shown to the service's tokens)."""
     try:
         served: ServedRun | None = runs.get(run_id)
     except UnknownRun:
@@ -49,9 +50,7 @@ def find(runs: ServedRuns, records: RecordStore | None, run_id: str) -> Found:
         tenant = served.handle.tenant
     elif accepted is not None:
         tenant = accepted.tenant
-    elif header is not None:
-        tenant = header.tenant
-    else:
+    else:  # a run in the store that the service did not accept (a local `headrace run`) is not its own
         raise UnknownRun(run_id)
     return Found(run_id, tenant, served, accepted, header)
 

@@ -9,6 +9,7 @@ alive and answers.
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -73,9 +74,16 @@ def find_engine(explicit: str | None, env: Mapping[str, str] | None = None) -> E
     return target if _answers(target) else None  # a stale file (its port now someone else's, or hung)
 
 
+def _verify() -> ssl.SSLContext | bool:
+    """How to check an HTTPS engine's certificate: ``$HEADRACE_ENGINE_CA`` (a PEM bundle, e.g. the
+    self-signed certificate itself), else the system's authorities."""
+    ca = os.environ.get("HEADRACE_ENGINE_CA")
+    return ssl.create_default_context(cafile=ca) if ca else True
+
+
 def _answers(target: EngineTarget) -> bool:
     try:
-        response = httpx.get(f"{target.url}/healthz", timeout=_PROBE_S)
+        response = httpx.get(f"{target.url}/healthz", timeout=_PROBE_S, verify=_verify())
     except httpx.HTTPError:
         return False
     return response.status_code == 200
@@ -90,7 +98,7 @@ class EngineClient:
         self.url = target.url
         self._last_event: dict[str, str] = {}
         self._http = httpx.Client(
-            base_url=target.url, headers=headers, timeout=httpx.Timeout(30.0, read=None)
+            base_url=target.url, headers=headers, timeout=httpx.Timeout(30.0, read=None), verify=_verify()
         )
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from engine.service.app import create_app
 from engine.service.auth import LocalToken, ServiceTokens
 from engine.service.catalog import settle
 from engine.service.compile_cache import CompileCache
+from engine.service.config import ServiceConfig, load_service_config
 from engine.service.discovery import (
     EngineInfo,
     discovery_path,
@@ -59,6 +60,14 @@ class ServeOptions:
     max_concurrent_runs: int = 64
     max_queued: int = 10_000
     log_level: str = "warning"
+    tls_cert: str | None = None
+    """PEM certificate (chain) to serve HTTPS with; with ``tls_key``."""
+    tls_key: str | None = None
+    """PEM private key of ``tls_cert``."""
+    insecure: bool = False
+    """Allow plain HTTP beyond loopback (tokens then cross the network in clear)."""
+    config: str | None = None
+    """The service's configuration file (tenants' quotas and policy, schedules)."""
 
 
 class ServiceServer(uvicorn.Server):
@@ -89,8 +98,12 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
             f"an engine already serves this HEADRACE_HOME at {running.url} (pid {running.pid}); stop it "
             f"first, or give this one another HEADRACE_HOME"
         )
+    check_exposure(options.host, options.tls_cert, options.tls_key, insecure=options.insecure)
+    settings = load_service_config(options.config) if options.config else ServiceConfig()
+    if settings.policy is not None:
+        os.environ.update(settings.policy.policy().environ())  # the compile cache and workers read it
     sock = _bind(options.host, options.port)
-    url = _url(options.host, sock.getsockname()[1])
+    url = _url(options.host, sock.getsockname()[1], tls=options.tls_cert is not None)
     if (chosen := close_unless_loopback(options.host, os.environ)) is not None:
         announce(chosen)
     tokens = ServiceTokens(LocalToken(), TokenStore())
@@ -101,6 +114,7 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
         options.address,
         max_concurrent_runs=options.max_concurrent_runs,
         max_queued=options.max_queued,
+        tenants=settings.quotas(),
         metrics_port=0,
     )
     engine.start()  # Ray starts here, in the main thread (where it installs its signal handlers)
@@ -127,6 +141,8 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
         timeout_graceful_shutdown=_GRACE_S,
         lifespan="off",
         access_log=False,
+        ssl_certfile=options.tls_cert,
+        ssl_keyfile=options.tls_key,
     )
     server = ServiceServer(config, started, stopping)
     # uvicorn re-raises the signal that stopped it once it has: keep that from killing us before the
@@ -162,6 +178,21 @@ def open_served_runs(engine: Engine, loop: asyncio.AbstractEventLoop) -> ServedR
     if settled:
         _log.warning("%d run(s) accepted by an earlier server were left unended: settled", len(settled))
     return runs
+
+
+def check_exposure(host: str, tls_cert: str | None, tls_key: str | None, *, insecure: bool) -> None:
+    """Refuse what would send tokens in clear over a network: a bind beyond loopback without TLS (unless
+    ``insecure``); and half a TLS setup (a certificate without its key, or the reverse)."""
+    if (tls_cert is None) != (tls_key is None):
+        raise HeadraceError("give both --tls-cert and --tls-key (PEM files), or neither")
+    for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None and not os.path.isfile(path):
+            raise HeadraceError(f"{flag} {path}: no such file")
+    if tls_cert is None and not insecure and not _is_loopback(host):
+        raise HeadraceError(
+            f"refusing to listen on {host} without TLS: bearer tokens would cross the network in clear; "
+            "give --tls-cert and --tls-key, or --insecure (behind a TLS-terminating proxy)"
+        )
 
 
 def close_unless_loopback(host: str, environ: MutableMapping[str, str]) -> str | None:
@@ -215,6 +246,6 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, *, tls: bool = False) -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"

@@ -1,0 +1,96 @@
+"""The service's configuration file (``headrace serve --config service.yaml``), checked with every problem
+at its line and column, as pipelines are.
+
+::
+
+    policy:                         # the server's policy (engine.policy_config); default: the environment's
+      name: closed
+      roots: [/data, s3://team-bucket/]
+      modules: [mycompany.etl]
+    tenants:
+      team-a:
+        quota:                      # engine.runtime.tenants.TenantQuota
+          max_concurrent_runs: 4
+          max_queued: 100
+          max_cost_usd_per_period: 25.0
+          period_s: 86400
+          max_cpus: 2
+          weight: 2
+
+The quotas become the engine's tenants; the policy becomes the server's ``HEADRACE_POLICY`` and
+``HEADRACE_ALLOWED_*`` (which its compile cache and its workers read).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from engine.errors import ConfigError, Diagnostic
+from engine.policy_config import PolicySettings
+from engine.runtime.tenants import TenantQuota
+from engine.spec.positions import Document, JsonPath, format_path
+
+TenantName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"),
+    Field(description="Letters, digits, '.', '_' and '-' (at most 63)."),
+]
+
+
+class TenantSettings(BaseModel):
+    """What the service allows one tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quota: TenantQuota | None = Field(
+        None,
+        description="Concurrency, queue, cost per period, CPUs and share of the tenant's runs (default: "
+        "the engine's bounds only).",
+    )
+
+
+class ServiceConfig(BaseModel):
+    """The whole configuration file of a service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: PolicySettings | None = Field(
+        None, description="The server's policy (default: the environment's, closed beyond loopback)."
+    )
+    tenants: dict[TenantName, TenantSettings] = Field(
+        default_factory=dict, description="Settings per tenant."
+    )
+
+    def quotas(self) -> dict[str, TenantQuota]:
+        """The tenants' quotas, for the engine."""
+        return {name: t.quota for name, t in self.tenants.items() if t.quota is not None}
+
+
+def load_service_config(path: str, content: bytes | str | None = None) -> ServiceConfig:
+    """Read and check a service's configuration file; ``ConfigError`` lists every problem located."""
+    from engine.spec.document import read_document
+
+    doc = read_document(path, content)
+    data = doc.data if doc.data is not None else {}
+    try:
+        return ServiceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_diagnostic(err, doc) for err in exc.errors()]) from None
+
+
+def _diagnostic(err: Any, document: Document) -> Diagnostic:
+    key = err["loc"][-1] == "[key]"  # a mapping's key (a tenant's name) is what is wrong
+    loc: JsonPath = tuple(str(p) if not isinstance(p, int) else p for p in err["loc"] if p != "[key]")
+    unknown = err["type"] == "extra_forbidden"
+    where = format_path(loc) or "the configuration"
+    if unknown:
+        parent = "the top level (keys: policy, tenants)" if len(loc) == 1 else format_path(loc[:-1])
+        message = f"unknown key '{loc[-1]}' at {parent}"
+    elif key:
+        message = f"tenant name {loc[-1]!r}: use letters, digits, '.', '_' and '-' (at most 63)"
+    else:
+        message = f"{where}: {err['msg']}"
+    span = document.source_map.locate(loc, prefer="key" if unknown or key else "value")
+    return Diagnostic(document.path, span.line, span.col, message, code="service_config", json_path=where)
