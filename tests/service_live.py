@@ -73,6 +73,7 @@ def live_service(
     engine: bool = True,
     quotas: dict[str, TenantQuota] | None = None,
     tls: tuple[Path, Path] | None = None,
+    max_concurrent_runs: int = 8,
     **app_options: Any,
 ) -> Iterator[LiveService]:
     """Serve the app until the block ends (``home`` must be ``$HEADRACE_HOME`` of the test); ``quotas``:
@@ -81,7 +82,9 @@ def live_service(
     audit = AuditLog(home / "audit.jsonl")
     app = create_app(None, tokens, audit, **app_options)
     running = (
-        Engine(start_ray=False, max_concurrent_runs=8, metrics_port=0, tenants=quotas).start()
+        Engine(
+            start_ray=False, max_concurrent_runs=max_concurrent_runs, metrics_port=0, tenants=quotas
+        ).start()
         if engine
         else None
     )
