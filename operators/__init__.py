@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.spec.registry import register_behaviour
-from operators.control import Call
+from operators.control import Call, SubPipeline
 from operators.llm import LlmClassify, LlmExtract, LlmFilter, LlmMap, LlmSpec
 from operators.pii import PiiDetect, PiiMask
 from operators.stateful import Aggregate, Aggregation, Dedupe
@@ -45,6 +45,7 @@ __all__ = [
     "Sample",
     "Select",
     "Sql",
+    "SubPipeline",
     "chunk_spans",
 ]
 

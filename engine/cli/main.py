@@ -143,13 +143,14 @@ def convert(path: str, to: str, output: str | None) -> None:
 )
 @friendly
 def graph(path: str, overrides: tuple[str, ...], fmt: str) -> None:
-    """Print the pipeline's graph as Mermaid or DOT text."""
+    """Print the pipeline's graph as Mermaid or DOT text (sub-pipelines as clusters)."""
     from engine.check import check_file
+    from engine.compile.subpipelines import clusters_of
     from engine.plan.render import render
 
     content = sys.stdin.buffer.read() if path == "-" else None
     checked = check_file(path, content=content, overrides=overrides)
-    click.echo(render(checked.plan, fmt), nl=False)  # type: ignore[arg-type]
+    click.echo(render(checked.plan, fmt, clusters_of(checked)), nl=False)  # type: ignore[arg-type]
 
 
 @cli.command()

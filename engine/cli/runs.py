@@ -498,7 +498,7 @@ def _compiled(path: str, overrides: tuple[str, ...], store: Any) -> Any:
     from engine.graph.spec import graph_from_spec
 
     checked = _checked(path, overrides)
-    return graph_from_spec(checked.loaded.spec).compile(checkpoint=store)
+    return graph_from_spec(checked.loaded.spec, base_dir=checked.base_dir()).compile(checkpoint=store)
 
 
 def _check_same_graph(app: Any, store: Any, run_id: str, path: str) -> None:

@@ -27,6 +27,7 @@ import pyarrow as pa
 from engine.check import CheckedPipeline, locate
 from engine.compile.compiled import Compiled
 from engine.compile.providers import check_pools
+from engine.compile.subpipelines import subpipeline_problems
 from engine.errors import Diagnostic
 from engine.optimizer import optimize
 from engine.physical import (
@@ -52,6 +53,7 @@ def compile_pipeline(
     policy: Policy | None = None,
     cache: bool = True,
     credentials: Literal["error", "warning"] = "error",
+    _chain: tuple[str, ...] = (),
 ) -> Compiled:
     """Compile ``checked``; never raises for a problem of the pipeline (see :meth:`Compiled.raise_errors`).
 
@@ -64,7 +66,10 @@ def compile_pipeline(
     policy = policy if policy is not None else Policy.from_env()
     if _is_state_graph(pipeline):  # its `call` nodes' code is what the policy judges
         denied = _located(check_policy([], checked.plan.nodes.values(), policy), checked)
-        return Compiled(checked, "graph", (), (), (), None, policy, None, tuple(checked.warnings) + denied)
+        subs = tuple(subpipeline_problems(checked, _chain, compile_pipeline))
+        return Compiled(
+            checked, "graph", (), (), (), None, policy, None, tuple(checked.warnings) + denied + subs
+        )
     problems: list[Problem] = []
     stages, found = optimize(checked.plan)
     problems += found

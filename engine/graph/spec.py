@@ -53,6 +53,7 @@ from engine.spec.models import (
     StateField,
     StateSchema,
 )
+from engine.spec.registry import behaviour
 
 __all__ = ["DEFAULT_RECURSION_LIMIT", "graph_from_spec", "graph_to_spec", "recursion_limit_of"]
 
@@ -70,17 +71,20 @@ _TYPES: dict[str, Any] = {
 }
 _CALL = "__headrace_call__"  # on a node function read from a spec: (import path, kwargs)
 _BRANCHES = "__headrace_branches__"  # on a route read from a spec: the edge's branches
+_SPEC = "__headrace_spec__"  # on a node function an op's `graph` behaviour made: the node as written
 _sources: weakref.WeakKeyDictionary[Graph[Any], Pipeline] = weakref.WeakKeyDictionary()
 
 
 # -- pipeline → graph -----------------------------------------------------------------------------
 
 
-def graph_from_spec(pipeline: Pipeline) -> Graph[Any]:
+def graph_from_spec(pipeline: Pipeline, *, base_dir: str | None = None) -> Graph[Any]:
     """The state graph a pipeline's ``state``, state nodes and ``edges`` describe.
 
-    Raises :class:`InvalidGraph` naming the node or edge at fault: a dataflow node in the pipeline, a
-    ``fn`` that cannot be imported, an edge to an unknown node.
+    ``base_dir`` is the folder of the pipeline's file, which relative paths (a ``pipeline`` node's) are
+    relative to (default: the working directory). Raises :class:`InvalidGraph` naming the node or edge
+    at fault: a dataflow node in the pipeline, a ``fn`` that cannot be imported, an edge to an unknown
+    node.
     """
     state = state_model(pipeline.name, pipeline.state or StateSchema())
     graph: Graph[Any] = Graph(state, name=pipeline.name)
@@ -89,19 +93,24 @@ def graph_from_spec(pipeline: Pipeline) -> Graph[Any]:
             raise InvalidGraph(
                 f"node {name!r} is a {node.kind} node (op {node.op}); a state graph holds state nodes only"
             )
+        make = behaviour(node.op, "graph")
         fn_path = getattr(node, "fn", None)
-        if not isinstance(fn_path, str):
+        if make is None and not isinstance(fn_path, str):
             raise InvalidGraph(f"node {name!r}: op {node.op!r} cannot run in a state graph; use op: call")
-        kwargs = dict(getattr(node, "kwargs", {}) or {})
         on_error = node.on_error
         if on_error is not None and on_error.mode != "fail":
             raise InvalidGraph(
                 f"node {name!r}: on_error mode {on_error.mode!r} applies to rows of dataflow nodes; "
                 "a state node that fails ends the run (use retry, or catch the error in the function)"
             )
+        if make is not None:
+            function = make(name, node, base_dir)
+            setattr(function, _SPEC, node.model_dump(mode="json", by_alias=True, exclude_unset=True))
+        else:
+            function = _call_node(name, str(fn_path), dict(getattr(node, "kwargs", {}) or {}))
         graph.add_node(
             name,
-            _call_node(name, fn_path, kwargs),
+            function,
             resources=node.resources,
             retry=node.retry or pipeline.defaults.retry,
         )
@@ -306,6 +315,9 @@ def _json_type(annotation: Any) -> tuple[str | None, bool]:
 
 
 def _node_spec(node: NodeDef, source: Pipeline | None) -> dict[str, Any]:
+    written = getattr(node.fn, _SPEC, None)
+    if written is not None:  # a `pipeline` node (or a plugin op's): written back as it was read
+        return dict(written)
     call = getattr(node.fn, _CALL, None)
     if call is not None:
         path, kwargs = call

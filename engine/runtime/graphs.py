@@ -154,7 +154,7 @@ def compile_checked(checked: CheckedPipeline, checkpoint: str) -> Any:
     if problems:
         raise ConfigError([locate(p, checked.loaded.document) for p in problems])
     ensure_store_folder(checkpoint)
-    graph = graph_from_spec(pipeline)
+    graph = graph_from_spec(pipeline, base_dir=checked.base_dir())
     return graph.compile(checkpoint=checkpoint, recursion_limit=recursion_limit_of(pipeline))
 
 

@@ -7,7 +7,8 @@ this table, so a plugin's op brings its own schema.
 
 Behaviour is held here too, by kind (:data:`KINDS`): ``batch`` (spec -> per-batch function),
 ``state`` (spec -> a barrier's stream-wide state), ``reader`` (a source's reader), ``writer`` (a sink's
-part writer class). Register it with the model (``register_op(Model, batch=fn)``) or apart from it
+part writer class), ``graph`` (a state-graph node other than ``call``: ``(name, spec, base_dir) ->``
+the node's function). Register it with the model (``register_op(Model, batch=fn)``) or apart from it
 (:func:`register_behaviour`); a value may be an import path (``"pkg.mod:name"``), resolved on first use,
 so validating a pipeline never imports what only running it needs. An LLM op's pool needs no entry: a
 model that subclasses ``operators.llm.LlmSpec`` is pooled and runs on the shared pool machinery.
@@ -30,8 +31,8 @@ from engine.spec.models import NodeName, NodeSpec, Pipeline
 ENTRY_POINT_GROUP = "headrace.ops"
 _BUILTIN_MODULES = ("connectors", "operators")
 
-Kind = Literal["batch", "state", "reader", "writer"]
-KINDS: tuple[Kind, ...] = ("batch", "state", "reader", "writer")
+Kind = Literal["batch", "state", "reader", "writer", "graph"]
+KINDS: tuple[Kind, ...] = ("batch", "state", "reader", "writer", "graph")
 
 _ops: dict[str, type[NodeSpec]] = {}
 _behaviour: dict[str, dict[str, Any]] = {}

@@ -107,6 +107,7 @@ EXPORTED = {
         "Sample",
         "Select",
         "Sql",
+        "SubPipeline",
         "chunk_spans",
     ],
 }
