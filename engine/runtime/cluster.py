@@ -45,6 +45,7 @@ JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 merges with the one ``ray.init`` asks for and refuses to merge when both set the same field or variable."""
 
 _REACH_TIMEOUT_S = 3.0
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 TELEMETRY_PREFIXES = ("OTEL_",)
 """OpenTelemetry's standard variables (OTLP endpoint and headers, service name, sampler): a worker's
@@ -78,9 +79,22 @@ def local_cpus() -> int:
     return int(os.environ.get("HEADRACE_NUM_CPUS") or os.cpu_count() or 1)
 
 
+def quiet_ray_notices() -> None:
+    """Keep Ray's notice that it turned token authentication on out of the user's terminal.
+
+    Ray turns token authentication on for a new local cluster (or a driver joining with ``auto`` while a
+    token file exists) whose RAY_AUTH_MODE is unset, and warns about it on every start; the mode is the
+    right one, so only its own logger is raised to errors. Setting RAY_AUTH_MODE=token here instead does
+    not work: Ray read its configuration when it was imported, and the driver would then lack the token
+    its GCS asks for.
+    """
+    logging.getLogger(_RAY_AUTH_LOGGER).setLevel(logging.ERROR)
+
+
 def start_local_ray() -> None:
     """Start a new local Ray in this process, with its CPUs and an explicitly sized object store."""
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    quiet_ray_notices()
     ray.init(
         # "local" always starts a new instance; with no address Ray would join any cluster that
         # `ray start` left running on the machine
@@ -105,6 +119,7 @@ def ray_session(address: str | None = None) -> Iterator[ClusterInfo]:
         return
     if address:
         check_reachable(address)
+        quiet_ray_notices()
         try:
             ray.init(
                 address=address,

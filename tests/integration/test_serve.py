@@ -50,6 +50,10 @@ class Served:
         env = dict(self.env, **({"HEADRACE_OUT": str(out)} if out else {}))
         return run_headrace(*args, env=env, timeout=timeout)
 
+    def log_text(self) -> str:
+        """What the server has printed so far (its terminal, for a user)."""
+        return (self.home / "serve.log").read_text(errors="replace")
+
     def records(self) -> dict[str, str]:
         listed = run_headrace("runs", "list", "--limit", "100", "--json", env=self.env)
         assert listed.returncode == 0, listed.stderr
@@ -180,6 +184,8 @@ def test_a_run_through_the_engine_matches_a_run_with_its_own_ray(
     through = served.run("run", pipeline, "--json", out=warm)
     alone = served.run("run", pipeline, "--json", "--no-engine", out=cold)
     assert through.returncode == alone.returncode == 0, through.stderr + alone.stderr
+    for noise in ("Token authentication is enabled", "RAW: Lock"):  # Ray's and abseil's (issue 17)
+        assert noise not in through.stderr + alone.stderr + served.log_text()
     warm_summary, cold_summary = json.loads(through.stdout), json.loads(alone.stdout)
     assert _comparable(warm_summary, warm) == _comparable(cold_summary, cold)
     # the first ran on the engine, the second did not

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import socket
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ClusterError
-from engine.runtime.cluster import JOB_CONFIG_VARIABLE, check_reachable, join_runtime_env
+from engine.runtime.cluster import JOB_CONFIG_VARIABLE, check_reachable, join_runtime_env, quiet_ray_notices
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +83,18 @@ def test_a_listening_address_and_auto_pass() -> None:
         server.listen()
         check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
     check_reachable("auto")
+
+
+def test_rays_token_authentication_notice_does_not_reach_the_user(caplog: pytest.LogCaptureFixture) -> None:
+    from ray._private.authentication import authentication_token_setup as ray_auth
+
+    logger = logging.getLogger(ray_auth.__name__)
+    level = logger.level
+    logger.addHandler(caplog.handler)  # Ray's loggers may not propagate to the root's capture
+    try:
+        quiet_ray_notices()  # what headrace does before it starts or joins a Ray
+        ray_auth._warn_token_auth_enabled()  # what Ray's ray.init then says on every start
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(level)
+    assert "Token authentication is enabled" not in caplog.text
