@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -33,6 +34,7 @@ from operators.providers.registry import get_provider
 
 __all__ = [
     "AGENT_ENTRY_POINT_GROUP",
+    "PROVIDER_CONFIG_VARIABLE",
     "agent",
     "batch",
     "checkpoint",
@@ -75,8 +77,28 @@ def _save(output_to_file: str | None, output_dir: str, result: Any) -> None:
     target.write_text(text, encoding="utf-8")
 
 
+PROVIDER_CONFIG_VARIABLE = "PIPELINE_EX_PROVIDER_CONFIG"
+"""A JSON object of provider configs by provider name (e.g. ``{"replay": {"path": "rec.jsonl"}}``), for
+the providers that need one (``replay``); the SDKs' own variables configure the vendors'."""
+
+
+def _provider_config(name: str) -> Mapping[str, Any]:
+    raw = os.environ.get(PROVIDER_CONFIG_VARIABLE)
+    if not raw:
+        return {}
+    try:
+        configs = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"${PROVIDER_CONFIG_VARIABLE} is not JSON: {exc}") from None
+    config = configs.get(name, {}) if isinstance(configs, Mapping) else None
+    if not isinstance(config, Mapping):
+        raise ValueError(f"${PROVIDER_CONFIG_VARIABLE} must map provider names to config objects")
+    return config
+
+
 async def _ask(call: Mapping[str, Any], prompt: str) -> LlmResponse:
-    provider = get_provider(str(call["provider"]), call.get("provider_config") or {})
+    name = str(call["provider"])
+    provider = get_provider(name, {**_provider_config(name), **(call.get("provider_config") or {})})
     try:
         return await provider.call(
             LlmRequest(
