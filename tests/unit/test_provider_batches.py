@@ -16,6 +16,7 @@ import pytest
 from operators.providers import (
     BatchProvider,
     BatchStatus,
+    KeyRejected,
     LlmRequest,
     LlmResponse,
     Provider,
@@ -302,7 +303,9 @@ def test_the_api_key_never_shows_in_batch_errors(name: str) -> None:
 
     with LLMServer(batch_delay_s=0.05, responder=echo_key) as server:
         (echoed,) = _run(_provider(name, server, api_key=secret), scenario).values()
-    assert type(wrong_key) is RequestRejected and wrong_key.__cause__ is None
+    # Google refuses a wrong key with 400 API_KEY_INVALID: still a refused key (KeyRejected)
+    assert type(wrong_key) is (KeyRejected if name == "gemini" else RequestRejected)
+    assert wrong_key.__cause__ is None
     assert type(echoed) is RequestRejected and "[REDACTED]" in str(echoed)
     for error in (wrong_key, echoed):
         assert secret not in str(error) and secret not in repr(error)
