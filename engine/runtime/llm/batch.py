@@ -5,6 +5,11 @@ the results: an answer is settled in the ledger at the batch price, cached, and 
 error or (for ``llm_extract``) an answer that fails validation goes into the next round, with the
 validation error fed back; other errors fail the row. Rounds repeat up to the node's ``max_attempts``.
 
+Errors no row can fix stop the run as in online mode (:mod:`engine.runtime.llm.health`): a refused key,
+a forbidden or unknown model (401, 403, 404, whether the batch call or a row's result carries it), a
+template no row renders; rows that got no answer because the provider kept failing after every round
+count towards the node's circuit breaker.
+
 Resume after a crash: before a round is submitted, its provider batch id is written next to the response
 cache, keyed by the round's requests. A rerun that builds the same requests finds the record and polls
 that batch instead of paying for a new one; its answers land in the cache, so later rounds and reruns
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.files import filesystem
+from engine.errors import FatalRunError
 from engine.runtime.llm.calls import (
     CallServices,
     CallSettings,
@@ -28,6 +34,7 @@ from engine.runtime.llm.calls import (
     estimate_input_tokens,
     reserve_waiting,
 )
+from engine.runtime.llm.health import CallHealth
 from engine.runtime.llm.ledger import Charge
 from operators.llm_rows import InvalidAnswer, RowTask
 from operators.providers.base import BatchProvider, LlmRequest, LlmResponse
@@ -58,8 +65,11 @@ class BatchRowCaller:
         cache: ResponseCache | None,
         services: CallServices,
         poll_s: float,
+        health: CallHealth | None = None,
     ) -> None:
         self.task = task
+        # a pool actor passes the run's node's health, kept across the batches it answers
+        self.health = health or CallHealth(settings.node)
         self.settings = settings
         self.provider = provider
         self.prices = prices
@@ -69,7 +79,9 @@ class BatchRowCaller:
         self.target = settings.targets[0]
 
     async def answer_all(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """One outcome per row, in order: the value, a ``RowFailed``, or a ``BudgetExceeded``."""
+        """One outcome per row, in order: the value, a ``RowFailed``, or a ``BudgetExceeded``; raises
+        ``FatalRunError`` when no row can pass (a refused key, an unknown model, the circuit breaker)."""
+        self.health.check()
         state = [_Row(i, row, []) for i, row in enumerate(rows)]
         rounds = max(self.settings.retry.max_attempts, self.task.max_attempts)
         cached = Charge()
@@ -81,9 +93,14 @@ class BatchRowCaller:
                     continue
                 try:
                     request = self.task.request(item.row, self.target, item.feedback)
-                except Exception as exc:  # an oversized prompt or a template that fails on this row
+                except InvalidAnswer as exc:  # an oversized prompt
                     item.error, item.done = RowFailed(f"prompt: {exc}"), True
                     continue
+                except Exception as exc:  # a template that fails on this row's values
+                    item.error = RowFailed(f"prompt template: {type(exc).__name__}: {exc}", template=True)
+                    item.done = True
+                    continue
+                self.health.rendered += 1
                 hit = self.cache.get(request) if self.cache is not None else None
                 if hit is not None:
                     cached_rows += 1
@@ -133,16 +150,22 @@ class BatchRowCaller:
             results = await self.provider.batch_results(batch_id, dict(items))
         except ProviderError as exc:
             await self.services.settle_budget(node, reserved, None, len(pending))
+            self.health.refused(exc, self.target.provider, self.target.model)  # raises if no row can pass
             if not exc.retryable or last:
                 for item, _ in pending:
                     item.error, item.done = RowFailed(f"batch: {exc}"), True
+                if exc.retryable:  # the provider kept failing: the rows count towards the breaker
+                    for _ in pending:
+                        self.health.gave_up(exc, self.target.provider, self.target.model)
             return
         spent = Charge()
         answered = 0
+        stop: FatalRunError | None = None  # raised once the round's spending is settled
         for item, request in pending:
             outcome = results.get(f"r{item.index}")
             if isinstance(outcome, LlmResponse):
                 answered += 1
+                self.health.answered()
                 cost = answer_cost(price, outcome)  # at the batch price: the answer is marked batch
                 spent = Charge(
                     spent.cost_usd + cost,
@@ -161,13 +184,21 @@ class BatchRowCaller:
                 error = outcome or ProviderError(
                     "missing from the batch results", provider=self.target.provider, retryable=True
                 )
-                if not error.retryable or last:
-                    item.error, item.done = RowFailed(f"batch: {error}"), True
+                try:
+                    self.health.refused(error, self.target.provider, self.target.model)
+                    if not error.retryable or last:
+                        item.error, item.done = RowFailed(f"batch: {error}"), True
+                        if error.retryable:  # the provider kept failing: counts towards the breaker
+                            self.health.gave_up(error, self.target.provider, self.target.model)
+                except FatalRunError as fatal:
+                    stop = stop or fatal
         if answered:
             await self.services.settle_budget(node, reserved, spent, answered)
         else:
             await self.services.settle_budget(node, reserved, None, len(pending))
         self._forget(record)
+        if stop is not None:
+            raise stop
 
     def _interpret(self, item: _Row, request: LlmRequest, response: LlmResponse) -> None:
         try:

@@ -247,6 +247,7 @@ class PoolWorker:
                 self._cache(batch.cache_url),
                 services,
                 batch.spec.batch_poll_s,
+                self._node_health(batch),
             )
             outcomes = await batcher.answer_all(rows)
         else:
@@ -283,7 +284,7 @@ class PoolWorker:
         if stop is not None:
             raise stop
         unrendered = [o for o in outcomes if isinstance(o, RowFailed) and o.template]
-        if batch.spec.mode != "batch" and len(unrendered) == len(outcomes):
+        if len(unrendered) == len(outcomes):
             self._node_health(batch).template_failed_everywhere(len(outcomes), str(unrendered[0]))
         return PoolResult(task.assemble(table, values, ok), failures)
 
