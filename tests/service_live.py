@@ -22,7 +22,8 @@ from engine.runtime.engine import Engine
 from engine.runtime.tenants import TenantQuota
 from engine.service.app import create_app
 from engine.service.auth import LocalToken, ServiceTokens
-from engine.service.server import ServiceServer, open_served_runs
+from engine.service.schedules import ScheduleSpec
+from engine.service.server import ServiceServer, open_served_runs, start_schedules
 from engine.service.tokens import TokenStore
 
 GRAPH = """version: 1
@@ -74,6 +75,7 @@ def live_service(
     quotas: dict[str, TenantQuota] | None = None,
     tls: tuple[Path, Path] | None = None,
     max_concurrent_runs: int = 8,
+    schedules: list[ScheduleSpec] | None = None,
     **app_options: Any,
 ) -> Iterator[LiveService]:
     """Serve the app until the block ends (``home`` must be ``$HEADRACE_HOME`` of the test); ``quotas``:
@@ -96,6 +98,7 @@ def live_service(
     def started() -> None:
         if running is not None:
             app.state.runs = open_served_runs(running, asyncio.get_running_loop())
+            app.state.schedules = start_schedules(app.state.runs, schedules or [], audit)
         ready.set()
 
     config = uvicorn.Config(

@@ -4,7 +4,8 @@ Every route but ``/healthz`` and ``/readyz`` needs a bearer token, and its role 
 it may do (:mod:`engine.service.auth`). Middleware, outermost first: every change and every refusal
 audited (:mod:`engine.service.audit_trail`), then request bodies bounded in size and time
 (:mod:`engine.service.guard`). Routes: :mod:`engine.service.api_runs` (runs),
-:mod:`engine.service.api_pipelines` (validate, estimate). The OpenAPI document is at ``/openapi.json``.
+:mod:`engine.service.api_pipelines` (validate, estimate), :mod:`engine.service.api_schedules`.
+The OpenAPI document is at ``/openapi.json``.
 :func:`create_app` takes what the server holds (the runs, the authenticator, the audit log), so tests
 assemble it the same way.
 """
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from engine.audit import AuditLog
 from engine.service.api_pipelines import router as pipelines_router
 from engine.service.api_runs import router as runs_router
+from engine.service.api_schedules import router as schedules_router
 from engine.service.audit_trail import AuditTrail
 from engine.service.auth import Authenticator, Viewer
 from engine.service.guard import DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, BodyGuard
@@ -45,11 +47,13 @@ def create_app(
     app.state.runs = runs
     app.state.authenticator = authenticator
     app.state.stopping = False
+    app.state.schedules = None  # the server's ScheduleStore, set with the runs at start-up
     # the one added last is outermost: the audit trail sees the guard's refusals (413, 408) too
     app.add_middleware(BodyGuard, max_bytes=max_body_bytes, read_timeout_s=read_timeout_s)
     app.add_middleware(AuditTrail, log=audit or AuditLog())
     app.include_router(runs_router, prefix=f"/{API_VERSION}")
     app.include_router(pipelines_router, prefix=f"/{API_VERSION}")
+    app.include_router(schedules_router, prefix=f"/{API_VERSION}")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -69,6 +69,8 @@ def describe(found: Found, records: RecordStore | None) -> dict[str, Any]:
     if found.accepted is not None:
         out["pipeline"] = found.accepted.pipeline
         out["submitted_at"] = found.accepted.submitted_at
+        out["submitted_by"] = found.accepted.token
+        out["overrides"] = found.accepted.request.get("overrides", [])
     return out
 
 

@@ -17,6 +17,9 @@ at its line and column, as pipelines are.
           max_cpus: 2
           weight: 2
 
+    schedules:                      # engine.service.schedules.ScheduleSpec, created or updated at start
+      - {name: nightly, tenant: team-a, path: /data/nightly.yaml, cron: "0 2 * * *", catch_up: last}
+
 The quotas become the engine's tenants; the policy becomes the server's ``HEADRACE_POLICY`` and
 ``HEADRACE_ALLOWED_*`` (which its compile cache and its workers read).
 """
@@ -30,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from engine.errors import ConfigError, Diagnostic
 from engine.policy_config import PolicySettings
 from engine.runtime.tenants import TenantQuota
+from engine.service.schedules import ScheduleSpec
 from engine.spec.positions import Document, JsonPath, format_path
 
 TenantName = Annotated[
@@ -62,6 +66,10 @@ class ServiceConfig(BaseModel):
     tenants: dict[TenantName, TenantSettings] = Field(
         default_factory=dict, description="Settings per tenant."
     )
+    schedules: list[ScheduleSpec] = Field(
+        default_factory=list,
+        description="Schedules the server creates or updates when it starts (see engine.service.schedules).",
+    )
 
     def quotas(self) -> dict[str, TenantQuota]:
         """The tenants' quotas, for the engine."""
@@ -86,7 +94,9 @@ def _diagnostic(err: Any, document: Document) -> Diagnostic:
     unknown = err["type"] == "extra_forbidden"
     where = format_path(loc) or "the configuration"
     if unknown:
-        parent = "the top level (keys: policy, tenants)" if len(loc) == 1 else format_path(loc[:-1])
+        parent = (
+            "the top level (keys: policy, tenants, schedules)" if len(loc) == 1 else format_path(loc[:-1])
+        )
         message = f"unknown key '{loc[-1]}' at {parent}"
     elif key:
         message = f"tenant name {loc[-1]!r}: use letters, digits, '.', '_' and '-' (at most 63)"

@@ -26,6 +26,7 @@ from typing import Any
 
 import uvicorn
 
+from engine.audit import AuditLog
 from engine.errors import HeadraceError
 from engine.runtime.engine import Engine
 from engine.service.app import create_app
@@ -43,6 +44,8 @@ from engine.service.discovery import (
 )
 from engine.service.ledger import LEDGER_FILE, RunLedger
 from engine.service.runs import ServedRuns
+from engine.service.scheduler import Scheduler
+from engine.service.schedules import ScheduleSpec, ScheduleStore
 from engine.service.tokens import TokenStore
 
 _log = logging.getLogger(__name__)
@@ -124,6 +127,7 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
     def started() -> None:
         runs = open_served_runs(engine, asyncio.get_running_loop())
         runs.start_ticker()
+        app.state.schedules = start_schedules(runs, settings.schedules, AuditLog())
         state["runs"] = app.state.runs = runs
         write_info(info, where)
         announce(f"headrace engine at {url} (pid {info.pid}); discovery file {where}")
@@ -193,6 +197,20 @@ def check_exposure(host: str, tls_cert: str | None, tls_key: str | None, *, inse
             f"refusing to listen on {host} without TLS: bearer tokens would cross the network in clear; "
             "give --tls-cert and --tls-key, or --insecure (behind a TLS-terminating proxy)"
         )
+
+
+def start_schedules(runs: ServedRuns, specs: list[ScheduleSpec], audit: AuditLog) -> ScheduleStore:
+    """The schedule store (beside the ledger), with the configuration's schedules created or updated,
+    and the scheduler ticking on the running loop."""
+    store = ScheduleStore(headrace_home() / LEDGER_FILE)
+    for spec in specs:
+        store.put(spec)
+    scheduler = Scheduler(store, runs, audit)
+    _tasks.add(asyncio.get_running_loop().create_task(scheduler.run()))
+    return store
+
+
+_tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to its tasks
 
 
 def close_unless_loopback(host: str, environ: MutableMapping[str, str]) -> str | None:

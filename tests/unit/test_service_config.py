@@ -126,3 +126,20 @@ def test_a_tenants_quota_from_the_configuration_is_in_force(
         marker.unlink()
         for run_id in (first, second, other):
             wait_status(owner, run_id, "succeeded")
+
+
+def test_schedules_in_the_configuration_are_checked_and_located(tmp_path: Path) -> None:
+    path = tmp_path / "service.yaml"
+    path.write_text(
+        "schedules:\n"
+        "  - {name: nightly, tenant: a, path: /srv/p.yaml, cron: '0 2 * * *', catch_up: last}\n"
+        "  - name: broken\n    tenant: a\n    path: /srv/p.yaml\n    cron: 'at two'\n    overlap: sometimes\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_service_config(str(path))
+    lines = sorted((d.line, d.message) for d in caught.value.diagnostics)
+    assert [line for line, _ in lines] == [6, 7]
+    assert "not a valid cron" in lines[0][1] and "overlap" in lines[1][1]
+    path.write_text(path.read_text().split("  - name: broken")[0])
+    (nightly,) = load_service_config(str(path)).schedules
+    assert (nightly.name, nightly.cron, nightly.catch_up) == ("nightly", "0 2 * * *", "last")
