@@ -119,8 +119,17 @@ def _count_rows(fs: object, path: str) -> int:
             return sum(1 for _ in fh)
     import pyarrow.csv as pacsv
 
+    # one parser block for the whole part: a field larger than pyarrow's default 1 MiB block would
+    # otherwise fail the count ("straddling object")
+    size = int(fs.size(path) or 0)  # type: ignore[attr-defined]
     with fs.open(path, "rb") as fh:  # type: ignore[attr-defined]
-        return int(pacsv.read_csv(fh, parse_options=pacsv.ParseOptions(newlines_in_values=True)).num_rows)
+        return int(
+            pacsv.read_csv(
+                fh,
+                read_options=pacsv.ReadOptions(block_size=max(size + 1, 1 << 16)),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            ).num_rows
+        )
 
 
 def _is_ours(path: str) -> bool:

@@ -100,3 +100,23 @@ def test_encoding_errors_replace_reads_the_invalid_byte_as_u_fffd_and_fail_ignor
     src, spec = _csv(tmp_path, LATIN1, encoding_errors="fail")
     with pytest.raises(DataError, match="encoding_errors: fail"):
         _read(CSV, spec, src, [])  # a bad-row handler (on_error dead_letter) does not take it
+
+
+def test_a_csv_field_larger_than_any_parser_block_is_read_with_every_row_of_its_split(tmp_path: Path) -> None:
+    # 20 MB: more than the 16 MiB block the reader once parsed in, and pyarrow's 1 MiB default; each
+    # byte range is parsed as one block, so no field can straddle blocks and no option is needed
+    big = "x" * (20 << 20)
+    src = tmp_path / "big.csv"
+    src.write_text(f'id,text\n1,a\n2,"{big}"\n3,c\n')
+    rows = _read(CSV, ReadCsv(op="read_csv", path=str(src), split_bytes="4MiB"), src, None)
+    assert [r["id"] for r in rows] == [1, 2, 3] and rows[1]["text"] == big
+
+
+def test_resume_counts_the_rows_of_a_csv_part_holding_a_field_larger_than_a_block(tmp_path: Path) -> None:
+    from connectors.files import filesystem
+    from connectors.outputs import _count_rows
+
+    part = tmp_path / "part-00000.csv"
+    part.write_text(f'id,text\n1,"{"x" * (3 << 20)}"\n2,b\n')
+    fs, path = filesystem(str(part))
+    assert _count_rows(fs, path) == 2  # pyarrow's 1 MiB default block: "straddling object"
