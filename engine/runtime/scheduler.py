@@ -24,6 +24,7 @@ from connectors.writers import PartInfo
 from engine.errors import BudgetExceeded, DataError, HeadraceError, TransientError
 from engine.logs import get_logger
 from engine.physical import PhysicalStage, Placement
+from engine.runtime.split_runners import runner_count, runs_on_runner, split_runner
 from engine.runtime.summary import RunSummary
 from engine.runtime.task_slots import TaskSlots
 from engine.runtime.worker import BarrierActor, SplitResult, run_split, run_tail
@@ -73,6 +74,7 @@ class Scheduler:
         self._head = ray.remote(run_split)
         self._tail = ray.remote(run_tail)
         self._actor = ray.remote(BarrierActor)
+        self._runners = 0  # how many shared split runners the cluster keeps (0: not asked yet)
 
     def run(self, runs: list[StageRun], tick: Callable[[], None]) -> None:
         """Drive every stage to completion."""
@@ -114,9 +116,11 @@ class Scheduler:
                 tick()
         except BaseException:
             for ref in self.in_flight:
-                # actor calls cannot be force-cancelled; the actors go when the run's handles do
-                with contextlib.suppress(Exception):
+                try:
                     ray.cancel(ref, force=True)
+                except Exception:  # an actor call (a runner's split, a barrier) cannot be forced
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref)
             raise
         finally:
             if self.slots is not None:
@@ -163,20 +167,42 @@ class Scheduler:
         """Submit the head task of ``split``."""
         # Ray retries a task whose worker or machine died; errors the task raises are retried by
         # the driver with the stage's backoff (see _Driver.failed)
-        options = {**run.stage.ray_options, "max_retries": run.stage.job.retry.max_attempts - 1}
-        if emit:
-            options["num_returns"] = 2
-        ref: Any = self._head.options(**self._placed(options)).remote(run.stage.job, split)
+        ref: Any
+        if self._on_runner(run, run.stage.job.pools):  # a runner that dies is retried by the driver
+            ref = split_runner(self._runners).run_split.options(num_returns=2 if emit else 1)
+            ref = ref.remote(run.stage.job, split)
+        else:
+            options = {**run.stage.ray_options, "max_retries": run.stage.job.retry.max_attempts - 1}
+            if emit:
+                options["num_returns"] = 2
+            ref = self._head.options(**self._placed(options)).remote(run.stage.job, split)
         if self._gate_next:
             self._gated.add(ref[0] if emit else ref)  # its slot is given back when it is done
         return ref
 
     def tail(self, run: StageRun, level: int, tables_ref: Any, index: int) -> Any:
         """Submit a tail task over the batches ``tables_ref`` released by barrier ``level``."""
+        job = run.stage.tails[level]
+        returns = 2 if job.sink is None else 1
+        if self._on_runner(run, job.pools):
+            return (
+                split_runner(self._runners)
+                .run_tail.options(num_returns=returns)
+                .remote(job, tables_ref, index)
+            )
         options: dict[str, Any] = dict(run.stage.ray_options)
-        if run.stage.tails[level].sink is None:
+        if returns == 2:
             options["num_returns"] = 2
-        return self._tail.options(**self._placed(options)).remote(run.stage.tails[level], tables_ref, index)
+        return self._tail.options(**self._placed(options)).remote(job, tables_ref, index)
+
+    def _on_runner(self, run: StageRun, pools: Any) -> bool:
+        """Whether this work waits on LLM pools and may run on a shared split runner (see
+        :mod:`engine.runtime.split_runners`)."""
+        if not pools or self.placement is not None or not runs_on_runner(run.stage.ray_options):
+            return False
+        if not self._runners:
+            self._runners = runner_count()
+        return True
 
     def barrier(self, run: StageRun, level: int) -> Any:
         """Start the actor holding barrier ``level``'s state for this run."""
@@ -205,6 +231,8 @@ def get_result(ref: Any) -> Any:
         if isinstance(cause, OSError):
             raise _Transient(str(cause)) from None
         raise DataError(str(cause or exc).strip().splitlines()[-1]) from None
+    except ray.exceptions.RayActorError as exc:  # a split runner died under it: Ray restarts it
+        raise _Transient(f"the split's runner died: {exc}".splitlines()[0]) from None
 
 
 class _Driver:

@@ -102,8 +102,10 @@ def test_a_dead_pool_actors_reservations_are_settled_at_their_worst_case_once() 
     assert tenants.spent("team") == pytest.approx(0.6)
     accounts.settle("r", "n", Charge(0.2), Charge(0.1), holder="alive")
     assert tenants.spent("team") == pytest.approx(0.7)
-    assert accounts.close("r")["n"]["requests"] == 3
-    assert tenants.reserve("team", 0.3) is None  # nothing held by the dead actor any more
+    accounts.settle("r", "n", Charge(), Charge(0.05), holder="alive")  # no budget: never reserved
+    assert tenants.spent("team") == pytest.approx(0.75)
+    assert accounts.close("r")["n"]["requests"] == 4
+    assert tenants.reserve("team", 0.25) is None  # nothing held by the dead actor any more
 
 
 def test_llm_task_slots_go_to_waiting_runs_in_turn() -> None:

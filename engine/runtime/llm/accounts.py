@@ -39,6 +39,7 @@ class RunAccounts:
         self._open: dict[str, Ledger] = {}
         self._closed: OrderedDict[str, TenantScope | None] = OrderedDict()
         self._held: dict[str, Counter[tuple[str, str, Charge]]] = {}
+        self._dead: OrderedDict[str, None] = OrderedDict()  # holders released (their actors died)
 
     def open(
         self,
@@ -76,18 +77,22 @@ class RunAccounts:
         if holder is not None:
             held = self._held.get(holder)
             key = (run_id, node, reserved)
-            if held is None or not held[key]:
-                return  # released already: its holder was reported dead
-            held[key] -= 1
-            if not held[key]:
-                del held[key]
-                if not held:
-                    del self._held[holder]
+            if held is not None and held[key]:
+                held[key] -= 1
+                if not held[key]:
+                    del held[key]
+                    if not held:
+                        del self._held[holder]
+            elif holder in self._dead and reserved != Charge():
+                return  # settled at its worst case when its holder was reported dead
         self._settle(run_id, node, reserved, actual, requests)
 
     def release_holder(self, holder: str) -> int:
         """Settle every reservation ``holder`` (a pool actor that died) still held, each as spent at its
         worst case; how many there were. Settling twice is harmless: the second finds none."""
+        self._dead[holder] = None
+        while len(self._dead) > _CLOSED_KEPT:
+            self._dead.popitem(last=False)
         held = self._held.pop(holder, None)
         if not held:
             return 0
