@@ -48,7 +48,7 @@ class Progress:
         elapsed = time.perf_counter() - self.started
         rate = self.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
         eta = self.eta_s()
-        rows = " ".join(f"{n}={s.rows:,}" for n, s in self.summary.nodes.items())
+        rows = " ".join(f"{n}={s.rows_so_far:,}" for n, s in self.summary.nodes.items())
         left = f" eta {eta:.0f}s" if eta is not None else ""
         done = f"splits {self.done_splits}/{self.total_splits}"
         spend = "".join(
@@ -69,8 +69,8 @@ class Progress:
             table.add_row(
                 name,
                 s.op,
-                f"{s.rows:,}",
-                f"{s.rows / elapsed:,.0f}",
+                f"{s.rows_so_far:,}",
+                f"{s.rows_so_far / elapsed:,.0f}",
                 f"{s.failed:,}" if s.failed else "",
                 f"{s.tokens:,}" if llm else "",
                 f"{llm['cached_requests']:,}" if llm else "",

@@ -25,7 +25,13 @@ class NodeStats:
     cost_usd: float = 0.0
     llm: dict[str, Any] | None = None
     """An LLM node's usage from the run's ledger: requests (billed, cached, failed), tokens billed and
-    cached, cost."""
+    cached, cost, and the rows answered so far (counted per batch)."""
+
+    @property
+    def rows_so_far(self) -> int:
+        """Rows out of the node while the run goes on: ``rows`` grows when a split ends, an LLM node's
+        answered rows as each batch comes back from its pool (a one-split run would show 0 until its end)."""
+        return max(self.rows, int((self.llm or {}).get("rows", 0)))
 
 
 @dataclass

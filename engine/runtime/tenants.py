@@ -350,6 +350,10 @@ class TenantLedgerActor:
         """See ``RunAccounts.record_cached``."""
         self._runs.record_cached(run_id, node, requests, input_tokens, output_tokens)
 
+    def record_rows(self, run_id: str, node: str, rows: int) -> None:
+        """See ``RunAccounts.record_rows``."""
+        self._runs.record_rows(run_id, node, rows)
+
     def usage(self, run_id: str) -> dict[str, dict[str, Any]]:
         """See ``RunAccounts.usage``."""
         return self._runs.usage(run_id)

@@ -156,6 +156,7 @@ def test_ten_thousand_rows_under_429s_and_500s_are_each_labelled_once(
     want = sum(price.cost(r.usage["input_tokens"], r.usage["output_tokens"]) for r in answered)
     assert summary.nodes["classify"].cost_usd == pytest.approx(want, rel=1e-9)
     assert usage["failed_requests"] == len(faulted)
+    assert usage["rows"] == 10_000  # counted as each batch came back, for progress before splits end
 
     # a rerun answers every row from the cache: zero requests, zero cost, the same output
     server.clear()
@@ -360,7 +361,7 @@ def test_batch_mode_answers_through_the_batch_api_at_the_batch_price(
     creates = [r for r in server.requests if r.endpoint == "batches.create"]
     assert sum(len(r.body["requests"]) for r in creates) == 400
     usage = summary.nodes["classify"].llm
-    assert usage is not None and usage["requests"] == 400
+    assert usage is not None and usage["requests"] == 400 and usage["rows"] == 400
     price = PriceTable().price("anthropic", "claude-haiku-4-5")
     full = price.cost(usage["input_tokens"], usage["output_tokens"])
     assert summary.nodes["classify"].cost_usd == pytest.approx(full * (1 - price.batch_discount))

@@ -118,6 +118,12 @@ class RunAccounts:
         if ledger is not None:
             ledger.record_cached(node, requests, input_tokens, output_tokens)
 
+    def record_rows(self, run_id: str, node: str, rows: int) -> None:
+        """See ``Ledger.record_rows``."""
+        ledger = self._open.get(run_id)
+        if ledger is not None:
+            ledger.record_rows(node, rows)
+
     def usage(self, run_id: str) -> dict[str, dict[str, Any]]:
         """The run's usage per node so far (empty once closed)."""
         ledger = self._open.get(run_id)
@@ -163,3 +169,7 @@ class AccountServices:
 
     async def record_cached(self, node: str, requests: int, input_tokens: int, output_tokens: int) -> None:
         await self._ledger.record_cached.remote(self._run_id, node, requests, input_tokens, output_tokens)
+
+    async def record_rows(self, node: str, rows: int) -> None:
+        """Count rows a batch answered (awaited, so the run's final usage has every batch's)."""
+        await self._ledger.record_rows.remote(self._run_id, node, rows)

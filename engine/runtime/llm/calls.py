@@ -97,6 +97,10 @@ class CallServices(Protocol):
         """Count answers served from the cache."""
         ...
 
+    async def record_rows(self, node: str, rows: int) -> None:
+        """Count rows a batch answered, as it comes back (what progress shows before splits end)."""
+        ...
+
 
 class LocalServices:
     """``CallServices`` over an in-process ledger and buckets (one process; for tests and dry runs)."""
@@ -123,6 +127,9 @@ class LocalServices:
 
     async def record_cached(self, node: str, requests: int, input_tokens: int, output_tokens: int) -> None:
         self.ledger.record_cached(node, requests, input_tokens, output_tokens)
+
+    async def record_rows(self, node: str, rows: int) -> None:
+        self.ledger.record_rows(node, rows)
 
 
 async def reserve_waiting(services: CallServices, node: str, charge: Charge) -> None:

@@ -74,6 +74,9 @@ class NodeUsage:
     cost_usd: float = 0.0
     reserved_usd: float = 0.0
     """Reserved by calls in flight."""
+    rows: int = 0
+    """Rows the node answered so far, counted as each batch comes back from its pool (splits report
+    their rows only when they end: this is what progress shows meanwhile)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON values."""
@@ -206,6 +209,10 @@ class Ledger:
         usage.cached_requests += requests
         usage.cached_input_tokens += input_tokens
         usage.cached_output_tokens += output_tokens
+
+    def record_rows(self, node: str, rows: int) -> None:
+        """Count rows a batch of the node answered."""
+        self._node(node).rows += rows
 
     def usage(self) -> dict[str, dict[str, Any]]:
         """Usage per node, as JSON values."""

@@ -161,6 +161,7 @@ class _RunServices:
         self.reserve_budget = self._account.reserve_budget
         self.settle_budget = self._account.settle_budget
         self.record_cached = self._account.record_cached
+        self.record_rows = self._account.record_rows
 
     async def reserve_rate(
         self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int
@@ -286,6 +287,7 @@ class PoolWorker:
         unrendered = [o for o in outcomes if isinstance(o, RowFailed) and o.template]
         if len(unrendered) == len(outcomes):
             self._node_health(batch).template_failed_everywhere(len(outcomes), str(unrendered[0]))
+        await services.record_rows(batch.node, len(outcomes) - len(failures))  # live progress, per batch
         return PoolResult(task.assemble(table, values, ok), failures)
 
     def _node_health(self, batch: PoolBatch) -> CallHealth:
