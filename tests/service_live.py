@@ -121,7 +121,11 @@ def live_service(
         thread.join(30)
         sock.close()
         if running is not None:
-            running.close(cancel=True)
+            # bounded: a cancelled pipeline-graph run can miss its interrupt (it lands between two of the
+            # run thread's own waits) and keep the engine's close waiting; its threads are daemons
+            closer = threading.Thread(target=running.close, kwargs={"cancel": True}, daemon=True)
+            closer.start()
+            closer.join(30)
 
 
 def wait_status(client: httpx.Client, run_id: str, *want: str, timeout: float = 60) -> dict[str, Any]:

@@ -25,6 +25,9 @@ from engine.service.tokens import ALL_TENANTS, Role, TokenStore, rank
 
 OWNER = "owner"
 """The name of the discovery file's token in audit entries."""
+COOKIE = "headrace_token"
+"""The web view's cookie holding a signed-in token; it stands for the token on GET requests only."""
+_SAFE = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ def authenticated(
 ) -> Principal:
     """FastAPI dependency: the caller of ``request``, or 401 with a ``WWW-Authenticate`` challenge."""
     authenticator: Authenticator = request.app.state.authenticator
+    if credentials is None and request.method in _SAFE and request.cookies.get(COOKIE):
+        # the web view's pages read the API (the event stream, the report) with the signed-in cookie
+        credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=request.cookies[COOKIE])
     if credentials is None:
         note(request, reason="no bearer token")
         raise _unauthorized("a bearer token is required (`headrace tokens create`, or engine.json's token)")
