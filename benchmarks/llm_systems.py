@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 import psutil
 
+from engine.bench.harness import DISTURBED_SHARE, MAX_EXTRA_REPEATS, repeat_quietly
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "claude-haiku-4-5"
 LABELS = ("bug", "billing", "other")
@@ -49,10 +51,6 @@ TOOL = {
     },
 }
 """The tool the anthropic provider forces for ``llm_classify`` (the body the baseline sends is the same)."""
-DISTURBED_SHARE = 0.2
-"""A repeat during which other processes used more than this share of all cores is run again."""
-MAX_EXTRA_REPEATS = 2
-
 Kind = Literal["throughput", "faults_429", "overhead", "sdk_loop"]
 Vendor = Literal["anthropic", "openai"]
 MODELS: dict[str, str] = {"anthropic": MODEL, "openai": "gpt-5-mini"}
@@ -395,20 +393,20 @@ def measure_headrace(
     is run again (at most ``extra_repeats`` times, each after ``before_rerun``, which may wait for the
     machine to quieten); the discarded runs are kept.
     """
-    runs: list[dict[str, Any]] = []
-    discarded: list[dict[str, Any]] = []
+    count = iter(range(1_000_000))
     with loopback_server(case) as server:
-        while len(runs) < repeats:
-            run = headrace_once(case, server, work / f"run-{len(runs) + len(discarded)}")
-            if run["other_cpu_share"] > DISTURBED_SHARE and len(discarded) < extra_repeats:
-                discarded.append(
-                    {"seconds": round(run["seconds"], 3), "other_cpu_share": run["other_cpu_share"]}
-                )
-                before_rerun()
-                continue
-            runs.append(run)
-    result = _summarise(case, runs)
-    result["discarded_repeats"] = discarded
+        measured = repeat_quietly(
+            lambda: headrace_once(case, server, work / f"run-{next(count)}"),
+            repeats,
+            lambda run: float(run["other_cpu_share"]),
+            extra_repeats=extra_repeats,
+            before_rerun=before_rerun,
+        )
+    result = _summarise(case, measured.kept)
+    result["discarded_repeats"] = [
+        {"seconds": round(run["seconds"], 3), "other_cpu_share": run["other_cpu_share"]}
+        for run in measured.discarded
+    ]
     return result
 
 

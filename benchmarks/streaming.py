@@ -40,6 +40,7 @@ from benchmarks.harness import (
     Mode,
     RunOptions,
     ray_running,
+    repeat_quietly,
     shmem_bytes,
     summarise,
     sync_disks,
@@ -52,9 +53,6 @@ WARMUP_BYTES = 16_000_000
 """Size of the untimed warm-up input of each system."""
 
 BASELINES = ("pyarrow", "ray_tasks", "ray_data")
-DISTURBED_SHARE = 0.2
-"""A repeat during which other processes used more than this share of all cores is run again."""
-MAX_EXTRA_REPEATS = 2
 
 _COMMON_MODULES = ("pyarrow", "pyarrow.parquet", "pyarrow.csv", "pyarrow.compute", "duckdb")
 WORKER_MODULES: dict[str, tuple[str, ...]] = {
@@ -105,43 +103,43 @@ def measure_system(
     """Run one system ``repeats`` times on ``dataset`` (after warming up, untimed) and summarise.
 
     Starts and stops a Ray session for Ray systems, unless one is already initialised. A repeat
-    during which other processes took more than :data:`DISTURBED_SHARE` of the machine's CPU is
-    run again (at most :data:`MAX_EXTRA_REPEATS` times); the discarded runs are reported.
+    during which other processes took more than ``DISTURBED_SHARE`` of the machine's CPU is
+    run again (at most ``MAX_EXTRA_REPEATS`` times, :func:`repeat_quietly`); the discarded runs are reported.
     """
     run = SYSTEMS[system]
     work_dir.mkdir(parents=True, exist_ok=True)
     out = work_dir / "out"
     shm_baseline = shmem_bytes()
-    seconds: list[float] = []
-    peaks: list[dict[str, float]] = []
-    rows: list[int] = []
-    discarded: list[dict[str, float]] = []
-    extra: dict[str, Any] = {}
     session = ray_running() if system in USES_RAY else contextlib.nullcontext(False)
+
+    def once() -> tuple[float, dict[str, float], dict[str, Any], int]:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        sync_disks()
+        job = Job(case.source, tuple(dataset.files), case.query, str(out), str(work_dir))
+        with MemorySampler(shm_baseline) as sampler:
+            began = time.perf_counter()
+            extra = run(job)
+            took = time.perf_counter() - began
+        return took, sampler.peaks.as_dict(), extra, output_rows(str(out))
+
     with session as started:
         if system in USES_RAY:
             warm_workers(WORKER_MODULES[system])
         _run_once(run, case, warmup, out, work_dir)
         idle = MemorySampler(shm_baseline)
         idle.sample()
-        while len(seconds) < repeats:
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True)
-            sync_disks()
-            job = Job(case.source, tuple(dataset.files), case.query, str(out), str(work_dir))
-            with MemorySampler(shm_baseline) as sampler:
-                began = time.perf_counter()
-                extra = run(job)
-                took = time.perf_counter() - began
-            figures = sampler.peaks.as_dict()
-            if figures["other_cpu_share"] > DISTURBED_SHARE and len(discarded) < MAX_EXTRA_REPEATS:
-                discarded.append({"seconds": round(took, 3), "other_cpu_share": figures["other_cpu_share"]})
-                continue
-            seconds.append(took)
-            peaks.append(figures)
-            rows.append(output_rows(str(out)))
+        measured = repeat_quietly(once, repeats, lambda r: r[1]["other_cpu_share"])
         digest = output_digest(str(out))
         shutil.rmtree(out, ignore_errors=True)
+    seconds = [took for took, _, _, _ in measured.kept]
+    peaks = [figures for _, figures, _, _ in measured.kept]
+    rows = [count for _, _, _, count in measured.kept]
+    extra = measured.kept[-1][2]
+    discarded = [
+        {"seconds": round(took, 3), "other_cpu_share": figures["other_cpu_share"]}
+        for took, figures, _, _ in measured.discarded
+    ]
     worst = max(peaks, key=lambda p: p["peak_memory_mb"])
     others = [p["other_cpu_share"] for p in peaks]
     cpu = [p["tree_cpu_s"] for p in peaks]

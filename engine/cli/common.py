@@ -2,8 +2,8 @@
 and the ``--set`` option. Commands import these from here; :mod:`engine.cli.main` assembles the group.
 
 Exit codes: 0 success; 1 invalid pipeline or input; 2 wrong command-line usage; 3 the run failed;
-4 the run stopped at a budget; 70 an internal error (a bug: please report it); 128 + N stopped by
-signal N (130: Ctrl-C, 143: SIGTERM).
+4 the run stopped at a budget; 5 ``bench`` found a regression against its baseline; 70 an internal
+error (a bug: please report it); 128 + N stopped by signal N (130: Ctrl-C, 143: SIGTERM).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The ``headrace`` command: one subcommand per concern.
 
 Exit codes: 0 success; 1 invalid pipeline or input; 2 wrong command-line usage; 3 the run failed;
-4 the run stopped at a budget; 70 an internal error (a bug: please report it); 130 interrupted (Ctrl-C);
-143 stopped by SIGTERM.
+4 the run stopped at a budget; 5 `bench` found a regression against its baseline; 70 an internal error
+(a bug: please report it); 130 interrupted (Ctrl-C); 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class _LazyGroup(click.Group):
 
     lazy: ClassVar[dict[str, str]] = {
         "audit": "engine.cli.audit:audit",
+        "bench": "engine.cli.bench:bench",
         "estimate": "engine.cli.estimate:estimate",
         "import": "engine.cli.import_pipeline_ex:import_",
         "run": "engine.cli.run:run",

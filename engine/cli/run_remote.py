@@ -40,13 +40,7 @@ def run_remote(
 ) -> int:
     """Run the pipeline on the engine at ``target``; return the exit code ``headrace run`` exits with."""
     text = sys.stdin.read() if path == "-" else None
-    body: dict[str, Any] = {
-        "overrides": list(overrides),
-        "cwd": os.getcwd(),
-        "env": _referenced_env(text if text is not None else _read(path), overrides),
-        "cache": cache,
-    }
-    body.update({"pipeline": text} if text is not None else {"path": path})
+    body = request_body(path, overrides, cache=cache, text=text)
     for key, value in (("run_id", run_id), ("resume", resume), ("inputs", graph_input)):
         if value is not None:
             body[key] = value
@@ -64,6 +58,21 @@ def run_remote(
     finally:
         client.close()
     return _finish(end, as_json)
+
+
+def request_body(
+    path: str, overrides: Sequence[str], *, cache: bool, text: str | None = None
+) -> dict[str, Any]:
+    """The body of a run request for the pipeline at ``path`` (or its ``text``, read from stdin): the
+    ``--set`` values, this directory, and the variables the pipeline names that are set here."""
+    body: dict[str, Any] = {
+        "overrides": list(overrides),
+        "cwd": os.getcwd(),
+        "env": _referenced_env(text if text is not None else _read(path), overrides),
+        "cache": cache,
+    }
+    body.update({"pipeline": text} if text is not None else {"path": path})
+    return body
 
 
 def _follow(client: EngineClient, run_id: str, *, progress: bool) -> dict[str, Any]:

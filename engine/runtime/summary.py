@@ -74,6 +74,7 @@ class RunSummary:
                     "rows": s.rows,
                     "failed_rows": s.failed,
                     "seconds": round(s.seconds, 3),
+                    "bytes_read": s.bytes_read,
                     "tokens": s.tokens,
                     "cost_usd": s.cost_usd,
                     **({"llm": s.llm} if s.llm is not None else {}),
