@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import sys
-
 from typing import TYPE_CHECKING
 
 import click
