@@ -102,6 +102,7 @@ def build_input(source: Source, size: int, folder: str) -> BuiltInput:
             f"node '{source.node}': --input-size builds {', '.join(sorted(_EXTENSIONS))} inputs, "
             f"not {source.op}"
         )
+    os.makedirs(folder, exist_ok=True)
     dest = os.path.join(folder, f"{source.node}.{ext}")
     if ext == "parquet":
         rows, copies = _build_parquet(files, size, dest)

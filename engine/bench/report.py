@@ -299,7 +299,7 @@ def _memory_chart(variant: Mapping[str, Any]) -> Markup:
         max(t for t, _ in points),
         title=fit(variant["name"], 380),
         y_label="MB (tree + store)",
-        css="series",
+        css="memory",
     )
 
 

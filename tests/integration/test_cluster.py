@@ -165,3 +165,17 @@ nodes:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = previous
+
+
+def test_bench_on_a_cluster_gives_each_machines_figures(two_node_cluster: Cluster, tmp_path: Path) -> None:
+    example = ROOT / "configs" / "examples" / "csv_to_parquet.yaml"
+    once = ("--repeats", "1", "--warmup", "0", "--reruns", "0", "--json")
+    env = {"PYTHONPATH": str(ROOT), "HEADRACE_HOME": str(tmp_path)}
+    proc = run_headrace("bench", example, "--address", two_node_cluster.address, *once, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["where"] == {"mode": "cluster", "nodes": 2, "address": two_node_cluster.address}
+    machines = doc["variants"][0]["figures"]["machines"]
+    nodes = {two_node_cluster.head_node.node_id, *(n.node_id for n in two_node_cluster.worker_nodes)}
+    assert set(machines) == nodes  # one probe per Ray node, each with its own figures
+    assert all(m["peak_memory_mb"]["median"] > 0 and m["tree_cpu_s"] is not None for m in machines.values())
