@@ -104,7 +104,7 @@ def facts_of(checked: CheckedPipeline) -> PipelineFacts:
             dead.append(node.id)
         provider = getattr(node.spec, "provider", None)
         settings = spec.providers.get(provider) if isinstance(provider, str) else None
-        if settings is not None and settings.rate_limits is not None:
+        if isinstance(provider, str) and settings is not None and settings.rate_limits is not None:
             r = settings.rate_limits
             limits[node.id] = RateLimit(
                 provider, r.requests_per_minute, r.input_tokens_per_minute, r.output_tokens_per_minute
