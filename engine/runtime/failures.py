@@ -85,10 +85,18 @@ def _next_step(exc: HeadraceError, node: str | None, op: str, checked: CheckedPi
         )
     if node is None:
         return resume
-    aside = (
-        f"or give node '{node}' `on_error: {{mode: dead_letter, dead_letter_path: ...}}` to set such "
-        "rows aside and go on"
-    )
+    policy = checked.loaded.spec.nodes[node].on_error
+    if policy is not None and policy.mode != "fail":
+        # the node already sets bad rows aside: what stopped it was not one row's fault
+        aside = (
+            f"(node '{node}' already sets bad rows aside with `on_error: {policy.mode}`: this error is "
+            "not one row's)"
+        )
+    else:
+        aside = (
+            f"or give node '{node}' `on_error: {{mode: dead_letter, dead_letter_path: ...}}` to set such "
+            "rows aside and go on"
+        )
     if op.startswith(_SOURCES):
         return f"fix the input at that place, {aside}; {resume}"
     if op.startswith(_LLM):
