@@ -6,6 +6,7 @@ is the unit of parallelism, retry and resume: one Ray task reads, transforms and
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -210,12 +211,9 @@ class _CsvReader:
 
         # text columns are parsed as bytes and checked as UTF-8 here (see connectors.text_cells)
         text = [n for n, t in self._types(spec, split.schema).items() if pa.types.is_string(t)]
-        options = self._options(spec, split.schema, 16 << 20, on_invalid, as_bytes=text)
 
-        def locate() -> int | None:
-            return _first_invalid_utf8(fs, path, split.start, split.end)
-
-        try:
+        def parse(as_bytes: list[str]) -> Iterator[pa.Table]:
+            options = self._options(spec, split.schema, 16 << 20, on_invalid, as_bytes=as_bytes)
             batches = read_csv_range(
                 fs,
                 byte_range,
@@ -225,8 +223,25 @@ class _CsvReader:
                 batch_rows=batch_rows,
                 **options,
             )
-            tables = _rechunk(batches, batch_rows)
-            yield from decode_text_columns(tables, text, spec.encoding_errors, bad_row, locate)
+            return _rechunk(batches, batch_rows)
+
+        def locate() -> int | None:
+            return _first_invalid_utf8(fs, path, split.start, split.end)
+
+        try:
+            # pyarrow checks the text cells as it converts; a range is one parser block, converted
+            # whole before its first table, so a cell that is not UTF-8 fails here or never
+            tables = parse([])
+            try:
+                first = next(tables, None)
+            except pa.ArrowInvalid as exc:
+                if "invalid UTF8" not in str(exc):
+                    raise
+                # the rare slow path: text columns as bytes, each cell under `encoding_errors`
+                tables = decode_text_columns(parse(text), text, spec.encoding_errors, bad_row, locate)
+            else:
+                tables = itertools.chain([first] if first is not None else [], tables)
+            yield from tables
         except InvalidText as exc:
             raise DataError(
                 f"node '{split.node}': {split.url}: {exc}",

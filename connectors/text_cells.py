@@ -1,10 +1,10 @@
 """Text cells of a CSV source checked as UTF-8, so an invalid byte never changes data silently.
 
-Left to itself, pyarrow reads a column holding one invalid UTF-8 cell as binary, and every cell of it,
-valid ones included, is then written as ``b'...'``. The CSV reader therefore parses its text columns as
-bytes and :func:`decode_text_columns` turns them into strings batch by batch: a valid batch costs one
-UTF-8 validation (what pyarrow's own string conversion does); a batch with an invalid cell follows the
-source's ``encoding_errors`` policy, cell by cell:
+Left to itself, pyarrow infers a column holding one invalid UTF-8 cell as binary, and every cell of it,
+valid ones included, is then written as ``b'...'``. The CSV reader declares its text columns as strings
+(pyarrow validates them as it converts); when a range holds a cell that is not UTF-8, it parses that
+range again with the text columns as bytes, and :func:`decode_text_columns` turns them into strings
+batch by batch, following the source's ``encoding_errors`` policy cell by cell:
 
 - ``on_error``: the row is a malformed row (dead-lettered or skipped under the node's ``on_error``),
   or, without one, the read fails naming the file, the byte offset, the row and the column;
