@@ -7,15 +7,19 @@ import sys
 
 import pytest
 
+from engine.runtime import allocator
 from engine.runtime.allocator import on_glibc
 
 # 20 batches that each allocate and fill 100 blocks of 256 KiB (25 MiB, like a batch's result
 # buffers), then free them all; print the page faults the batches took.
 _PROGRAM = """
 import ctypes, resource, sys
-if sys.argv[1] == "keep":
-    from engine.runtime.allocator import keep_freed_memory
-    assert keep_freed_memory()
+if sys.argv[1] == "keep":  # the module alone, by its file: importing engine.runtime would import Ray
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("allocator", sys.argv[2])
+    allocator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(allocator)
+    assert allocator.keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -33,7 +37,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def _faults(mode: str) -> int:
     done = subprocess.run(
-        [sys.executable, "-c", _PROGRAM, mode], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", _PROGRAM, mode, allocator.__file__],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return int(done.stdout.strip())
 
