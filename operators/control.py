@@ -26,13 +26,23 @@ class Call(StateNodeSpec):
 
 @register_op(graph="engine.graph.subpipeline:pipeline_node")
 class SubPipeline(StateNodeSpec):
-    """Run another pipeline file (a state graph) as one node: its state is filled from this graph's
-    state, it runs to its end, and its final state updates this one."""
+    """Run another pipeline file as one node. In a state graph (no `input`): a state graph whose state is
+    filled from this graph's state, that runs to its end, and whose final state updates this one. In a
+    dataflow (with `input`): a dataflow file with one source and one sink, inlined in this pipeline's
+    plan as nodes `NODE.SUBNODE`, its source replaced by `input`, its sink's input being this node's
+    output."""
 
     op: Literal["pipeline"] = Field(description="Run another pipeline file as one node.")
     path: str = Field(
         min_length=1,
-        description="The pipeline file (a state graph), relative to this file; `validate` checks it too.",
+        description="The pipeline file, relative to this file: a state graph, or with `input` a dataflow; "
+        "`validate` checks it too.",
+    )
+    input: str | None = Field(
+        None,
+        description="In a dataflow: the node whose rows the sub-pipeline's one source is replaced by. The "
+        "file (a dataflow with one source and one sink) is inlined, its nodes named `NODE.SUBNODE`, and "
+        "this node's output is what its sink reads.",
     )
     params: dict[str, JsonValue] = Field(
         default_factory=dict, description="Overrides of the sub-pipeline's `params`."

@@ -151,7 +151,8 @@ def graph(path: str, overrides: tuple[str, ...], fmt: str) -> None:
 
     content = sys.stdin.buffer.read() if path == "-" else None
     checked = check_file(path, content=content, overrides=overrides)
-    click.echo(render(checked.plan, fmt, clusters_of(checked)), nl=False)  # type: ignore[arg-type]
+    groups = checked.loaded.groups
+    click.echo(render(checked.plan, fmt, clusters_of(checked), groups), nl=False)  # type: ignore[arg-type]
 
 
 @cli.command()

@@ -1,8 +1,9 @@
 """``pipeline`` nodes at compile time: the files they run are checked and compiled too, and drawn.
 
 A ``pipeline`` node's file is validated and compiled as ``validate`` would on its own (its problems keep
-their own file, line and column), and must be a state graph; a file that runs itself through
-``pipeline`` nodes, directly or not, is an error at the node that closes the cycle, naming the chain.
+their own file, line and column), and must be a state graph (a dataflow's ``pipeline`` nodes are
+inlined when it is loaded: ``engine.spec.inline``); a file that runs itself through ``pipeline`` nodes,
+directly or not, is an error at the node that closes the cycle, naming the chain.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def subpipeline_problems(
             continue
         if not (sub.loaded.spec.edges or any(n.kind == "state" for n in sub.loaded.spec.nodes.values())):
             message = (
-                f"node '{name}': sub-pipeline {ref!r} is a dataflow; a `pipeline` node runs state graphs"
+                f"node '{name}': sub-pipeline {ref!r} is a dataflow; a state graph's `pipeline` node runs "
+                "state graphs"
             )
-            out.append(locate(Problem(where, message, "run it as its own pipeline"), doc))
+            hint = "in a dataflow pipeline, give the node `input: NODE` to inline it there"
+            out.append(locate(Problem(where, message, hint), doc))
             continue
         out += compile_one(sub, credentials="warning", _chain=chain).problems
     return out

@@ -1,7 +1,9 @@
 """Render a plan as Mermaid or Graphviz DOT text: data inputs as solid arrows, state edges dashed.
 
 A ``pipeline`` node's own plan, when given (``clusters``), is drawn inside it as a cluster (Mermaid
-``subgraph``, DOT ``cluster_``), its nodes named ``NODE/SUBNODE``, nested to any depth.
+``subgraph``, DOT ``cluster_``), its nodes named ``NODE/SUBNODE``, nested to any depth. A dataflow's
+inlined sub-pipelines (``groups``: node name prefix -> file) are drawn the same way around their
+``PREFIX.SUBNODE`` nodes.
 """
 
 from __future__ import annotations
@@ -34,12 +36,52 @@ class Cluster:
     clusters: Mapping[str, Cluster] = field(default_factory=dict)
 
 
-def render(plan: Plan, fmt: GraphFormat, clusters: Mapping[str, Cluster] | None = None) -> str:
-    """The plan's graph as text in ``fmt`` (``clusters``: node id -> the sub-pipeline it runs)."""
+def render(
+    plan: Plan,
+    fmt: GraphFormat,
+    clusters: Mapping[str, Cluster] | None = None,
+    groups: Mapping[str, str] | None = None,
+) -> str:
+    """The plan's graph as text in ``fmt`` (``clusters``: node id -> the sub-pipeline it runs;
+    ``groups``: inlined sub-pipelines, node name prefix -> file)."""
     if fmt == "mermaid":
-        return "\n".join(["flowchart LR", *_mermaid(plan, clusters or {}, "", "    ")]) + "\n"
-    lines = [f'digraph "{plan.name}" {{', "    rankdir=LR;", *_dot(plan, clusters or {}, "", "    "), "}"]
+        return "\n".join(["flowchart LR", *_mermaid(plan, clusters or {}, "", "    ", groups or {})]) + "\n"
+    body = _dot(plan, clusters or {}, "", "    ", groups or {})
+    lines = [f'digraph "{plan.name}" {{', "    rankdir=LR;", *body, "}"]
     return "\n".join(lines) + "\n"
+
+
+def _owner(name: str, groups: Mapping[str, str]) -> str | None:
+    """The innermost group ``name`` (a node or a group) is drawn in."""
+    owners = [g for g in groups if name.startswith(g + ".")]
+    return max(owners, key=len) if owners else None
+
+
+def _grouped(
+    blocks: list[tuple[str, list[str]]],
+    groups: Mapping[str, str],
+    pad: str,
+    fmt: GraphFormat,
+    group: str | None = None,
+) -> list[str]:
+    """Each node's lines (``blocks``, written at ``pad``), the ones of a group inside its subgraph."""
+    inner = "" if group is None else "    "
+    out = [inner + line for node_id, lines in blocks if _owner(node_id, groups) == group for line in lines]
+    for g in sorted(groups):
+        if _owner(g, groups) != group:
+            continue
+        title = f"{g}: pipeline {groups[g]}"
+        if fmt == "mermaid":
+            out.append(f'{inner}{pad}subgraph {_ident("group_" + g)} ["{title.replace(chr(34), chr(39))}"]')
+        else:
+            out += [f'{inner}{pad}subgraph "cluster_{g}" {{', f'{inner}{pad}    label="{_dot_text(title)}";']
+        out += [inner + line for line in _grouped(blocks, groups, pad, fmt, g)]
+        out.append(f"{inner}{pad}end" if fmt == "mermaid" else f"{inner}{pad}}}")
+    return out
+
+
+def _dot_text(text: str) -> str:
+    return text.replace('"', '\\"')
 
 
 def _ident(name: str) -> str:
@@ -57,19 +99,27 @@ def _state_edges(plan: Plan) -> list[tuple[str, str, str]]:
     return out
 
 
-def _mermaid(plan: Plan, clusters: Mapping[str, Cluster], prefix: str, pad: str) -> list[str]:
-    lines = []
+def _mermaid(
+    plan: Plan,
+    clusters: Mapping[str, Cluster],
+    prefix: str,
+    pad: str,
+    groups: Mapping[str, str] | None = None,
+) -> list[str]:
+    blocks: list[tuple[str, list[str]]] = []
     for node in plan.nodes.values():
         ident = _ident(prefix + node.id)
         cluster = clusters.get(node.id)
         if cluster is not None:
             title = f"{node.id}: {node.op} {cluster.label}".replace('"', "'")
-            lines.append(f'{pad}subgraph {ident} ["{title}"]')
-            lines += _mermaid(cluster.plan, cluster.clusters, f"{prefix}{node.id}/", pad + "    ")
-            lines.append(f"{pad}end")
+            block = [f'{pad}subgraph {ident} ["{title}"]']
+            block += _mermaid(cluster.plan, cluster.clusters, f"{prefix}{node.id}/", pad + "    ")
+            block.append(f"{pad}end")
         else:
             left, right = _SHAPES[node.kind]
-            lines.append(f'{pad}{ident}{left}"{node.id}<br/>{node.op}"{right}')
+            block = [f'{pad}{ident}{left}"{node.id}<br/>{node.op}"{right}']
+        blocks.append((node.id, block))
+    lines = _grouped(blocks, groups or {}, pad, "mermaid")
     for node in plan.nodes.values():
         lines.extend(f"{pad}{_ident(prefix + src)} --> {_ident(prefix + node.id)}" for src in node.inputs)
     for src, dst, label in _state_edges(plan):
@@ -87,22 +137,30 @@ def _mermaid_end(name: str, prefix: str) -> str:
     return _ident(prefix + name)
 
 
-def _dot(plan: Plan, clusters: Mapping[str, Cluster], prefix: str, pad: str) -> list[str]:
-    lines = []
+def _dot(
+    plan: Plan,
+    clusters: Mapping[str, Cluster],
+    prefix: str,
+    pad: str,
+    groups: Mapping[str, str] | None = None,
+) -> list[str]:
+    blocks: list[tuple[str, list[str]]] = []
     for node in plan.nodes.values():
         line = f'"{prefix}{node.id}" [shape={_DOT_SHAPES[node.kind]}, label="{node.id}\\n{node.op}"];'
         cluster = clusters.get(node.id)
         if cluster is None:
-            lines.append(pad + line)
+            blocks.append((node.id, [pad + line]))
             continue
-        label = f"{node.id}: {node.op} {cluster.label}".replace('"', '\\"')
-        lines += [
+        label = _dot_text(f"{node.id}: {node.op} {cluster.label}")
+        block = [
             f'{pad}subgraph "cluster_{prefix}{node.id}" {{',
             f'{pad}    label="{label}";',
             pad + "    " + line,
         ]
-        lines += _dot(cluster.plan, cluster.clusters, f"{prefix}{node.id}/", pad + "    ")
-        lines.append(pad + "}")
+        block += _dot(cluster.plan, cluster.clusters, f"{prefix}{node.id}/", pad + "    ")
+        block.append(pad + "}")
+        blocks.append((node.id, block))
+    lines = _grouped(blocks, groups or {}, pad, "dot")
     for node in plan.nodes.values():
         lines.extend(f'{pad}"{prefix}{src}" -> "{prefix}{node.id}";' for src in node.inputs)
     for src, dst, label in _state_edges(plan):

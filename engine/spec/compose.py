@@ -25,7 +25,7 @@ from typing import Any
 from engine.errors import ConfigError, Diagnostic
 from engine.spec.positions import Document, JsonPath, Limits, SourceMap, Span, format_path
 
-__all__ = ["COMPOSE_KEYS", "compose"]
+__all__ = ["COMPOSE_KEYS", "compose", "rebase_node_paths", "tag_document"]
 
 COMPOSE_KEYS = ("extends", "include")
 _CONCAT = frozenset({("edges",)})
@@ -87,9 +87,9 @@ def _layer(
     sub = reader(target, limits=limits)
     if not isinstance(sub.data, dict):
         raise _error(sub, (), "an included or extended file must be a mapping of pipeline fields")
-    tagged = _tag(sub)
+    tagged = tag_document(sub)
     data, smap = _compose(tagged, reader, limits, (*chain, absolute), root_dir)
-    return _rebase(data, os.path.dirname(absolute), root_dir), smap
+    return rebase_node_paths(data, os.path.dirname(absolute), root_dir), smap
 
 
 def _shown(path: str) -> str:
@@ -97,7 +97,7 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
-def _tag(doc: Document) -> Document:
+def tag_document(doc: Document) -> Document:
     """``doc`` with every span naming its file, so positions survive the merge into another document."""
 
     def tag(spans: dict[JsonPath, Span]) -> dict[JsonPath, Span]:
@@ -109,7 +109,7 @@ def _tag(doc: Document) -> Document:
     return Document(doc.path, doc.data, smap, doc.format)
 
 
-def _rebase(data: Any, from_dir: str, root_dir: str) -> Any:
+def rebase_node_paths(data: Any, from_dir: str, root_dir: str) -> Any:
     """Relative node ``path`` values written in ``from_dir``, made relative to the root file's folder."""
     if from_dir == root_dir or not isinstance(data, dict) or not isinstance(data.get("nodes"), dict):
         return data

@@ -14,6 +14,7 @@ from engine.errors import ConfigError, Diagnostic
 from engine.spec.compose import compose
 from engine.spec.document import Document, Limits, read_document
 from engine.spec.explain import explain
+from engine.spec.inline import inline_subpipelines
 from engine.spec.interpolate import interpolate, refuse_literal_secrets
 from engine.spec.migrations import VersionProblem, migrate
 from engine.spec.models import Pipeline
@@ -28,6 +29,7 @@ class LoadedPipeline:
     spec: Pipeline
     document: Document
     warnings: list[Diagnostic] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)  # inlined sub-pipelines: node prefix -> file
 
 
 def load_pipeline(
@@ -37,14 +39,25 @@ def load_pipeline(
     overrides: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     limits: Limits | None = None,
+    _chain: tuple[str, ...] = (),
 ) -> LoadedPipeline:
-    """Read and validate ``path``; raise :class:`ConfigError` listing every problem found."""
+    """Read and validate ``path``; raise :class:`ConfigError` listing every problem found.
+
+    ``_chain``: the files inlining this one (``engine.spec.inline``), to refuse a cycle.
+    """
     doc = compose(read_document(path, content, limits=limits), read_document, limits)
     doc = apply_overrides(doc, tuple(overrides))
     doc, warnings = _upgrade(doc)
     refuse_literal_secrets(doc)
-    doc = interpolate(doc, os.environ if env is None else env)
-    return LoadedPipeline(validate_document(doc), doc, warnings)
+    env = os.environ if env is None else env
+    doc = interpolate(doc, env)
+
+    def load_sub(sub_path: str, chain: tuple[str, ...]) -> LoadedPipeline:
+        return load_pipeline(sub_path, env=env, limits=limits, _chain=chain)
+
+    inlined = inline_subpipelines(doc, load_sub, _chain)
+    doc = inlined.document
+    return LoadedPipeline(validate_document(doc), doc, warnings + inlined.warnings, inlined.groups)
 
 
 def validate_document(doc: Document) -> Pipeline:

@@ -36,7 +36,8 @@ END = "END"
 
 NodeName = Annotated[
     str,
-    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$", max_length=128),
+    # a dot joins a dataflow `pipeline` node's name and an inlined node's (engine.spec.inline)
+    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$", max_length=128),
 ]
 NodeRef = Annotated[str, Field(description="The name of another node in `nodes`.")]
 ImportPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
