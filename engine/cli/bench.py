@@ -125,8 +125,10 @@ def bench(
     """
     from engine.bench import baseline as baselines
     from engine.bench.inputs import parse_size
+    from engine.bench.pipeline import inspect_pipeline
     from engine.bench.session import BenchRequest, parse_vary, run_bench
     from engine.bench.table import render_table
+    from engine.errors import HeadraceError
 
     try:
         varied = tuple(parse_vary(v) for v in vary)
@@ -161,12 +163,18 @@ def bench(
             click.echo(line, err=True)
 
     # With --json, stdout carries exactly one JSON object (Ray forwards workers' lines to stdout)
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        runner = _runner(address, engine_url, no_engine, cache)
-        try:
-            doc = run_bench(request, runner, say=say)
-        finally:
-            runner.close()
+    try:
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            inspect_pipeline(path, overrides)  # an invalid file is refused, located, before Ray starts
+            runner = _runner(address, engine_url, no_engine, cache)
+            try:
+                doc = run_bench(request, runner, say=say)
+            finally:
+                runner.close()
+    except HeadraceError as exc:
+        if as_json:  # the message and exit status are the CLI's usual ones; stdout still has its object
+            click.echo(json.dumps({"path": path, "error": str(exc), "exit_code": exc.exit_code}))
+        raise
     doc["machine_kind"] = baselines.machine_kind(doc["machine"], doc["where"])
     doc["baseline"] = baselines.compare(doc, previous, allowed) if previous is not None else None
     regressed = bool(doc["baseline"] and doc["baseline"]["regressions"])

@@ -266,3 +266,27 @@ def test_the_table_and_the_page_show_every_figure() -> None:
     )
     for css in ('class="chart throughput"', 'class="chart memory"', 'class="chart node-time"'):
         assert css in page
+
+
+def test_an_invalid_pipeline_is_refused_located_before_any_run_with_one_json_object(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: bad\nnodes:\n  input: {op: read_csv, pth: x.csv}\n", encoding="utf-8")
+    env = {"HEADRACE_HOME": str(tmp_path), "HEADRACE_ENGINE": ""}
+    result = CliRunner().invoke(cli, ["bench", str(bad), "--json", "--no-engine"], env=env)
+    assert result.exit_code == 1
+    (line,) = result.stdout.strip().splitlines()
+    refused = json.loads(line)
+    assert refused["exit_code"] == 1 and f"{bad}:4:" in refused["error"]
+    assert f"{bad}:4:" in result.stderr
+    for wrong, hint in (
+        ("--vary", "KEY=V1,V2"),
+        ("--input-size", "not a size"),
+        ("--max-regression", "share"),
+    ):
+        value = "nope"
+        usage = CliRunner().invoke(cli, ["bench", str(bad), wrong, value], env=env)
+        assert usage.exit_code == 2 and hint in usage.output, usage.output
