@@ -23,9 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from engine.errors import ConfigError, Diagnostic
 from engine.spec.compose import rebase_node_paths, tag_document
 from engine.spec.positions import Document, JsonPath, SourceMap, Span, format_path
+from engine.spec.registry import ops
 
 __all__ = ["Inlined", "inline_subpipelines"]
 
@@ -66,6 +69,7 @@ def _inline_one(current: Inlined, name: str, load: Loader, chain: tuple[str, ...
     doc = current.document
     node = doc.data["nodes"][name]
     where: JsonPath = ("nodes", name)
+    _check_node(doc, name, node)
     ref, upstream = node.get("path"), node.get("input")
     if not isinstance(ref, str) or not ref:
         raise _error(doc, (*where, "path"), f"node '{name}': `path` names the sub-pipeline file")
@@ -167,6 +171,26 @@ def _inline_one(current: Inlined, name: str, load: Loader, chain: tuple[str, ...
             )
     groups = {**current.groups, name: ref, **{f"{name}.{k}": v for k, v in sub.groups.items()}}
     return Inlined(Document(doc.path, new_data, smap, doc.format), warnings, groups)
+
+
+def _check_node(doc: Document, name: str, node: dict[str, Any]) -> None:
+    """The node's own fields against its op's model (it is replaced before the pipeline is validated,
+    so a misspelt field would otherwise be dropped without a word)."""
+    model = ops().get("pipeline")
+    if model is None:
+        return
+    try:
+        model.model_validate(node, strict=True)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where: JsonPath = ("nodes", name, *error["loc"])
+            span = doc.source_map.locate(where, prefer="key")
+            message = f"node '{name}': {error['msg']}"
+            problems.append(
+                Diagnostic(doc.file_of(span), span.line, span.col, message, json_path=format_path(where))
+            )
+        raise ConfigError(problems) from None
 
 
 def _reading(value: Any, name: str, output: str) -> Any:

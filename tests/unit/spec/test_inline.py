@@ -174,3 +174,14 @@ def test_graph_draws_the_inlined_sub_pipeline_as_a_cluster(files: Path) -> None:
     assert '"tickets" -> "triage.clean";' in dot.output and '"triage.label" -> "keep";' in dot.output
     mermaid = CliRunner().invoke(cli, ["graph", str(files / "parent.yaml")])
     assert '    subgraph group_triage ["triage: pipeline parts/triage.yaml"]' in mermaid.output
+
+
+def test_a_misspelt_field_of_the_node_is_an_error_at_its_line(files: Path) -> None:
+    (files / "parent.yaml").write_text(
+        PARENT.replace("    params: {min_length: 3}\n", "    parms: {min_length: 3}\n")
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_pipeline(str(files / "parent.yaml"))
+    (problem,) = exc.value.diagnostics
+    assert (problem.line, problem.json_path) == (11, "nodes.triage.parms")
+    assert "node 'triage': Extra inputs are not permitted" in problem.message
