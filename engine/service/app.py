@@ -4,7 +4,8 @@ Every route but ``/healthz`` and ``/readyz`` needs a bearer token, and its role 
 it may do (:mod:`engine.service.auth`). Middleware, outermost first: every change and every refusal
 audited (:mod:`engine.service.audit_trail`), then request bodies bounded in size and time
 (:mod:`engine.service.guard`). Routes: :mod:`engine.service.api_runs` (runs),
-:mod:`engine.service.api_pipelines` (validate, estimate), :mod:`engine.service.api_schedules`, and
+:mod:`engine.service.api_pipelines` (validate, estimate), :mod:`engine.service.api_schedules`,
+:mod:`engine.service.api_tokens`, and
 the web view at ``/`` (:mod:`engine.service.web`).
 The OpenAPI document is at ``/openapi.json``.
 :func:`create_app` takes what the server holds (the runs, the authenticator, the audit log), so tests
@@ -20,6 +21,7 @@ from engine.audit import AuditLog
 from engine.service.api_pipelines import router as pipelines_router
 from engine.service.api_runs import router as runs_router
 from engine.service.api_schedules import router as schedules_router
+from engine.service.api_tokens import router as tokens_router
 from engine.service.audit_trail import AuditTrail
 from engine.service.auth import Authenticator, Viewer
 from engine.service.guard import DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, BodyGuard
@@ -56,6 +58,7 @@ def create_app(
     app.include_router(runs_router, prefix=f"/{API_VERSION}")
     app.include_router(pipelines_router, prefix=f"/{API_VERSION}")
     app.include_router(schedules_router, prefix=f"/{API_VERSION}")
+    app.include_router(tokens_router, prefix=f"/{API_VERSION}")
     app.include_router(web_router)
 
     @app.get("/healthz", tags=["health"])

@@ -187,3 +187,26 @@ def test_changes_and_refusals_are_audited_with_token_role_tenant_and_status(serv
     assert service.audit.verify() == []
     shown = run_headrace("audit", "show", "--log", str(service.audit.path))
     assert f'"run_id": "{run_id}"' in shown.stdout and '"outcome": "refused"' in shown.stdout
+
+
+def test_an_admin_manages_tokens_within_its_tenants_over_the_api(service: LiveService) -> None:
+    admin = service.client(service.token("admin", "a", "b"))
+    operator = service.client(service.token("operator", "a"))
+    body = {"role": "viewer", "tenants": ["a"], "expires_s": 3600, "name": "dashboard"}
+    assert operator.post("/v1/tokens", json=body).status_code == 403  # an operator manages no tokens
+    assert admin.post("/v1/tokens", json={**body, "tenants": ["c"]}).status_code == 403
+    assert admin.post("/v1/tokens", json={**body, "tenants": ["*"]}).status_code == 403
+    created = admin.post("/v1/tokens", json=body)
+    assert created.status_code == 201
+    token, ident = created.json()["token"], created.json()["id"]
+    viewer = service.client(token)
+    assert viewer.get("/v1/runs").status_code == 200
+    listed = admin.get("/v1/tokens").json()["tokens"]
+    assert ident in [t["id"] for t in listed] and all("token" not in t and "hash" not in t for t in listed)
+    outsider = service.store.create("viewer", ["z"])[1].id
+    assert outsider not in [t["id"] for t in listed]
+    assert admin.delete(f"/v1/tokens/{outsider}").status_code == 403
+    assert admin.delete(f"/v1/tokens/{ident}").json()["state"] == "revoked"
+    assert viewer.get("/v1/runs").status_code == 401
+    changes = [(e["method"], e["path"], e["status"]) for e in service.api_entries() if "/tokens" in e["path"]]
+    assert ("POST", "/v1/tokens", 201) in changes and ("DELETE", f"/v1/tokens/{ident}", 200) in changes
