@@ -3,6 +3,7 @@ configuration file: tenants' quotas in force, every problem at its line and colu
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from collections.abc import Iterator
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner, Result
 
+from engine.cli.main import cli
 from engine.errors import ConfigError, HeadraceError
 from engine.runtime.tenants import TenantQuota
 from engine.service.config import load_service_config
 from engine.service.server import check_exposure
-from tests.cli import run_headrace
 from tests.service_live import GRAPH, live_service, wait_status
 from tests.service_nodes import HOLD_ENV
 
@@ -58,6 +60,17 @@ def cert(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     yield crt, key
 
 
+def _serve(home: Path, *args: str) -> Result:
+    """``headrace serve ARGS`` in this process (it refuses before starting Ray or binding anything); the
+    ``headrace`` logger it configures is put back as it was for the tests that follow."""
+    logger = logging.getLogger("headrace")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    try:
+        return CliRunner().invoke(cli, ["serve", *args], env={"HEADRACE_HOME": str(home)})
+    finally:
+        logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+
+
 def test_beyond_loopback_the_server_needs_tls_unless_told_insecure(tmp_path: Path) -> None:
     with pytest.raises(HeadraceError, match="without TLS"):
         check_exposure("0.0.0.0", None, None, insecure=False)
@@ -66,8 +79,8 @@ def test_beyond_loopback_the_server_needs_tls_unless_told_insecure(tmp_path: Pat
     with pytest.raises(HeadraceError, match="both --tls-cert and --tls-key"):
         check_exposure("0.0.0.0", str(tmp_path / "c.pem"), None, insecure=False)
     # the command refuses before it starts anything (no Ray, no socket)
-    refused = run_headrace("serve", "--host", "0.0.0.0", "--port", "0", env={"HEADRACE_HOME": str(tmp_path)})
-    assert refused.returncode == 1 and "without TLS" in refused.stderr
+    refused = _serve(tmp_path, "--host", "0.0.0.0", "--port", "0")
+    assert refused.exit_code == 1 and "without TLS" in refused.output
 
 
 def test_https_with_a_certificate(home: Path, cert: tuple[Path, Path]) -> None:
@@ -99,8 +112,8 @@ def test_a_bad_configuration_is_refused_with_every_problem_located(tmp_path: Pat
     located = sorted((d.line, d.col, d.message) for d in caught.value.diagnostics)
     assert [(line, col) for line, col, _ in located] == [(7, 28), (8, 7), (9, 3), (11, 1)]
     assert "greater than or equal to 1" in located[0][2] and "max_cost_usd" in located[1][2]
-    served = run_headrace("serve", "--config", bad, "--port", "0", env={"HEADRACE_HOME": str(tmp_path)})
-    assert served.returncode == 1 and f"{bad}:8:7: error:" in served.stderr
+    served = _serve(tmp_path, "--config", str(bad), "--port", "0")
+    assert served.exit_code == 1 and f"{bad}:8:7: error:" in served.output
 
 
 def test_a_tenants_quota_from_the_configuration_is_in_force(
