@@ -7,6 +7,7 @@ API) is listed from the checkpoint store alone.
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -132,8 +133,10 @@ def _table(view: RunView) -> list[str]:
     lines = [head]
     for name, n in view.nodes.items():
         rate = f"{n.rows_per_s:,.0f}" if n.rows_per_s is not None else "-"
+        # a node written in an included or inlined file says which: fragment.yaml:12
+        line = f"{os.path.basename(n.file)}:{n.line}" if n.file and n.line else (n.line or "-")
         lines.append(
-            f"  {name:<{width}}  {n.op:<14} {n.line or '-':>5} {n.rows_in:>11,} {n.rows:>11,} {n.failed:>7,} "
+            f"  {name:<{width}}  {n.op:<14} {line:>5} {n.rows_in:>11,} {n.rows:>11,} {n.failed:>7,} "
             f"{n.seconds:>8.2f} {rate:>10} {n.tokens:>9,} {n.cost_usd:>9.4f} {n.retries:>7} "
             f"{n.dead_letter_rows:>6,}"
         )

@@ -216,8 +216,8 @@ def _location(view: RunView, node: str, location: Any) -> str:
     if isinstance(location, str) and location:
         return location
     known = view.nodes.get(node)
-    if known is not None and known.line and view.pipeline_file:
-        return f"{view.pipeline_file}:{known.line}:{known.col}"
+    if known is not None and known.line and (known.file or view.pipeline_file):
+        return f"{known.file or view.pipeline_file}:{known.line}:{known.col}"
     return "-"
 
 

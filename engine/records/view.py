@@ -22,6 +22,8 @@ class NodeView:
     op: str = ""
     line: int = 0
     col: int = 0
+    file: str = ""
+    """The file the node was written in when not the pipeline file (an included or inlined one)."""
     inputs: list[str] = field(default_factory=list)
     rows_in: int = 0
     rows: int = 0
@@ -191,6 +193,7 @@ class _Fold:
             n = self.node(name)
             n.op = str(info.get("op", n.op))
             n.line, n.col = int(info.get("line", 0)), int(info.get("col", 0))
+            n.file = str(info.get("file") or "")
             n.inputs = list(info.get("inputs") or [])
         v.edges = [(str(a), str(b)) for a, b in d.get("edges") or []] or [
             (src, name) for name, n in v.nodes.items() for src in n.inputs

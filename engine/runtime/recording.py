@@ -92,6 +92,9 @@ class RunRecording:
                 "col": span.col,
                 "inputs": list(node.inputs()),
             }
+            written_in = document.file_of(span)
+            if written_in != document.path:  # an included, extended or inlined file's node
+                nodes[node_id]["file"] = os.path.abspath(written_in)
         edges = [[edge.from_, to] for edge in spec.edges for to in _targets(edge)]
         self.emit(
             "run_started",

@@ -150,3 +150,31 @@ def test_paths_of_included_nodes_stay_relative_to_their_file(tmp_path: Path) -> 
     )
     spec = load_pipeline(str(tmp_path / "main.yaml")).spec
     assert spec.nodes["input"].model_dump()["path"] == "io/data/in.csv"
+
+
+def test_run_records_name_the_file_an_included_node_was_written_in(tmp_path: Path) -> None:
+    """``runs show`` and the report locate a node of an included file in that file, not the root's."""
+    from engine.check import check_file
+    from engine.cli.run_records import render
+    from engine.records import RunView, open_records
+    from engine.records.report import _location
+    from engine.runtime.recording import RunRecording
+
+    _write(
+        tmp_path,
+        {
+            "base.yaml": BASE,
+            "parts/nodes.yaml": f"# a fragment\nnodes:\n  publish:\n    op: call\n    fn: {FN}\n"
+            "edges:\n  - {from: write, to: publish}\n  - {from: publish, to: END}\n",
+            "main.yaml": "extends: base.yaml\ninclude: [parts/nodes.yaml]\nname: main\n",
+        },
+    )
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    recording = RunRecording(url, "r1")
+    recording.started(check_file(str(tmp_path / "main.yaml")), kind="graph", tenant="t", resume_of=None)
+    recording.close()
+    view = RunView.of(open_records(url).events("r1"))
+    assert view.nodes["publish"].file == str(tmp_path / "parts/nodes.yaml")
+    assert _location(view, "publish", None) == f"{tmp_path / 'parts/nodes.yaml'}:3:3"
+    assert _location(view, "write", None) == f"{tmp_path / 'base.yaml'}:9:3"
+    assert "nodes.yaml:3" in render(view) and "base.yaml:9" in render(view)
