@@ -1,14 +1,12 @@
 """``headrace bench`` on the examples, on the suite's Ray (in this process, as a warm engine): variants,
-an input of a size, the LLM figures of the offline provider, a baseline that fails on purpose, and a
-cluster's per-machine figures. Tiny inputs and two repeats: these check the plumbing, not speed."""
+an input of a size, the LLM figures of the offline provider, a baseline that fails on purpose, and the
+per-machine figures of ``--address``. Against ``headrace serve``: tests/integration/test_serve.py (it
+shares that module's server); on a two-node cluster: tests/integration/test_cluster.py. Tiny inputs and
+two repeats: these check the plumbing, not speed."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from engine.cli import cli
-from engine.service.discovery import discovery_path, read_info
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
@@ -131,52 +128,3 @@ def test_on_a_cluster_the_figures_are_per_machine_too(tmp_path: Path) -> None:
     assert doc["where"]["mode"] == "cluster" and doc["where"]["nodes"] == 1
     (machine,) = doc["variants"][0]["figures"]["machines"].values()
     assert machine["host"] and machine["peak_memory_mb"]["median"] > 0 and machine["tree_cpu_s"]["max"] > 0
-
-
-def test_against_a_warm_engine_the_servers_process_tree_is_measured(tmp_path: Path) -> None:
-    from tests.cli import HEADRACE
-
-    home = tmp_path / "home"
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "HEADRACE_DEBUG"},
-        "HEADRACE_HOME": str(home),
-        "HEADRACE_CHECKPOINTS": f"sqlite:///{home}/runs.db",
-        "HEADRACE_OBJECT_STORE_BYTES": str(100 * 1024 * 1024),
-        "HEADRACE_ENGINE": "",
-        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-    }
-    home.mkdir()
-    log = (home / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [*HEADRACE, "serve", "--port", "0", "--num-cpus", "1"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its Ray is its own: stopped with it
-    )
-    try:
-        where = discovery_path({"HEADRACE_HOME": str(home)})
-        deadline = time.monotonic() + 300
-        while (info := read_info(where)) is None:
-            assert server.poll() is None and time.monotonic() < deadline, (home / "serve.log").read_text()
-            time.sleep(0.2)
-        once = ("--repeats", "1", "--warmup", "0", "--reruns", "0", "--json")
-        result, doc = _bench(
-            EXAMPLES / "csv_to_parquet.yaml", *once, "--engine", info.url, home=home, out=tmp_path / "out"
-        )
-        assert result.exit_code == 0, result.output
-        assert doc["where"]["mode"] == "served" and doc["where"]["engine"] == info.url
-        figures = doc["variants"][0]["figures"]
-        # the server's tree (its Ray included) did the work: its CPU and memory are measured
-        assert figures["tree_cpu_s"]["max"] > 0 and figures["peak_memory_mb"]["median"] > 100
-        assert figures["nodes"]["output"]["rows_per_s"]["median"] > 0 and figures["rows_per_s"]["median"] > 0
-        assert not (tmp_path / "out").exists()
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(30)
-        log.close()

@@ -219,6 +219,19 @@ def test_an_invalid_pipeline_is_refused_as_validate_refuses_it(served: Served, t
     assert any(p["line"] == 5 and p["severity"] == "error" for p in response.json()["problems"])
 
 
+def test_bench_on_the_engine_measures_the_servers_process_tree(served: Served, tmp_path: Path) -> None:
+    once = ("--repeats", "1", "--warmup", "0", "--reruns", "0", "--json")
+    proc = served.run("bench", EXAMPLES / "csv_to_parquet.yaml", *once, out=tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["where"]["mode"] == "served" and doc["where"]["engine"] == served.info.url
+    figures = doc["variants"][0]["figures"]
+    # the server's tree (its Ray included, found by the pid in its discovery file) did the work
+    assert figures["tree_cpu_s"]["max"] > 0 and figures["peak_memory_mb"]["median"] > 100
+    assert figures["nodes"]["output"]["rows_per_s"]["median"] > 0 and figures["rows_per_s"]["median"] > 0
+    assert not (tmp_path / "out").exists()  # outputs went to bench's scratch folder
+
+
 def test_ctrl_c_cancels_the_run_on_the_engine_and_resume_finishes_it(served: Served, tmp_path: Path) -> None:
     marker = tmp_path / "hold"
     marker.touch()
