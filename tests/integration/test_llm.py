@@ -612,3 +612,25 @@ def test_kill_9_mid_run_then_resume_asks_only_for_rows_not_yet_answered(
     assert len(prompts) - 2_000 <= 32
     summary = json.loads(resumed.stdout)
     assert summary["nodes"]["classify"]["llm"]["cached_requests"] >= before - 32
+
+
+def test_an_llm_node_whose_filter_passes_no_row_answers_an_empty_batch(tmp_path: Path) -> None:
+    """A filter before an LLM node that keeps no row hands the pool an empty batch: the run succeeds
+    with an empty output (it crashed with an IndexError in the all-rows-failed-to-render check)."""
+    write_rows(tmp_path / "rows.csv", 20)
+    path = tmp_path / "empty.yaml"
+    path.write_text(
+        f"""version: 1
+name: empty-batch
+nodes:
+  input: {{op: read_csv, path: {tmp_path}/rows.csv, column_types: {{id: int64, text: string}}}}
+  none: {{op: filter, input: input, where: "id < 0"}}
+  classify: {{op: llm_classify, input: none, provider: offline, prompt: "{{{{ text }}}}", labels: [a, b]}}
+  output: {{op: write_parquet, input: classify, path: {tmp_path}/out}}
+""",
+        encoding="utf-8",
+    )
+    summary = run(path)
+    assert summary.status == "succeeded", summary.error
+    assert summary.nodes["input"].rows == 20 and summary.nodes["classify"].rows == 0
+    assert pq.read_table(tmp_path / "out").num_rows == 0

@@ -285,7 +285,7 @@ class PoolWorker:
         if stop is not None:
             raise stop
         unrendered = [o for o in outcomes if isinstance(o, RowFailed) and o.template]
-        if len(unrendered) == len(outcomes):
+        if outcomes and len(unrendered) == len(outcomes):  # a batch a filter emptied renders nothing
             self._node_health(batch).template_failed_everywhere(len(outcomes), str(unrendered[0]))
         await services.record_rows(batch.node, len(outcomes) - len(failures))  # live progress, per batch
         return PoolResult(task.assemble(table, values, ok), failures)
