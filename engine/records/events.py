@@ -48,6 +48,7 @@ RecordStatus = Literal[
 ]
 """A run's status in its record; ``running`` until ``run_finished`` is written; ``died`` is what readers
 see of a ``running`` run whose driver's lease lapsed (:mod:`engine.records.leases`)."""
+RECORD_STATUSES: tuple[str, ...] = RecordStatus.__args__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from engine.errors import ConfigError
 from engine.policy import PolicyViolation
+from engine.records.events import RECORD_STATUSES
 from engine.runtime.admission import EngineBusy
 from engine.service import catalog
 from engine.service.auth import Operator, Principal, Viewer, for_tenant, note
@@ -22,16 +23,7 @@ from engine.service.runs import DuplicateRun, ServedRuns, UnknownRun
 
 router = APIRouter(tags=["runs"])
 _KEEPALIVE_S = 15.0
-_STATUSES = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "budget_exceeded",
-    "cancelled",
-    "interrupted",
-    "died",
-)
+_STATUSES = ("queued", *RECORD_STATUSES)  # queued: accepted by the service, not started yet
 
 
 def served_runs(request: Request) -> ServedRuns:

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from engine.records.dag import DagNode, dag_svg
+from engine.records.events import RECORD_STATUSES
 from engine.service import catalog
 from engine.service.auth import COOKIE, Authenticator, Principal, Unauthenticated, note
 from engine.service.runs import ServedRuns, UnknownRun
@@ -27,16 +28,7 @@ router = APIRouter(include_in_schema=False)
 _pages = Environment(
     loader=PackageLoader("engine.service", "templates"), autoescape=select_autoescape(["j2"])
 )
-_STATUSES = [
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "budget_exceeded",
-    "cancelled",
-    "interrupted",
-    "died",
-]
+_STATUSES = ("queued", *RECORD_STATUSES)  # queued: accepted by the service, not started yet
 _REFRESH_MS = 3000
 
 

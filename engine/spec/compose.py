@@ -52,12 +52,12 @@ def _compose(
     extends = data.get("extends")
     if extends is not None:
         if not isinstance(extends, str):
-            raise _error(doc, ("extends",), "`extends` names one pipeline file (a string)")
+            raise compose_error(doc, ("extends",), "`extends` names one pipeline file (a string)")
         layers.append(_layer(doc, extends, ("extends",), reader, limits, chain, root_dir))
     include = data.get("include")
     if include is not None:
         if not isinstance(include, list) or not all(isinstance(i, str) for i in include):
-            raise _error(doc, ("include",), "`include` is a list of file paths")
+            raise compose_error(doc, ("include",), "`include` is a list of file paths")
         for i, ref in enumerate(include):
             layers.append(_layer(doc, ref, ("include", i), reader, limits, chain, root_dir))
     own = {k: v for k, v in data.items() if k not in COMPOSE_KEYS}
@@ -81,12 +81,14 @@ def _layer(
     absolute = os.path.abspath(target)
     if absolute in chain:
         names = " -> ".join(_shown(p) for p in (*chain, absolute))
-        raise _error(doc, where, f"include cycle: {names}", "a file may not include itself, directly or not")
+        raise compose_error(
+            doc, where, f"include cycle: {names}", "a file may not include itself, directly or not"
+        )
     if not os.path.isfile(target):
-        raise _error(doc, where, f"{format_path(where)} names {ref!r}, which is not a file ({target})")
+        raise compose_error(doc, where, f"{format_path(where)} names {ref!r}, which is not a file ({target})")
     sub = reader(target, limits=limits)
     if not isinstance(sub.data, dict):
-        raise _error(sub, (), "an included or extended file must be a mapping of pipeline fields")
+        raise compose_error(sub, (), "an included or extended file must be a mapping of pipeline fields")
     tagged = tag_document(sub)
     data, smap = _compose(tagged, reader, limits, (*chain, absolute), root_dir)
     return rebase_node_paths(data, os.path.dirname(absolute), root_dir), smap
@@ -178,7 +180,8 @@ def _copy(
                 dest[tuple(target) + tuple(k[n:])] = span
 
 
-def _error(doc: Document, where: JsonPath, message: str, hint: str = "") -> ConfigError:
+def compose_error(doc: Document, where: JsonPath, message: str, hint: str = "") -> ConfigError:
+    """A composition problem at ``where``, located in the file that wrote it."""
     span = doc.source_map.locate(where, prefer="value")
     return ConfigError(
         [

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.errors import ConfigError, Diagnostic
+from engine.spec.compose import compose_error as _error
 from engine.spec.compose import rebase_node_paths, tag_document
 from engine.spec.positions import Document, JsonPath, SourceMap, Span, format_path
 from engine.spec.registry import ops
@@ -258,20 +259,3 @@ def _copy(source: SourceMap, target: SourceMap, src: JsonPath, dst: JsonPath) ->
         for k, span in spans.items():
             if tuple(k[:n]) == tuple(src):
                 dest[tuple(dst) + tuple(k[n:])] = Span(span.line, span.col, span.path or source.path)
-
-
-def _error(doc: Document, where: JsonPath, message: str, hint: str = "") -> ConfigError:
-    span = doc.source_map.locate(where, prefer="value")
-    return ConfigError(
-        [
-            Diagnostic(
-                doc.file_of(span),
-                span.line,
-                span.col,
-                message,
-                code="compose",
-                json_path=format_path(where),
-                hint=hint,
-            )
-        ]
-    )
