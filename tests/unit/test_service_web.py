@@ -24,6 +24,9 @@ HELD = GRAPH.replace("name: tiny-graph", "name: held").replace("service_nodes:ad
 def browser() -> Iterator[Any]:
     pytest.importorskip("selenium", reason="selenium is in the dev extra: pip install -e '.[dev]'")
     driver = chromium()
+    # a click that submits a form returns before the next page has loaded: look for elements until
+    # they are there (up to 10 s) rather than in whichever page happens to be shown
+    driver.implicitly_wait(10)
     yield driver
     driver.quit()
 
@@ -69,7 +72,7 @@ def test_sign_in_see_a_run_appear_and_finish_and_be_refused_another_tenants(
 
     browser.find_element(By.ID, "token").send_keys(service.token("operator", "a"))
     browser.find_element(By.ID, "signin").click()
-    assert browser.current_url == service.url + "/"
+    _until(lambda: browser.current_url == service.url + "/")
     assert "no runs" in browser.find_element(By.ID, "runs").text  # tenant b's run is not listed
 
     mine = owner.post("/v1/runs", json={"pipeline": HELD, "tenant": "a"}).json()["run_id"]
@@ -91,7 +94,7 @@ def test_sign_in_see_a_run_appear_and_finish_and_be_refused_another_tenants(
     assert "add" in browser.find_element(By.ID, "nodes").text
     assert browser.find_element(By.ID, "report").get_attribute("href").endswith(f"/v1/runs/{mine}/report")
     browser.find_element(By.ID, "report").click()
-    assert mine in browser.title  # the report opens with the cookie's token
+    _until(lambda: mine in browser.title)  # the report opens with the cookie's token
     browser.back()
 
     browser.get(f"{service.url}/runs/{other}")
