@@ -33,7 +33,7 @@ _THREADS = 64
 """Splits one runner runs at once (each mostly waiting on a pool)."""
 _MOST = 8
 _turn = itertools.count()
-_handles: dict[tuple[str, int], Any] = {}
+_handles: dict[tuple[str, str, int], Any] = {}
 
 
 class SplitRunner:
@@ -65,7 +65,10 @@ def runner_count() -> int:
 def split_runner(count: int) -> Any:
     """The next runner in turn (started on first use; Ray restarts a runner that died)."""
     index = next(_turn) % count
-    key = (ray.get_runtime_context().get_job_id(), index)  # a handle is good for its Ray session only
+    # A handle is good for its Ray session only. Job ids restart at 01 in every new cluster, so the
+    # driver's node id (new for every Ray started) tells a session after ray.shutdown/ray.init apart.
+    context = ray.get_runtime_context()
+    key = (context.get_node_id(), context.get_job_id(), index)
     handle = _handles.get(key)
     if handle is None:
         handle = _handles[key] = _start(index)

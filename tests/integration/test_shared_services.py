@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from engine.runtime import run_checked
 from engine.runtime.llm.director import LeaseRequest, PoolDirector
 from engine.runtime.llm.limiter import NAMESPACE
 from engine.runtime.tenants import LEDGER_NAME
+from tests.cli import ROOT
 from tests.integration.test_llm import KEY, billed, expected_label, label_responder, pipeline, write_rows
 from tests.loopback import LLMServer
 
@@ -171,3 +174,49 @@ def test_a_tenant_quota_still_stops_runs_once_settled_spend_reaches_it(tmp_path:
     assert "tenant 'tiny'" in (summary.error or "")
     # spend passes the quota by at most one call's worst case (granted alone, its least cost fitting)
     assert summary.total_cost_usd <= 0.004 + 0.0101
+
+
+_TWO_SESSIONS = """
+import sys
+from engine.check import check_file
+from engine.runtime import run_checked
+
+for i in range(2):  # each run starts its own local Ray and stops it: two Ray sessions in one process
+    summary = run_checked(check_file(sys.argv[1], overrides=[f"nodes.output.path={sys.argv[2]}/out{i}"]),
+                          progress=False)
+    print(summary.status, summary.error, flush=True)
+"""
+
+
+def test_a_second_ray_session_in_one_process_starts_fresh_split_runners(tmp_path: Path) -> None:
+    """Job ids restart at 01 in every new Ray, so a handle cached by job id alone pointed the second
+    session's LLM stages at the first session's dead runner ("Can't find actor ...")."""
+    write_rows(tmp_path / "rows.csv", 20)
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        f"""version: 1
+name: two-sessions
+nodes:
+  input: {{op: read_csv, path: {tmp_path}/rows.csv, column_types: {{id: int64, text: string}}}}
+  classify: {{op: llm_classify, input: input, provider: offline, prompt: "{{{{ text }}}}", labels: [a, b]}}
+  output: {{op: write_parquet, input: classify, path: {tmp_path}/out}}
+""",
+        encoding="utf-8",
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HEADRACE_OBJECT_STORE_BYTES": str(96 << 20),
+        "HEADRACE_NUM_CPUS": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _TWO_SESSIONS, str(path), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:2] == ["succeeded None", "succeeded None"], done.stdout
+    for i in range(2):
+        assert pq.read_table(tmp_path / f"out{i}").num_rows == 20
