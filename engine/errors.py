@@ -144,10 +144,35 @@ class RunError(HeadraceError):
 
 
 class ClusterError(HeadraceError):
-    """The driver cannot join the cluster it was pointed at; the message says what to fix."""
+    """The driver cannot join the cluster it was pointed at, or the cluster cannot hold or keep the run's
+    work; the message says what to fix. ``node``: the pipeline node concerned, when there is one."""
 
     code = "cluster_unreachable"
     exit_code = 3
+
+    def __init__(self, message: str, *, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # keyword-only arguments do not survive the default pickling across Ray processes
+        return (_cluster_error, (type(self), str(self), self.node))
+
+
+def _cluster_error(kind: type[ClusterError], message: str, node: str | None) -> ClusterError:
+    return kind(message, node=node)
+
+
+class UnschedulableError(ClusterError):
+    """Work of a run fitted on no alive node of the cluster for longer than the deadline."""
+
+    code = "unschedulable"
+
+
+class NodeLostError(ClusterError):
+    """Work died with its Ray worker or node more often than its retries allow (an LLM pool's actor)."""
+
+    code = "node_lost"
 
 
 class FatalRunError(RunError):

@@ -1,17 +1,18 @@
 """Physical planning: turn stages into Ray task specifications with resource options.
 
-Reservations are checked against the cluster's capacity here, at compile time: on a small cluster a
-task that asks for more than any machine has would wait forever, so it is refused with a clear error.
+Reservations are checked against the cluster's nodes here, at compile time: a task or an LLM pool actor
+that asks for more than any one node has would wait forever, so it is refused with a clear error.
 The same holds inside a :class:`Placement` (a tenant's CPU quota): a task larger than one of its bundles,
 or pool actors that leave no room for the tasks, are refused before the run starts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.capacity import NodeResources, needs, refusal, short_of
 from engine.optimizer import Stage
 from engine.plan import Problem
 from engine.policy import Policy
@@ -223,26 +224,38 @@ def _dead_letter_folder(stage: Stage, resolve: Callable[[str, str], str]) -> str
     return None
 
 
-def check_capacity(stages: list[Stage], capacity: Mapping[str, float]) -> list[Problem]:
-    """Problems for stages whose one task needs more than the cluster offers."""
+def check_capacity(
+    stages: list[Stage], nodes: Sequence[NodeResources], pools: Sequence[PoolPlan] = ()
+) -> list[Problem]:
+    """Problems for a stage's task or an LLM pool's actor that no single one of ``nodes`` (each alive
+    Ray node's resources) could hold: Ray places each on one node, and would keep it pending for ever."""
     problems = []
+    asked: list[tuple[str, str, dict[str, float]]] = []
     for stage in stages:
-        need = ray_options(stage.resources)
-        wants: dict[str, float] = {"CPU": need["num_cpus"], "GPU": need.get("num_gpus", 0.0)}
-        wants.update(need.get("resources", {}))
-        for key, amount in wants.items():
-            have = capacity.get(key, 0.0)
-            if amount > have:
-                node = _asking(stage, key)
-                field = {"CPU": ("num_cpus",), "GPU": ("num_gpus",)}.get(key, ("custom", key))
-                problems.append(
-                    Problem(
-                        ("nodes", node, "resources", *field),
-                        f"node '{node}' needs {amount:g} {key} per task; the cluster has {have:g}",
-                        "lower the request or run on a cluster that has it",
-                        code="capacity",
-                    )
-                )
+        need = needs(ray_options(stage.resources))
+        # name the node whose request is short (else the one asking for something beyond a CPU)
+        named = short_of(need, nodes) or [k for k in need if k != "CPU"] or ["CPU"]
+        node = _asking(stage, named[0])
+        asked.append((node, f"node '{node}' needs, per task,", need))
+    for pool in pools:
+        asked.append((pool.node, f"LLM node '{pool.node}' needs, per pool actor,", needs(pool.ray_options)))
+    for node, what, need in asked:
+        if (why := refusal(what, need, nodes)) is None:
+            continue
+        missing = short_of(need, nodes)
+        key = missing[0] if missing else None
+        field = {"CPU": ("num_cpus",), "GPU": ("num_gpus",), "memory": ("memory",)}.get(
+            key or "", ("custom", key) if key else ()
+        )
+        problems.append(
+            Problem(
+                ("nodes", node, "resources", *field),
+                why,
+                "lower the request, or add a node that offers it (on an autoscaling cluster, one the "
+                "autoscaler can start)",
+                code="capacity",
+            )
+        )
     return problems
 
 
@@ -262,8 +275,10 @@ def check_placement(stages: list[Stage], placement: Placement) -> list[Problem]:
 
 def _asking(stage: Stage, key: str) -> str:
     for node in stage.nodes:
+        if node.spec.pooled:  # its resources are its pool actors', not the task's
+            continue
         r = node.resources
-        value = {"CPU": r.num_cpus, "GPU": r.num_gpus}.get(key, r.custom.get(key))
+        value = {"CPU": r.num_cpus, "GPU": r.num_gpus, "memory": r.memory}.get(key, r.custom.get(key))
         if value:
             return node.id
     return stage.sink.id

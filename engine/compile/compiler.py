@@ -12,18 +12,19 @@ build, so one pass reports every problem it can rather than stopping at the firs
    allowed, the response cache's folder; the place for every deployment-policy check;
 5. LLM pools (:func:`engine.physical.plan_pools`, :func:`engine.compile.providers.check_pools`): an
    unknown provider, a model with no default or no price, a provider that cannot be built;
-6. when given, a tenant's placement and the cluster's capacity (:func:`placement_problems`,
+6. when given, a tenant's placement and the cluster's nodes' capacity (:func:`placement_problems`,
    :func:`capacity_problems`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import pyarrow as pa
 
+from engine.capacity import NodeResources
 from engine.check import CheckedPipeline, locate
 from engine.compile.compiled import Compiled
 from engine.compile.providers import check_pools
@@ -48,7 +49,7 @@ from engine.spec.registry import Kind, behaviour_kinds
 def compile_pipeline(
     checked: CheckedPipeline,
     *,
-    capacity: Mapping[str, float] | None = None,
+    capacity: Sequence[NodeResources] | None = None,
     placement: Placement | None = None,
     policy: Policy | None = None,
     cache: bool = True,
@@ -57,7 +58,7 @@ def compile_pipeline(
 ) -> Compiled:
     """Compile ``checked``; never raises for a problem of the pipeline (see :meth:`Compiled.raise_errors`).
 
-    ``capacity`` (Ray resource name -> amount, as ``ray.cluster_resources()`` gives) and ``placement``
+    ``capacity`` (each alive Ray node's resources, name -> amount, as ``ray.nodes()`` gives) and ``placement``
     add the checks that need a cluster; ``policy`` defaults to the deployment's (``Policy.from_env``);
     ``cache=False`` compiles for a run that neither reads nor writes the response cache; ``credentials``
     is the severity of a provider's missing key (``validate`` warns: the machine that runs may have one).
@@ -114,9 +115,11 @@ def placement_problems(compiled: Compiled, placement: Placement) -> list[Diagnos
     return list(_located(found, compiled.checked))
 
 
-def capacity_problems(compiled: Compiled, capacity: Mapping[str, float]) -> list[Diagnostic]:
-    """Stages of ``compiled`` whose one task needs more than a cluster with ``capacity`` offers."""
-    return list(_located(check_capacity(list(compiled.stages), capacity), compiled.checked))
+def capacity_problems(compiled: Compiled, capacity: Sequence[NodeResources]) -> list[Diagnostic]:
+    """Tasks and LLM pool actors of ``compiled`` that no single node of ``capacity`` (each node's
+    resources) could hold."""
+    found = check_capacity(list(compiled.stages), capacity, compiled.pools)
+    return list(_located(found, compiled.checked))
 
 
 def _type_problems(plan: Plan) -> list[Problem]:

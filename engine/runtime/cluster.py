@@ -66,7 +66,19 @@ class ClusterInfo:
 
     address: str
     resources: dict[str, float]
+    """The sum over the cluster's nodes (what the run's window is sized by)."""
     started_here: bool
+    nodes: tuple[dict[str, float], ...] = ()
+    """Each alive node's own resources: a task or an actor must fit on one of them."""
+
+
+def node_resources() -> tuple[dict[str, float], ...]:
+    """Each alive Ray node's total resources (inside a Ray session)."""
+    return tuple(dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive"))
+
+
+def _info(address: str, started_here: bool) -> ClusterInfo:
+    return ClusterInfo(address, dict(ray.cluster_resources()), started_here, node_resources())
 
 
 def object_store_bytes() -> int:
@@ -115,7 +127,7 @@ def ray_session(address: str | None = None) -> Iterator[ClusterInfo]:
     A Ray started here is stopped on exit; a cluster or an outer session is left running.
     """
     if ray.is_initialized():
-        yield ClusterInfo("existing", dict(ray.cluster_resources()), started_here=False)
+        yield _info("existing", started_here=False)
         return
     if address:
         check_reachable(address)
@@ -132,7 +144,7 @@ def ray_session(address: str | None = None) -> Iterator[ClusterInfo]:
     else:
         start_local_ray()
     try:
-        yield ClusterInfo(address or "local", dict(ray.cluster_resources()), started_here=True)
+        yield _info(address or "local", started_here=True)
     finally:
         ray.shutdown()
 

@@ -35,7 +35,8 @@ from engine.errors import (
 from engine.logs import get_logger, run_context
 from engine.physical import PhysicalStage, Placement
 from engine.records.leases import Lease, LeaseHeld
-from engine.runtime.cluster import ray_session
+from engine.runtime.cluster import node_resources, ray_session
+from engine.runtime.cluster_watch import UnplaceableWatch
 from engine.runtime.failures import explain
 from engine.runtime.graphs import UNSET, GraphRunSummary, default_url, run_graph
 from engine.runtime.llm.services import start_services
@@ -238,7 +239,7 @@ def _run_dataflow(
     )
     try:
         with ray_session(address) as cluster, sigterm_stops_run():
-            if problems := capacity_problems(compiled, cluster.resources):
+            if problems := capacity_problems(compiled, cluster.nodes):
                 raise ConfigError(problems)
             _drive(
                 checked,
@@ -436,7 +437,8 @@ def _execute(
         cpus = min(cpus, placement.cpus)  # the window follows the CPUs the run may actually use
     # tasks that wait on shared LLM pools share one bound per driver process (see task_slots)
     slots = llm_task_slots(cpus) if any(s.job.pools for s in stages) else None
-    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result, on_retry, placement, slots)
+    watch = UnplaceableWatch(node_resources)
+    scheduler = Scheduler(summary, max(2, int(cpus * 2)), on_result, on_retry, placement, slots, watch)
     if metrics.serving():
         metrics.track_queue(summary.run_id, scheduler.queue_depth)
     scheduler.run(runs, tick)

@@ -15,6 +15,7 @@ from typing import Any
 from engine.check import CheckedPipeline
 from engine.errors import (
     BudgetExceeded,
+    ClusterError,
     DataError,
     FatalRunError,
     HeadraceError,
@@ -74,6 +75,8 @@ def _next_step(exc: HeadraceError, node: str | None, op: str, checked: CheckedPi
     )
     if isinstance(exc, BudgetExceeded | OutputError):
         return ""  # the error's own message already says what to do
+    if isinstance(exc, ClusterError):  # it says what the cluster lacks; the data is not at fault
+        return resume
     if isinstance(exc, FatalRunError):
         return f"no row can pass until that is fixed; after the fix {resume.split('; ', 1)[1]}"
     if isinstance(exc, TransientError):

@@ -24,6 +24,7 @@ from connectors.writers import PartInfo
 from engine.errors import BudgetExceeded, DataError, HeadraceError, TransientError
 from engine.logs import get_logger
 from engine.physical import PhysicalStage, Placement
+from engine.runtime.cluster_watch import UnplaceableWatch, Wanted, stage_wants
 from engine.runtime.split_runners import runner_count, runs_on_runner, split_runner
 from engine.runtime.summary import RunSummary
 from engine.runtime.task_slots import TaskSlots
@@ -56,8 +57,11 @@ class Scheduler:
         on_retry: Callable[[str, Split, int, int, float, str], None] | None = None,
         placement: Placement | None = None,
         slots: TaskSlots | None = None,
+        watch: UnplaceableWatch | None = None,
     ) -> None:
         self.summary = summary
+        self.unplaceable = watch
+        """Fails the run when work still to do fits on no alive node for too long (None: never)."""
         self.slots = slots
         """The driver process's bound on head tasks that wait on LLM pools (None: no bound)."""
         self._gated: set[Any] = set()
@@ -83,6 +87,8 @@ class Scheduler:
         ]
         try:
             while True:
+                if self.unplaceable is not None:
+                    self.unplaceable.check(self._wanted(drivers))
                 if self.stopping is None:
                     self._fill(drivers)
                 elif self.slots is not None:
@@ -129,6 +135,20 @@ class Scheduler:
                     self.slots.release()
                 self._gated.clear()
 
+    def _wanted(self, drivers: list[_Driver]) -> list[Wanted]:
+        """What one task and one pool actor of each unfinished stage ask of a node."""
+        wanted: list[Wanted] = []
+        for driver in drivers:
+            if driver.finished():
+                continue
+            stage = driver.run.stage
+            pools = [*stage.job.pools.values(), *(p for t in stage.tails for p in t.pools.values())]
+            on_runner = bool(pools) and self.placement is None and runs_on_runner(stage.ray_options)
+            job = stage.job
+            named = [(job.source_id, job.source), *job.transforms, (job.sink_id, job.sink)]
+            wanted += stage_wants(stage.ray_options, pools, named, on_runner)
+        return wanted
+
     def queue_depth(self) -> tuple[int, int, int]:
         """References in flight, the window, and the barrier backlog (read by the metrics thread)."""
         return len(self.in_flight), self.window, self.backlog
@@ -165,14 +185,15 @@ class Scheduler:
 
     def head(self, run: StageRun, split: Split, emit: bool) -> Any:
         """Submit the head task of ``split``."""
-        # Ray retries a task whose worker or machine died; errors the task raises are retried by
-        # the driver with the stage's backoff (see _Driver.failed)
+        # a split whose worker or node died is retried by the driver, like one whose task raised
+        # (see _Driver.failed): with the stage's backoff, counted in the run's retries and recorded;
+        # Ray's own retries would be silent
         ref: Any
         if self._on_runner(run, run.stage.job.pools):  # a runner that dies is retried by the driver
             ref = split_runner(self._runners).run_split.options(num_returns=2 if emit else 1)
             ref = ref.remote(run.stage.job, split)
         else:
-            options = {**run.stage.ray_options, "max_retries": run.stage.job.retry.max_attempts - 1}
+            options = {**run.stage.ray_options, "max_retries": 0}
             if emit:
                 options["num_returns"] = 2
             ref = self._head.options(**self._placed(options)).remote(run.stage.job, split)
@@ -233,6 +254,18 @@ def get_result(ref: Any) -> Any:
         raise DataError(str(cause or exc).strip().splitlines()[-1]) from None
     except ray.exceptions.RayActorError as exc:  # a split runner died under it: Ray restarts it
         raise _Transient(f"the split's runner died: {exc}".splitlines()[0]) from None
+    except _LOST as exc:  # its worker process or its whole node died, or its output went with them
+        what = "its node died" if isinstance(exc, ray.exceptions.NodeDiedError) else "its worker died"
+        raise _Transient(f"the split's task was lost ({what}): {exc}".splitlines()[0]) from None
+
+
+_LOST = (
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.LocalRayletDiedError,
+)
+"""Ray's errors for a task that died with its process or node rather than raising: worth a retry."""
 
 
 class _Driver:

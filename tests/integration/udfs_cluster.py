@@ -18,3 +18,28 @@ def tag_node_slowly(table: pa.Table, seconds: float = 0.5) -> pa.Table:
 
     time.sleep(seconds)
     return tag_node(table)
+
+
+def die_once(table: pa.Table, marker_dir: str) -> pa.Table:
+    """End the worker process itself the first time each batch is seen, as if its machine died."""
+    import os
+
+    marker = os.path.join(marker_dir, f"seen-{table['n'][0].as_py()}")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return table
+
+
+class DyingPoolWorker:
+    """An LLM pool actor whose process dies under every batch (its node keeps being lost)."""
+
+    def ready(self) -> tuple[int, str]:
+        import os
+
+        return os.getpid(), f"dying-{os.getpid()}"
+
+    def process(self, batch: object, table: pa.Table, trace: object = None) -> object:
+        import os
+
+        os._exit(1)

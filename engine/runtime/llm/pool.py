@@ -33,7 +33,7 @@ import pyarrow as pa
 import ray
 
 from engine import telemetry
-from engine.errors import BudgetExceeded, TransientError
+from engine.errors import BudgetExceeded, NodeLostError, TransientError
 from engine.runtime.llm.accounts import AccountServices
 from engine.runtime.llm.batch import BatchRowCaller
 from engine.runtime.llm.calls import CallSettings, RowCaller, RowFailed
@@ -141,15 +141,25 @@ class PoolClient:
             try:
                 result: PoolResult = ray.get(lease.actor.process.remote(batch, ref, trace))
                 return result
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayActorError as exc:
                 died = True
                 if batch.ledger is not None:  # its calls in flight will never settle
                     batch.ledger.release_holder.remote(lease.holder)
-                if attempt == _REDISPATCH:
-                    raise
+                if attempt == _REDISPATCH:  # the cluster, not the provider, is at fault: say so
+                    raise NodeLostError(_lost(batch.node, attempt + 1, exc), node=batch.node) from None
             finally:
                 director.release.remote(lease.id, died)
         raise TransientError(f"node '{batch.node}': the pool {self.name} could not be reached")
+
+
+def _lost(node: str, times: int, exc: BaseException) -> str:
+    last = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"node '{node}': the LLM pool actor answering this batch was lost {times} times, its process or "
+        f"its Ray node having died (the batch went to a fresh actor each time; last: {last}). Check the "
+        "machines that offer the pool's resources (`ray status`, their raylet logs); the provider's "
+        "answers were not at fault"
+    )
 
 
 class _RunServices:

@@ -114,9 +114,9 @@ def test_capacity_is_checked_when_given(tmp_path: Path) -> None:
     text = _llm("offline").replace("path: in.csv}", "path: in.csv, resources: {num_cpus: 4}}")
     compiled = _compile(tmp_path, text)
     assert compiled.errors == []
-    (problem,) = capacity_problems(compiled, {"CPU": 2.0})
-    assert problem.line == 4 and "needs 4 CPU per task; the cluster has 2" in problem.message
-    assert _errors(_compile(tmp_path, text, capacity={"CPU": 2.0}))
+    (problem,) = capacity_problems(compiled, [{"CPU": 2.0}])
+    assert problem.line == 4 and "needs, per task, 4 CPU; no node has 4 CPU" in problem.message
+    assert _errors(_compile(tmp_path, text, capacity=[{"CPU": 2.0}]))
 
 
 def test_raise_errors_raises_every_error_located(tmp_path: Path) -> None:
