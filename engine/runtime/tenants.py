@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.errors import HeadraceError, QuotaError
 from engine.logs import get_logger
 from engine.runtime.llm.accounts import RunAccounts
+from engine.runtime.llm.blocks import LeaseReport
 from engine.runtime.llm.ledger import WAIT, Charge, Wait
 from engine.runtime.llm.limiter import NAMESPACE
 from engine.spec.models import Budget
@@ -220,6 +221,12 @@ class TenantLedger:
         account.reserved = max(0.0, account.reserved - reserved_usd)
         account.spent += actual_usd or 0.0
 
+    def headroom(self, tenant: str) -> float:
+        """Dollars left of ``tenant``'s quota this period after spend and reservations (``inf``: no
+        cost quota)."""
+        account = self._account(tenant)
+        return math.inf if account is None else account.quota - account.spent - account.reserved
+
     def exhausted(self, tenant: str) -> str | None:
         """Why ``tenant`` may not spend any more this period, if it may not."""
         account = self._account(tenant)
@@ -320,9 +327,10 @@ class TenantLedgerActor:
 
     def open_run(
         self, run_id: str, run_budget: Budget | None, node_budgets: Mapping[str, Budget], tenant: str | None
-    ) -> None:
-        """Open a run's account (its budgets, and ``tenant`` when its tenant has a cost quota)."""
-        self._runs.open(run_id, run_budget, node_budgets, tenant)
+    ) -> int:
+        """Open a run's account (its budgets, and ``tenant`` when its tenant has a cost quota); its
+        epoch, which the pools' leases name."""
+        return self._runs.open(run_id, run_budget, node_budgets, tenant)
 
     def reserve_call(self, run_id: str, node: str, charge: Charge, holder: str | None = None) -> bool:
         """See ``RunAccounts.reserve``."""
@@ -339,6 +347,30 @@ class TenantLedgerActor:
     ) -> None:
         """See ``RunAccounts.settle``."""
         self._runs.settle(run_id, node, reserved, actual, requests, holder)
+
+    def exchange(
+        self,
+        run_id: str,
+        epoch: int,
+        node: str,
+        holder: str,
+        report: LeaseReport,
+        calls: int = 0,
+        per_call: Charge | None = None,
+    ) -> Charge | None:
+        """See ``RunAccounts.exchange`` (a pool actor's lease round trip)."""
+        return self._runs.exchange(run_id, epoch, node, holder, report, calls, per_call)
+
+    def lease_stats(self) -> dict[str, float]:
+        """Round trips so far (lease exchanges and per-call reservations) and what is leased out now."""
+        leased = self._runs.leased()
+        return {
+            "exchanges": self._runs.exchanges,
+            "reservations": self._runs.reservations,
+            "leased_usd": leased.cost_usd,
+            "leased_input_tokens": leased.input_tokens,
+            "leased_output_tokens": leased.output_tokens,
+        }
 
     def release_holder(self, holder: str) -> int:
         """See ``RunAccounts.release_holder`` (a pool actor died mid-call)."""
@@ -432,6 +464,10 @@ class LocalTenant:
     def settle(self, reserved: Charge, actual: Charge | None) -> None:
         """Replace the reservation by the real cost."""
         self.ledger.settle(self.tenant, reserved.cost_usd, None if actual is None else actual.cost_usd)
+
+    def headroom(self) -> float:
+        """Dollars left of the quota (see ``TenantLedger.headroom``)."""
+        return self.ledger.headroom(self.tenant)
 
 
 class ClusterTenants:

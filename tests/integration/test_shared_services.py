@@ -68,8 +68,9 @@ def test_runs_share_one_pool_start_no_actor_of_their_own_and_close_their_account
 def test_a_pool_actor_killed_mid_batch_loses_no_row_answers_none_twice_and_frees_its_reservations(
     tmp_path: Path,
 ) -> None:
-    """The rows: every one once. The money: the killed actor's calls in flight never settle; their
-    reservations are settled as spent at their worst case, so the tenant's quota is not held forever."""
+    """The rows: every one once. The money: the killed actor's calls in flight never settle; its lease
+    of the run's budget is settled as spent at its worst case, so the tenant's quota is not held
+    forever."""
     data = write_rows(tmp_path / "rows.csv", 1_200)
     quota = {"killed": TenantQuota(max_cost_usd_per_period=10.0)}
     with LLMServer(responder=label_responder, latency_s=0.05) as server, Engine(tenants=quota) as engine:
@@ -87,6 +88,8 @@ def test_a_pool_actor_killed_mid_batch_loses_no_row_answers_none_twice_and_frees
         spent = ray.get(ledger.spent.remote("killed"))
         # all of the rest of the quota can be reserved: nothing is held by calls that will never end
         assert ray.get(ledger.reserve.remote("killed", 10.0 - spent - 1e-6)) is None
+        # the killed actor's lease was settled (at its worst case), the others' given back at the end
+        assert ray.get(ledger.lease_stats.remote())["leased_usd"] == pytest.approx(0.0, abs=1e-12)
     assert summary.status == "succeeded", summary.error
     assert spent >= summary.total_cost_usd  # the lost calls count at their worst case, never less
     rows = pq.read_table(tmp_path / "out").sort_by("id").to_pylist()

@@ -2,13 +2,17 @@
 
 A run with LLM nodes opens an account when it starts (its run and node budgets, and its tenant when the
 tenant has a cost quota) and closes it when it ends; the account's final figures go into the run's
-record and the account is forgotten. Between the two, the shared pools' actors reserve and settle each
-call against the account by run id (:class:`AccountServices`), and the driver polls its usage.
+record and the account is forgotten. Between the two, the shared pools' actors *lease* blocks of the
+account (:meth:`RunAccounts.exchange`, sizes in :mod:`engine.runtime.llm.blocks`): a block is reserved
+like the worst case of so many calls, the actor spends it call by call without a round trip, reports what
+they really cost and gives back what it did not use. When the run ends, what is left of its leases is
+released. Batch mode still reserves and settles each provider batch (:class:`AccountServices`), and the
+driver polls the account's usage.
 
-Each reservation names its *holder*, the pool actor whose call it is. An actor that dies mid-call never
-settles, so whoever sees it die releases its holder: each reservation it held is settled as spent at its
-worst case (the provider may have billed the call; a budget must never count less than was spent), and
-the tenant's quota is no longer held by calls that will never end.
+Each lease and reservation names its *holder*, the pool actor whose calls it covers. An actor that dies
+never reports, so whoever sees it die releases its holder: each lease and reservation it held is settled
+as spent at its worst case, once (the provider may have billed the calls; a budget must never count less
+than was spent), and the tenant's quota is no longer held by calls that will never end.
 
 :class:`RunAccounts` is plain Python; the cluster's ledger service
 (:class:`~engine.runtime.tenants.TenantLedgerActor`, one named detached Ray actor) holds one beside the
@@ -23,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.errors import BudgetExceeded
+from engine.runtime.llm.blocks import LeaseReport, budget_block_calls, fits, minus, plus, times
 from engine.runtime.llm.ledger import Charge, Ledger, TenantScope
 from engine.spec.models import Budget
 
@@ -40,6 +45,13 @@ class RunAccounts:
         self._closed: OrderedDict[str, TenantScope | None] = OrderedDict()
         self._held: dict[str, Counter[tuple[str, str, Charge]]] = {}
         self._dead: OrderedDict[str, None] = OrderedDict()  # holders released (their actors died)
+        self._epochs: dict[str, int] = {}  # open run id -> its account's epoch
+        self._last_epoch = 0
+        self._leases: dict[str, dict[tuple[str, str], Charge]] = {}  # run -> (holder, node) -> leased
+        self.exchanges = 0
+        """Lease round trips so far (grants and reports): what a run's calls cost the service."""
+        self.reservations = 0
+        """Per-call reservations so far (batch mode, and callers that do not lease)."""
 
     def open(
         self,
@@ -47,11 +59,16 @@ class RunAccounts:
         run_budget: Budget | None,
         node_budgets: Mapping[str, Budget],
         tenant: str | None,
-    ) -> None:
-        """Open ``run_id``'s account (again, when a resumed run reuses its id: figures start at zero)."""
+    ) -> int:
+        """Open ``run_id``'s account (again, when a resumed run reuses its id: figures start at zero);
+        returns its epoch, which leases name so that a reopened account never sees an old one's."""
         scope = self._tenant_scope(tenant) if tenant is not None else None
         self._closed.pop(run_id, None)
+        self._release_leases(run_id)
         self._open[run_id] = Ledger(run_budget, node_budgets, scope)
+        self._last_epoch += 1
+        self._epochs[run_id] = self._last_epoch
+        return self._last_epoch
 
     def reserve(self, run_id: str, node: str, charge: Charge, holder: str | None = None) -> bool:
         """See ``Ledger.reserve``; a run whose account is closed (it ended) may start no call.
@@ -59,6 +76,7 @@ class RunAccounts:
         ledger = self._open.get(run_id)
         if ledger is None:
             raise BudgetExceeded(f"run {run_id!r} has ended: no new LLM calls", scope="run")
+        self.reservations += 1
         granted = ledger.reserve(node, charge)
         if granted and holder is not None:
             self._held.setdefault(holder, Counter())[(run_id, node, charge)] += 1
@@ -87,19 +105,109 @@ class RunAccounts:
                 return  # settled at its worst case when its holder was reported dead
         self._settle(run_id, node, reserved, actual, requests)
 
+    def exchange(
+        self,
+        run_id: str,
+        epoch: int,
+        node: str,
+        holder: str,
+        report: LeaseReport,
+        calls: int = 0,
+        per_call: Charge | None = None,
+    ) -> Charge | None:
+        """One round trip of ``holder``'s lease on ``run_id``'s ``node``: take ``report`` (its spend
+        since the last one, and what it gives up of the lease), then, when ``per_call`` is given, grant
+        a new block of up to ``calls`` calls of ``per_call`` (see :func:`budget_block_calls`).
+
+        Returns what was granted (empty when nothing was asked); None when the call must wait because
+        other holders' leases hold what it needs (they give back what they do not use within
+        ``LEASE_IDLE_S``); raises ``BudgetExceeded`` exactly as :meth:`reserve` does."""
+        self.exchanges += 1
+        ledger = self._open.get(run_id) if self._epochs.get(run_id) == epoch else None
+        leases = self._leases.get(run_id, {}) if ledger is not None else {}
+        if holder in self._dead:
+            pass  # its leases were settled at their worst case when it was reported dead
+        elif ledger is None:
+            scope = self._closed.get(run_id)  # its leases were released when the run ended
+            if scope is not None and report.spent != Charge():
+                scope.settle(Charge(), report.spent)
+        else:
+            key = (holder, node)
+            left = minus(leases.get(key, Charge()), report.release)
+            if fits(left, Charge()):
+                leases.pop(key, None)
+            else:
+                leases[key] = left
+            ledger.settle(node, report.release, report.spent, report.answered)
+            if report.failed:
+                ledger.settle(node, Charge(), None, report.failed)
+        if ledger is not None and report.rows:
+            ledger.record_rows(node, report.rows)
+        if per_call is None:
+            return Charge()
+        if ledger is None:
+            raise BudgetExceeded(f"run {run_id!r} has ended: no new LLM calls", scope="run")
+        granted = self._grant(ledger, run_id, node, holder, calls, per_call)
+        if granted is not None:
+            lease = self._leases.setdefault(run_id, {})
+            lease[(holder, node)] = plus(lease.get((holder, node), Charge()), granted)
+        return granted
+
+    def _grant(
+        self, ledger: Ledger, run_id: str, node: str, holder: str, calls: int, per_call: Charge
+    ) -> Charge | None:
+        block = budget_block_calls(calls, per_call, ledger.headroom(node))
+        if block > 1 and ledger.reserve(node, times(per_call, block)):
+            return times(per_call, block)
+        # the last of a budget (or a tenant quota too busy for a block): one exact call at a time
+        others: dict[str, Charge] = {}
+        for (who, at), charge in self._leases.get(run_id, {}).items():
+            if who != holder:
+                others[at] = plus(others.get(at, Charge()), charge)
+        if (
+            ledger.stopped is None
+            and others
+            and not ledger.fits_without(node, per_call, {})
+            and ledger.fits_without(node, per_call, others)
+        ):
+            return None  # other holders' leases hold what this call needs: wait for them to give it back
+        return per_call if ledger.reserve(node, per_call) else None
+
     def release_holder(self, holder: str) -> int:
-        """Settle every reservation ``holder`` (a pool actor that died) still held, each as spent at its
-        worst case; how many there were. Settling twice is harmless: the second finds none."""
+        """Settle every reservation and lease ``holder`` (a pool actor that died) still held, each as
+        spent at its worst case; how many there were. Settling twice is harmless: the second finds
+        none."""
         self._dead[holder] = None
         while len(self._dead) > _CLOSED_KEPT:
             self._dead.popitem(last=False)
+        count = 0
+        for run_id, leases in list(self._leases.items()):
+            for key in [k for k in leases if k[0] == holder]:
+                charge = leases.pop(key)
+                self._settle(run_id, key[1], charge, charge, 0)
+                count += 1
         held = self._held.pop(holder, None)
         if not held:
-            return 0
-        for (run_id, node, charge), count in held.items():
-            for _ in range(count):
+            return count
+        for (run_id, node, charge), times_held in held.items():
+            for _ in range(times_held):
                 self._settle(run_id, node, charge, charge, 1)
-        return sum(held.values())
+        return count + sum(held.values())
+
+    def leased(self) -> Charge:
+        """Everything leased out now, over every run (tests check that ended runs hold none)."""
+        total = Charge()
+        for leases in self._leases.values():
+            for charge in leases.values():
+                total = plus(total, charge)
+        return total
+
+    def _release_leases(self, run_id: str) -> None:
+        """Release the run's leases unused (its calls all reported: its batches ended)."""
+        ledger = self._open.get(run_id)
+        for (_, node), charge in self._leases.pop(run_id, {}).items():
+            if ledger is not None:
+                ledger.settle(node, charge, None, 0)
 
     def _settle(self, run_id: str, node: str, reserved: Charge, actual: Charge | None, requests: int) -> None:
         ledger = self._open.get(run_id)
@@ -131,6 +239,8 @@ class RunAccounts:
 
     def close(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Close the run's account and return its final usage per node."""
+        self._release_leases(run_id)
+        self._epochs.pop(run_id, None)
         ledger = self._open.pop(run_id, None)
         if ledger is None:
             return {}

@@ -12,7 +12,9 @@ answer or the target's attempts run out::
 
 A refused reservation (``BudgetExceeded``) ends the row at once; other rows' calls already sent finish.
 The services (ledger and rate limiter) are reached through ``CallServices``, so the same code runs
-against Ray actors in a run and against plain objects in unit tests.
+against Ray actors in a run and against plain objects in unit tests. In a pool actor they are the actor's
+leases (:mod:`engine.runtime.llm.lease_book`): a reservation or a settlement is local arithmetic on a
+block, and a round trip is made only when a block runs out.
 """
 
 from __future__ import annotations

@@ -16,11 +16,14 @@ and the caller asks again once calls have settled (:func:`engine.runtime.llm.cal
 quota refuses, and stops the run, only when its settled spend plus the call's least cost would pass it.
 
 Every run's ``Ledger`` lives in the cluster's one ledger service (:mod:`engine.runtime.llm.accounts`);
-a run starts no actor of its own.
+a run starts no actor of its own. Pool actors reserve in blocks there (a block is one reservation of
+several calls' worst case, taking at most a share of what is left, see :mod:`engine.runtime.llm.blocks`)
+and spend them locally, so "reserved" here includes what is leased and not yet spent.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -131,6 +134,10 @@ class TenantScope(Protocol):
 
     def settle(self, reserved: Charge, actual: Charge | None) -> None: ...
 
+    def headroom(self) -> float:
+        """Dollars left of the quota after spend and reservations (``inf``: no cost quota)."""
+        ...
+
 
 def _add(a: Charge, b: Charge, sign: int = 1) -> Charge:
     return Charge(
@@ -222,6 +229,41 @@ class Ledger:
     def tenant(self) -> TenantScope | None:
         """The run's tenant scope (None: its tenant has no cost quota)."""
         return self._tenant
+
+    def headroom(self, node: str) -> tuple[float, float, float]:
+        """What is left for ``node``'s calls of its tightest budgets (dollars, input tokens, output
+        tokens) after spend and reservations, its tenant's quota included; ``inf`` where nothing limits
+        it."""
+        room = [math.inf, math.inf, math.inf]
+        for scope in self._scopes_of(node):
+            used = _add(scope.spent, scope.reserved)
+            limits = (
+                scope.budget.max_cost_usd,
+                scope.budget.max_input_tokens,
+                scope.budget.max_output_tokens,
+            )
+            spent = (used.cost_usd, used.input_tokens, used.output_tokens)
+            for i, (limit, taken) in enumerate(zip(limits, spent, strict=True)):
+                if limit is not None:
+                    room[i] = min(room[i], limit - taken)
+        if self._tenant is not None:
+            room[0] = min(room[0], self._tenant.headroom())
+        return room[0], room[1], room[2]
+
+    def fits_without(self, node: str, charge: Charge, held: Mapping[str, Charge]) -> bool:
+        """Whether ``charge`` would fit ``node``'s budgets if the reservations ``held`` (per node: other
+        holders' leases) were given back."""
+        for key, scope in self._scopes.items():
+            if key not in ("run", f"node:{node}"):
+                continue
+            back = [c for n, c in held.items() if key == "run" or key == f"node:{n}"]
+            freed = Charge()
+            for c in back:
+                freed = _add(freed, c)
+            trial = _Scope(scope.name, scope.budget, scope.spent, _add(scope.reserved, freed, -1))
+            if trial.overrun(charge) is not None:
+                return False
+        return True
 
     def stop_reason(self) -> str | None:
         """Why reservations are refused, once a budget has stopped the run."""

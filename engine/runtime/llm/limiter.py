@@ -7,7 +7,9 @@ per (provider, model, account) in one named actor that every pool on the cluster
 Each limit is a leaky bucket that drains at its rate and holds one second's worth as burst. A reservation
 is granted at once and returns how long the caller must wait first, so callers queue in arrival order
 and one round trip suffices; output tokens are reserved at ``max_tokens`` and the unused part is given
-back when the answer's real usage is known.
+back when the answer's real usage is known. Pool actors reserve *blocks* of requests and tokens (at most
+a quarter of a bucket's burst, :mod:`engine.runtime.llm.blocks`), exactly as the same calls one by one
+would be, spend them locally and give back what they did not use.
 """
 
 from __future__ import annotations
@@ -52,14 +54,17 @@ class RateBuckets:
         self._clock = clock
         self._accounts: dict[str, _Account] = {}
 
-    def reserve(self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int) -> float:
-        """Reserve one request with its tokens; returns the seconds to wait before sending it.
+    def reserve(
+        self, key: str, limits: RateLimits, input_tokens: float, output_tokens: float, requests: int = 1
+    ) -> float:
+        """Reserve ``requests`` requests with their tokens (a pool's block: see
+        :mod:`engine.runtime.llm.blocks`); returns the seconds to wait before sending them.
 
         The latest caller's limits apply to the account (pipelines sharing a key should agree on them).
         """
         now = self._clock()
         account = self._account(key, limits)
-        wants = {"requests": 1.0, "input": float(input_tokens), "output": float(output_tokens)}
+        wants = {"requests": float(requests), "input": float(input_tokens), "output": float(output_tokens)}
         delay = 0.0
         for name, bucket in account.buckets.items():
             bucket.drain(now)
@@ -75,6 +80,18 @@ class RateBuckets:
         if bucket is not None and output_tokens > 0:
             bucket.drain(self._clock())
             bucket.level = max(0.0, bucket.level - output_tokens)
+
+    def give_back(self, key: str, requests: float, input_tokens: float, output_tokens: float) -> None:
+        """Give back the unused part of a block (never below an empty bucket)."""
+        account = self._accounts.get(key)
+        if account is None:
+            return
+        now = self._clock()
+        for name, amount in (("requests", requests), ("input", input_tokens), ("output", output_tokens)):
+            bucket = account.buckets.get(name)
+            if bucket is not None and amount > 0:
+                bucket.drain(now)
+                bucket.level = max(0.0, bucket.level - amount)
 
     def _account(self, key: str, limits: RateLimits) -> _Account:
         account = self._accounts.get(key)
@@ -105,10 +122,36 @@ class RateLimiterActor:
 
     def __init__(self) -> None:
         self._buckets = RateBuckets()
+        self._round_trips = 0
 
     def reserve(self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int) -> float:
         """See ``RateBuckets.reserve``."""
+        self._round_trips += 1
         return self._buckets.reserve(key, limits, input_tokens, output_tokens)
+
+    def exchange(
+        self,
+        key: str,
+        limits: RateLimits,
+        back: tuple[float, float, float],
+        requests: int,
+        input_tokens: float,
+        output_tokens: float,
+    ) -> float:
+        """A pool's block round trip: give back the unused part of its last block (requests, input and
+        output tokens), reserve a new one of ``requests`` requests; the seconds to wait before using it."""
+        self._round_trips += 1
+        self._buckets.give_back(key, *back)
+        return self._buckets.reserve(key, limits, input_tokens, output_tokens, requests)
+
+    def give_back(self, key: str, requests: float, input_tokens: float, output_tokens: float) -> None:
+        """See ``RateBuckets.give_back`` (a pool's idle block)."""
+        self._round_trips += 1
+        self._buckets.give_back(key, requests, input_tokens, output_tokens)
+
+    def round_trips(self) -> int:
+        """Calls to the limiter so far (tests check that calls do not each cost one)."""
+        return self._round_trips
 
     def refund(self, key: str, output_tokens: int) -> None:
         """See ``RateBuckets.refund``."""

@@ -39,6 +39,8 @@ from engine.runtime.llm.batch import BatchRowCaller
 from engine.runtime.llm.calls import CallSettings, RowCaller, RowFailed
 from engine.runtime.llm.director import LeaseRequest, PoolDirector
 from engine.runtime.llm.health import CallHealth
+from engine.runtime.llm.lease_book import LeaseBook
+from engine.runtime.llm.ledger import Charge
 from engine.runtime.llm.limiter import NAMESPACE
 from engine.spec.models import RateLimits
 from operators.llm import LlmSpec
@@ -65,6 +67,8 @@ class PoolBatch:
     settings: CallSettings
     ledger: Any
     """The cluster's ledger service (the run's account is ``run_id``)."""
+    epoch: int
+    """The run's account's epoch (from ``open_run``): the actor's leases of it name it."""
     limiter: Any
     """The cluster's rate limiter."""
     provider_configs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -163,7 +167,50 @@ def _lost(node: str, times: int, exc: BaseException) -> str:
 
 
 class _RunServices:
-    """``CallServices`` for one batch: its run's account in the ledger service, the cluster's limiter."""
+    """``CallServices`` for one batch, over its actor's leases (:mod:`engine.runtime.llm.lease_book`):
+    a call reserves from the actor's blocks of its run's budget and its account's rate limit, and makes
+    a round trip only when a block runs out."""
+
+    def __init__(self, batch: PoolBatch, book: LeaseBook) -> None:
+        self._batch = batch
+        self._book = book
+        self._key = (batch.run_id, batch.epoch, batch.node)
+        self._account = AccountServices(batch.ledger, batch.run_id, book.holder)
+        self.record_cached = self._account.record_cached
+
+    async def reserve_budget(self, node: str, charge: Charge) -> bool:
+        return await self._book.reserve_budget(
+            self._batch.ledger, self._key, charge, self._batch.spec.concurrency
+        )
+
+    async def settle_budget(
+        self, node: str, reserved: Charge, actual: Charge | None, requests: int = 1
+    ) -> None:
+        if reserved == Charge():  # usage of calls no budget covers, batched by the caller: no lease
+            await self._account.settle_budget(node, reserved, actual, requests)
+        else:
+            await self._book.settle_budget(self._key, reserved, actual, requests)
+
+    async def reserve_rate(
+        self, key: str, limits: RateLimits, input_tokens: int, output_tokens: int
+    ) -> float:
+        limiter, first = self._batch.limiter, self._batch.spec.concurrency
+        return await self._book.reserve_rate(limiter, key, limits, input_tokens, output_tokens, first)
+
+    def refund_rate(self, key: str, output_tokens: int) -> None:
+        self._book.refund_rate(key, output_tokens)
+
+    async def record_rows(self, node: str, rows: int) -> None:
+        """Report the lease's spend with the batch's rows: one round trip per batch."""
+        await self._book.report(self._batch.ledger, self._key, rows)
+
+    async def report(self) -> None:
+        """Report spend not yet reported (a batch that ended with an error, or was cancelled)."""
+        await self._book.report(self._batch.ledger, self._key)
+
+
+class _ExactServices:
+    """``CallServices`` reserving and settling each call in the ledger service (batch mode)."""
 
     def __init__(self, batch: PoolBatch, holder: str) -> None:
         self._account = AccountServices(batch.ledger, batch.run_id, holder)
@@ -195,6 +242,7 @@ class PoolWorker:
         self._health: OrderedDict[tuple[str, str], CallHealth] = OrderedDict()
         self._holder = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
         """Who holds this actor's budget reservations in the ledger (released if the actor dies)."""
+        self._leases = LeaseBook(self._holder)
 
     def ready(self) -> tuple[int, str]:
         """Answers once the actor is placed and running: its process id and its reservations' holder."""
@@ -241,9 +289,16 @@ class PoolWorker:
             return result
 
     async def _process(self, batch: PoolBatch, table: pa.Table) -> PoolResult:
+        services = _RunServices(batch, self._leases)
+        try:
+            return await self._answer(batch, table, services)
+        finally:
+            # spend the batch's calls took from the lease reaches the ledger before the batch returns
+            await asyncio.shield(services.report())
+
+    async def _answer(self, batch: PoolBatch, table: pa.Table, services: _RunServices) -> PoolResult:
         rows = table.to_pylist()
         task = self._task(batch)
-        services = _RunServices(batch, self._holder)
         outcomes: list[Any]
         if batch.spec.mode == "batch":
             target = batch.settings.targets[0]
@@ -256,7 +311,8 @@ class PoolWorker:
                 provider,
                 PriceTable(batch.prices),
                 self._cache(batch.cache_url),
-                services,
+                # a provider batch reserves once for all its rows and may take hours: exact, no lease
+                _ExactServices(batch, self._holder),
                 batch.spec.batch_poll_s,
                 self._node_health(batch),
             )

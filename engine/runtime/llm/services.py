@@ -81,7 +81,7 @@ def start_services(
         if isinstance(p.spec, LlmSpec) and p.spec.budget is not None
     }
     ledger = tenant.ledger if tenant is not None else ledger_service()
-    ray.get(
+    epoch: int = ray.get(
         ledger.open_run.remote(
             run_id, pipeline.budget, node_budgets, tenant.tenant if tenant is not None else None
         )
@@ -123,6 +123,7 @@ def start_services(
             params=dict(pipeline.params),
             settings=settings,
             ledger=ledger,
+            epoch=epoch,
             limiter=limiter,
             provider_configs=configs,
             prices=pipeline.price_overrides(),
