@@ -146,7 +146,7 @@ def apply(plan: GraphPlan[Any], values: dict[str, Any], outcomes: Sequence[Outco
     more than one value in the step.
     """
     fields = plan.schema.fields
-    if len(outcomes) > 1 or any(len(o.writes) > 1 for o in outcomes):
+    if len(outcomes) > 1 or (outcomes and len(outcomes[0].writes) > 1):
         writers: dict[str, list[str]] = {}
         for o in outcomes:
             for group in o.writes:

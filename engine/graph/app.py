@@ -332,20 +332,20 @@ class CompiledGraph(Generic[S]):
             from engine.graph.checkpoints.base import RunRecord
             from engine.graph.checkpoints.errors import CheckpointConflict
 
-            try:  # creating first saves a read per fresh run; a conflict means the thread exists
-                self.store.create_run(
-                    RunRecord(
-                        run_id=run_id,
-                        graph=self.plan.name,
-                        graph_hash=self.plan.graph_hash,
-                        created_at=time.time(),
-                        status="running",
-                    )
-                )
+            assert isinstance(runner.recorder, StoreRecorder)
+            run = RunRecord(
+                run_id=run_id,
+                graph=self.plan.name,
+                graph_hash=self.plan.graph_hash,
+                created_at=time.time(),
+                status="running",
+            )
+            # the run with its input record: one commit; creating first saves a read per fresh run,
+            # and a conflict means the thread exists
+            try:
+                self.store.create_run(run, [runner.recorder.record(0, INPUT_NODE, values, tasks, {})])
             except CheckpointConflict:
                 return self._continued(input, run_id, limit, modes, placement)
-            assert runner.recorder is not None
-            runner.recorder.steps([(0, INPUT_NODE, values, tasks, {})])
         return runner
 
     def _continued(
@@ -368,14 +368,12 @@ class CompiledGraph(Generic[S]):
         step = steps[-1].step + 1
         thread.tasks = algo.first_tasks(self.plan, thread.values)
         thread.base, thread.finished = step, {}
-        assert self.store is not None
-        self.store.set_status(run_id, "running", {})
         runner = self._runner(thread, run_id, step, limit, modes, placement)
         assert runner.recorder is not None
         meta = threads.pending_meta(self.plan, thread.tasks, {})
         if thread.joins:
             meta["joins"] = {str(i): sorted(s) for i, s in thread.joins.items() if s}
-        runner.recorder.steps([(step, INPUT_NODE, update, thread.tasks, meta)])
+        runner.recorder.steps([(step, INPUT_NODE, update, thread.tasks, meta)], "running")  # one commit
         return runner
 
     def _resumed(

@@ -64,6 +64,8 @@ class Caller:
                 result = await asyncio.to_thread(node.fn, state)
             else:
                 result = node.fn(state)
+            if type(result) is dict or result is None:  # the common case: no awaitable check
+                return result
             return (await result) if inspect.isawaitable(result) else result
         finally:
             SCOPE.reset(token)

@@ -8,7 +8,8 @@ Semantics (LangGraph's Pregel loop):
   ``Send`` payload set on top). When all have finished, their writes are applied together in a
   deterministic order and the next step's tasks are computed (see ``algo``'s docstring).
 - **Checkpoints.** A step commits as one atomic write of one record per task (its update), in the
-  apply order, the last carrying the next step's tasks. A task that finishes while others of its step
+  apply order, the last carrying the next step's tasks; the run's last step commits with its final
+  status (one commit per superstep: see ``checkpoints.sqlite``). A task that finishes while others of its step
   still run is kept at once as a ``__write__`` record (its *pending write*): after a crash mid-step,
   a resume re-runs only the tasks without one.
 - **Errors.** A node's exception (after its retries) cancels its step's other tasks and reaches the
@@ -55,8 +56,14 @@ INTERRUPT_NODE = "__interrupt__"
 class Recorder(Protocol):
     """Where the runner reports steps (a checkpoint store behind it, in the app)."""
 
-    def steps(self, records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]]) -> None:
-        """Persist records ``(step, node, update, pending, meta)`` atomically, in order."""
+    def steps(
+        self,
+        records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]],
+        status: str | None = None,
+        meta: dict | None = None,
+    ) -> None:
+        """Persist records ``(step, node, update, pending, meta)`` atomically, in order; with
+        ``status``, the run's status (and ``meta``) in the same commit."""
 
     def finished(self, status: str, meta: dict) -> None:
         """Record the run's final (or paused) status."""
@@ -137,7 +144,7 @@ class Runner:
                 for ev in out:
                     yield ev
                 out.clear()
-                if any(o.task.node in self.after for o in outcomes):
+                if self.after and any(o.task.node in self.after for o in outcomes):
                     nodes = dict.fromkeys(o.task.node for o in outcomes if o.task.node in self.after)
                     for node in nodes:
                         info = {"id": interrupt_id(self.run_id, f"{self.base}", node, -2), "node": node}
@@ -171,13 +178,15 @@ class Runner:
             if self.recorder is not None:
                 self.step += 1
                 meta = {"interrupts": self.interrupts, **self._join_meta()}
-                self.recorder.steps([(self.step, INTERRUPT_NODE, {}, self.tasks, meta)])
-                self.recorder.finished("interrupted", {"interrupts": self.interrupts})
+                records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]] = [
+                    (self.step, INTERRUPT_NODE, {}, self.tasks, meta)
+                ]
+                self.recorder.steps(records, "interrupted", {"interrupts": self.interrupts})
             self._emit_interrupts()
         else:
-            self.status = "succeeded"
-            if self.recorder is not None:
+            if self.recorder is not None and self.status != "succeeded":  # not already with the last step
                 self.recorder.finished("succeeded", {})
+            self.status = "succeeded"
             if "events" in self.modes:
                 self._out.append(("events", {"event": "run_finished", "status": "succeeded"}))
 
@@ -308,6 +317,24 @@ class Runner:
             nxt = algo.next_tasks(plan, before, self.values, outcomes, self.join_seen)
         except Exception as bad:  # a write conflict, a failing route or reducer
             self._fail(outcomes[-1].task if len(outcomes) == 1 else _culprit(bad, outcomes), bad)
+        if self.recorder is None:  # numbered as if recorded: task and interrupt ids depend on it
+            if len(outcomes) == 1:
+                self.step += len(outcomes[0].writes) or 1
+            else:
+                self.step += sum(len(o.writes) or 1 for o in outcomes)
+        else:
+            self._record(outcomes, nxt)
+        self.base = self.step
+        self.tasks = nxt
+        if self.finished:
+            self.finished = {}
+        number(nxt, self.base)
+        if self.modes:
+            self._emit(outcomes)
+
+    def _record(self, outcomes: list[Outcome], nxt: list[Task]) -> None:
+        """Commit a step: one record per write group of each task, in apply order; the run's last
+        step carries its final status in the same commit (a run that stops after it is interrupted)."""
         records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]] = []
         first = self.step + 1
         several = len(outcomes) > 1 or len(outcomes[0].writes) > 1
@@ -324,20 +351,18 @@ class Runner:
                 records.append((self.step, o.task.node, group, nxt, meta))
         if self.join_seen:
             records[-1][4].update(self._join_meta())
-        if self.recorder is not None and records:
-            if _metrics_served() or telemetry.recording():
-                self._timed(records)
-            else:
-                self.recorder.steps(records)
-        self.base = self.step
-        self.tasks = nxt
-        if self.finished:
-            self.finished = {}
-        number(nxt, self.base)
-        if self.modes:
-            self._emit(outcomes)
+        last = not nxt and not (self.after and any(o.task.node in self.after for o in outcomes))
+        status = "succeeded" if last else None
+        if _metrics_served() or telemetry.recording():
+            self._timed(records, status)
+        else:
+            self.recorder.steps(records, status)  # type: ignore[union-attr]
+        if last:
+            self.status = "succeeded"
 
-    def _timed(self, records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]]) -> None:
+    def _timed(
+        self, records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]], status: str | None
+    ) -> None:
         """Write a step's checkpoint, timed for the metrics and traced (only when either is on)."""
         assert self.recorder is not None
         began = time.perf_counter()
@@ -345,9 +370,9 @@ class Runner:
             with telemetry.span(
                 "graph.checkpoint", {"headrace.node": records[-1][1], "headrace.step": self.step}
             ):
-                self.recorder.steps(records)
+                self.recorder.steps(records, status)
         else:
-            self.recorder.steps(records)
+            self.recorder.steps(records, status)
         if _metrics_served():
             from engine import metrics
 

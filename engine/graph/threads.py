@@ -62,12 +62,17 @@ class StoreRecorder:
         self.plan = plan
         self.run_id = run_id
 
-    def steps(self, records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]]) -> None:
+    def steps(
+        self,
+        records: list[tuple[int, str, Mapping[str, Any], list[Task], dict]],
+        status: str | None = None,
+        meta: dict | None = None,
+    ) -> None:
         made = [self.record(*r) for r in records]
-        if len(made) == 1:
+        if len(made) == 1 and status is None:
             self.store.append(made[0])
-        else:
-            self.store.append_many(made)
+        else:  # one transaction: the records and, with it, the run's status
+            self.store.append_many(made, status=status, meta=meta)
 
     def record(
         self, step: int, node: str, update: Mapping[str, Any], pending: list[Task], meta: dict

@@ -136,6 +136,47 @@ def test_append_many_is_one_transaction(store: CheckpointStore) -> None:
     assert [s.step for s in store.steps("r2")] == [0]
 
 
+def test_create_run_with_its_first_steps_is_one_transaction(store: CheckpointStore) -> None:
+    store.create_run(run("r1"), [step("r1", 0), step("r1", 1)])
+    assert [s.step for s in store.steps("r1")] == [0, 1]
+    # a bad step, a gap or another run's step: neither the run nor any step is written
+    with pytest.raises(NotJSON, match=r"delta\.v"):
+        store.create_run(run("r2"), [step("r2", 0), step("r2", 1, value={1, 2})])
+    with pytest.raises(CheckpointConflict, match="must be 1"):
+        store.create_run(run("r2"), [step("r2", 0), step("r2", 2)])
+    with pytest.raises(ValueError, match="own first steps"):
+        store.create_run(run("r2"), [step("r1", 0)])
+    with pytest.raises(CheckpointConflict, match="already exists"):
+        store.create_run(run("r1"), [step("r1", 0)])
+    assert store.get_run("r2") is None
+    assert [s.step for s in store.steps("r1")] == [0, 1]
+    store.create_run(run("fork", parent=("r1", 0)), [step("fork", 1, value="f")])
+    assert values(store.steps("fork")) == [("r1", 0, 0), ("fork", 1, "f")]
+
+
+def test_append_many_sets_the_status_in_the_same_transaction(store: CheckpointStore) -> None:
+    store.create_run(RunRecord("r1", "g", "hash-1", time.time(), "running", meta={"tenant": "t"}))
+    store.append_many([step("r1", 0), step("r1", 1)], status="interrupted", meta={"why": "pause"})
+    got = store.get_run("r1")
+    assert got is not None and got.status == "interrupted"
+    assert dict(got.meta) == {"tenant": "t", "why": "pause"}
+    with pytest.raises(CheckpointConflict, match="must be 2"):  # nothing written, status kept
+        store.append_many([step("r1", 5)], status="succeeded")
+    with pytest.raises(ValueError, match="one run"):
+        store.append_many([step("r1", 2), step("r2", 0)], status="succeeded")
+    with pytest.raises(ValueError, match="status"):
+        store.append_many([step("r1", 2)], status="exploded")  # type: ignore[arg-type]
+    after = store.get_run("r1")
+    assert after is not None and after.status == "interrupted"
+    assert [s.step for s in store.steps("r1")] == [0, 1]
+    store.append_many([step("r1", 2)], status="succeeded")
+    done = store.get_run("r1")
+    assert (
+        done is not None and done.status == "succeeded" and dict(done.meta) == {"tenant": "t", "why": "pause"}
+    )
+    assert [s.step for s in store.steps("r1")] == [0, 1, 2]
+
+
 def test_steps_round_trip_and_upto(store: CheckpointStore) -> None:
     store.create_run(run("r1"))
     record = StepRecord(

@@ -79,11 +79,14 @@ class StoreCore(ABC):
 
     # -- runs ------------------------------------------------------------------------------------------
 
-    def create_run(self, run: RunRecord) -> None:
-        """Record a new run; ``CheckpointConflict`` if the id exists, ``RunNotFound`` for a missing parent."""
+    def create_run(self, run: RunRecord, steps: Sequence[StepRecord] = ()) -> None:
+        """Record a new run, with its first ``steps`` in the same transaction (all or none);
+        ``CheckpointConflict`` if the id exists, ``RunNotFound`` for a missing parent."""
         _rules.check_run_id(run.run_id)
         _rules.check_status(run.status)
         check_json(run.meta, "meta")
+        _check_steps(steps)
+        _rules.check_first_steps(run, steps)  # before anything is written
         with self._transaction():
             if self._load_run(run.run_id) is not None:
                 raise _rules.exists_conflict(run.run_id)
@@ -95,6 +98,8 @@ class StoreCore(ABC):
                 if not base or base[-1].step != step:
                     raise _rules.fork_base_missing(run)
             self._save_run(run, new=True)
+            if steps:
+                self._write_steps(steps)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """The run, or ``None`` if this store has no such run."""
@@ -131,14 +136,22 @@ class StoreCore(ABC):
         """Add the run's next step (last + 1, or fork step + 1 for a fork's first); else a conflict."""
         self.append_many((record,))
 
-    def append_many(self, records: Sequence[StepRecord]) -> None:
-        """Append several steps in one transaction: all are written or, on any error, none."""
-        if not records:
+    def append_many(
+        self,
+        records: Sequence[StepRecord],
+        *,
+        status: RunStatus | None = None,
+        meta: Mapping[str, JSON] | None = None,
+    ) -> None:
+        """Append several steps in one transaction: all are written or, on any error, none. With
+        ``status`` (all records then belong to one run), that run's status is set (``meta`` merged
+        over its meta) in the same transaction, after the steps."""
+        run_id = _rules.status_target(records, status)
+        if run_id is None:
             return
-        for r in records:  # before taking the lock: a bad value fails without touching the store
-            _rules.check_step(r)
-            check_json(r.delta, "delta")
-            check_json(r.meta, "meta")
+        _check_steps(records)  # before taking the lock: a bad value fails without touching the store
+        if meta:
+            check_json(meta, "meta")
         with self._transaction():
             next_of: dict[str, int] = {}
             for r in records:
@@ -146,6 +159,10 @@ class StoreCore(ABC):
                     next_of[r.run_id] = self._next_number(r.run_id)
             _rules.plan_sequence(records, next_of)
             self._write_steps(records)
+            if status is not None:
+                run = self._require(run_id)
+                merged = {**run.meta, **meta} if meta else run.meta
+                self._save_run(replace(run, status=status, meta=merged), new=False)
 
     def _next_number(self, run_id: str) -> int:
         last = self._own_last_number(run_id)
@@ -239,3 +256,10 @@ class StoreCore(ABC):
         if run is None:
             raise RunNotFound(run_id, self._where())
         return run
+
+
+def _check_steps(records: Sequence[StepRecord]) -> None:
+    for r in records:
+        _rules.check_step(r)
+        check_json(r.delta, "delta")
+        check_json(r.meta, "meta")

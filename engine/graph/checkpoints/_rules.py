@@ -92,6 +92,32 @@ def plan_sequence(records: Sequence[StepRecord], next_of: dict[str, int]) -> Non
         next_of[record.run_id] = want + 1
 
 
+def check_first_steps(run: RunRecord, steps: Sequence[StepRecord]) -> None:
+    """Check the steps a run is created with: all of that run, numbered from its first step on."""
+    for s in steps:
+        if s.run_id != run.run_id:
+            raise ValueError(
+                f"create_run('{run.run_id}') was given step {s.step} of run '{s.run_id}'; a run is "
+                "created with its own first steps only"
+            )
+    plan_sequence(steps, {run.run_id: first_step(run)})
+
+
+def status_target(records: Sequence[StepRecord], status: str | None) -> str | None:
+    """The run an ``append_many`` writes to (None: nothing to do); with ``status``, the records must
+    all belong to one run, whose status is then set."""
+    if status is None:
+        return records[0].run_id if records else None
+    check_status(status)
+    runs = {r.run_id for r in records}
+    if len(runs) != 1:
+        raise ValueError(
+            f"append_many(status={status!r}) sets the status of the records' run, so they must all "
+            f"belong to one run; got runs {sorted(runs)}"
+        )
+    return runs.pop()
+
+
 def status_set(status: StatusFilter) -> frozenset[str]:
     """The statuses a ``prune`` selects; ``None`` means every status but ``running``.
 

@@ -67,8 +67,9 @@ class CheckpointStore(Protocol):
     JSON.
     """
 
-    def create_run(self, run: RunRecord) -> None:
-        """Record a new run; ``CheckpointConflict`` if the id exists, ``RunNotFound`` for a missing parent."""
+    def create_run(self, run: RunRecord, steps: Sequence[StepRecord] = ()) -> None:
+        """Record a new run, with its first ``steps`` in the same transaction (all or none);
+        ``CheckpointConflict`` if the id exists, ``RunNotFound`` for a missing parent."""
         ...
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -89,8 +90,17 @@ class CheckpointStore(Protocol):
         """Add the run's next step (last + 1, or fork step + 1 for a fork's first); else a conflict."""
         ...
 
-    def append_many(self, records: Sequence[StepRecord]) -> None:
-        """Append several steps in one transaction: all are written or, on any error, none."""
+    def append_many(
+        self,
+        records: Sequence[StepRecord],
+        *,
+        status: RunStatus | None = None,
+        meta: Mapping[str, JSON] | None = None,
+    ) -> None:
+        """Append several steps in one transaction: all are written or, on any error, none. With
+        ``status`` (all records then belong to one run), that run's status is set (``meta`` merged
+        over its meta) in the same transaction, after the steps: a runner commits a run's last step
+        and its end as one unit."""
         ...
 
     def steps(self, run_id: str, *, upto: int | None = None) -> list[StepRecord]:

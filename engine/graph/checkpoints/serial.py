@@ -19,14 +19,24 @@ from typing import Any
 from engine.graph.checkpoints.base import FORMAT, JSON, RUN_STATUSES, SUPPORTED_FORMATS, RunRecord, StepRecord
 from engine.graph.checkpoints.errors import CheckpointCorrupt, NotJSON
 
+# check_circular off: every value is walked by _is_json first, which a cycle never gets through
 _ENCODER = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=lambda o: _as_dict(o)
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,
+    check_circular=False,
+    default=lambda o: _as_dict(o),
 )
+_EMPTY: dict[type, str] = {dict: "{}", list: "[]", tuple: "[]"}  # most records' meta, and a last step's next
 _DECODE = json.JSONDecoder().decode
 
 
 def dumps(value: JSON, path: str = "value") -> str:
     """``value`` as compact JSON text; ``NotJSON`` naming the field path if it is not plain JSON."""
+    if not value:
+        empty = _EMPTY.get(type(value))
+        if empty is not None:
+            return empty
     if not _is_json(value):
         _raise_at(value, path)
     return _ENCODER.encode(value)
