@@ -56,7 +56,6 @@ from engine.runtime.tenants import DEFAULT_TENANT, ClusterTenants, TenantQuota
 
 __all__ = ["Engine", "EngineBusy", "RunCancelled", "RunHandle", "TenantQuota"]
 
-_MODES = ["values", "events"]
 _RUN_OPTIONS = frozenset({"run_id", "resume", "checkpoint", "cache", "progress", "overrides", "value"})
 
 
@@ -111,6 +110,8 @@ class Engine:
         self._tenants = ClusterTenants(self.tenants, holder)
         self._closed = False
         self._active: set[RunHandle] = set()
+        self._to_start: list[RunHandle] = []
+        """Graph runs admitted from other threads, waiting for the loop's next ``_start_pending``."""
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -296,8 +297,19 @@ class Engine:
             assert self._loop is not None
             if threading.current_thread() is self._loop_thread:
                 self._start_graphs(graphs)
-            else:
-                self._loop.call_soon_threadsafe(self._start_graphs, graphs)
+                return
+            # one wake-up of the loop for a burst of submissions, not one each: every wake-up is a
+            # write to the loop's pipe, and the loop thread then takes the GIL from the submitter
+            with self._lock:
+                wake = not self._to_start
+                self._to_start.extend(graphs)
+            if wake:
+                self._loop.call_soon_threadsafe(self._start_pending)
+
+    def _start_pending(self) -> None:
+        with self._lock:
+            handles, self._to_start = self._to_start, []
+        self._start_graphs(handles)
 
     def _start_graphs(self, handles: list[RunHandle]) -> None:
         assert self._loop is not None
@@ -320,16 +332,15 @@ class Engine:
                 from engine.graph.remote import check_placement
 
                 check_placement(app.plan.nodes.values(), placement)
+            # "values" alone: a paused run's last state carries its interrupts (no event dicts per step)
             if resume:
-                stream = app.astream(None, mode=_MODES, run_id=resume, resume=True, placement=placement)
+                stream = app.astream(None, mode="values", run_id=resume, resume=True, placement=placement)
             else:
-                stream = app.astream(handle._inputs, mode=_MODES, run_id=handle.run_id, placement=placement)
-            async for mode, item in stream:
-                if mode == "values":
-                    handle._push(item)
-                elif item.get("event") == "interrupted":
-                    interrupted = True
+                stream = app.astream(handle._inputs, mode="values", run_id=handle.run_id, placement=placement)
+            async for item in stream:
+                handle._push(item)
             last = handle._values[-1] if handle._values else None
+            interrupted = bool(getattr(last, "__interrupt__", None))
             handle._finish("interrupted" if interrupted else "succeeded", result=last)
         except asyncio.CancelledError:
             handle._finish("cancelled", error=RunCancelled(f"run {handle.run_id!r} was cancelled"))
