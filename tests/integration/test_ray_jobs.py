@@ -195,3 +195,30 @@ def test_a_driver_without_the_clusters_token_is_told_what_to_set(head: Head, tmp
     assert "token authentication" in done.stderr
     assert "RAY_AUTH_TOKEN" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_successful_llm_run_leaves_no_failed_pool_task_in_rays_task_list(
+    head: Head, tmp_path: Path
+) -> None:
+    """Issue 25, point 6: how pools end their calls leaves no FAILED (WORKER_DIED) `process` task."""
+    env = dict(head.env, HEADRACE_OUT=str(tmp_path / "out"), HEADRACE_HOME=str(tmp_path / "home"))
+    done = subprocess.run(
+        [sys.executable, "-c", "from engine.cli import main; main()", "run",
+         str(ROOT / "configs/examples/quickstart.yaml"), "--address", head.gcs, "--json", "--no-cache"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads(done.stdout)["nodes"]["triage"]["rows"] > 0
+
+    def tasks(state: str) -> list[tuple[str, str | None]]:
+        listed = subprocess.run(
+            [RAY, "list", "tasks", "--address", head.dashboard, "--filter", f"state={state}",
+             "--format", "json", "--limit", "10000"],
+            env=head.env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr[-3000:]
+        text = listed.stdout[listed.stdout.find("[") :] if "[" in listed.stdout else "[]"  # after any notice
+        return [(t["name"], t.get("error_type")) for t in json.loads(text)]
+
+    assert any(name == "PoolWorker.process" for name, _ in tasks("FINISHED"))  # the list sees the pool
+    assert [t for t in tasks("FAILED") if "PoolWorker" in t[0]] == []
