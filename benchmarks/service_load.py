@@ -1,13 +1,13 @@
 """The service under load: many HTTP clients submitting small pipelines to ``headrace serve``'s API.
 
-``python -m benchmarks.service_load [--clients 200] [--runs 2000]`` starts the service in a child process
-(loopback, its own ``$HEADRACE_HOME``, an engine without Ray: the pipelines are small state graphs), then
-``--clients`` concurrent httpx clients submit ``--runs`` pipelines in all (``POST /v1/runs`` with the
-pipeline's text, each with a token of the store), and it reports the latency from sending a submission to
-its ``201`` (p50, p99), the sustained submissions per second, the server's memory every 10% of the way
-(flat, or not), and the machine's load (others' CPU share, as every family records it). The runs go on
-after their ``201``; the figures are about admitting them. Results:
-``benchmarks/results/<date>-service-load.json``.
+``python -m benchmarks.service_load [--clients 200] [--runs 2000] [--rounds 2]`` starts the service in a
+child process (loopback, its own ``$HEADRACE_HOME``, an engine without Ray: the pipelines are small state
+graphs), then ``--clients`` concurrent httpx clients submit ``--runs`` pipelines in all (``POST /v1/runs``
+with the pipeline's text, each with a token of the store), ``--rounds`` times. It reports per round the
+latency from sending a submission to its ``201`` (p50, p99), the sustained submissions per second, the
+server's memory every 10% of the way (flat, or not: a second round must not add to what the first left),
+and the machine's load (others' CPU share, as every family records it). The runs go on after their
+``201``; the figures are about admitting them. Results: ``benchmarks/results/<date>-service-load.json``.
 Not part of ``python -m benchmarks run``: it is the issue's load test, run on demand.
 """
 
@@ -149,6 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.service_load", description=__doc__)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds of --runs submissions (memory must stay flat across them)",
+    )
     parser.add_argument("--serve", metavar="INFO_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -173,22 +179,29 @@ def main(argv: list[str] | None = None) -> None:
 
             store = TokenStore(Path(home) / "tokens.json")
             tokens = [store.create("operator", ["*"])[0] for _ in range(args.clients)]
+            server = psutil.Process(child.pid)
+            rounds = []
             with MemorySampler(shmem_bytes()) as sampler:
-                result = asyncio.run(_load(served["url"], tokens, args.runs, psutil.Process(child.pid)))
+                for _ in range(args.rounds):
+                    rounds.append(asyncio.run(_load(served["url"], tokens, args.runs, server)))
+                    print(json.dumps(rounds[-1]), flush=True)
         finally:
             child.kill()
             child.wait(30)
-    rss = [mb for _, mb in result["server_rss_mb_by_submissions"]]
+    first, last = rounds[0]["server_rss_mb_by_submissions"], rounds[-1]["server_rss_mb_by_submissions"]
     doc = {
         "family": "service-load",
         "command": " ".join(["python -m benchmarks.service_load", *(argv or sys.argv[1:])]),
         "machine": machine,
-        "result": result,
+        "result": rounds[0],
+        "rounds": rounds,
         "memory": sampler.peaks.as_dict(),
-        "server_rss_growth_mb_last_half": round(rss[-1] - rss[len(rss) // 2], 1),
+        "server_rss_mb_after_each_round": [r["server_rss_mb_by_submissions"][-1][1] for r in rounds],
+        # flat: what the later rounds add once the first has warmed the server up (imports, caches)
+        "server_rss_growth_mb_after_first_round": round(last[-1][1] - first[-1][1], 1),
     }
     path = write_json(doc, "service-load")
-    print(json.dumps(doc["result"], indent=1))
+    print(json.dumps(doc["server_rss_mb_after_each_round"]))
     print(f"others' CPU share {doc['memory']['other_cpu_share']}; results: {path}")
 
 

@@ -7,7 +7,10 @@ own canonical JSON, so editing, reordering or deleting a line breaks the chain a
 ``headrace audit head`` prints the last hash, to be kept elsewhere and checked with ``--expect-head``.
 
 The log is JSON lines (never pickle); appends take an exclusive lock so concurrent runs on one machine
-never interleave or fork the chain.
+never interleave or fork the chain. Appends from many threads of one process are committed in groups
+(:class:`_GroupCommit`): whoever finds no write under way writes every entry queued so far under one
+lock with one ``fsync``, and each caller returns only once its own entry is on disk, so "appended before
+the answer" still holds while a busy service pays one ``fsync`` per group rather than per request.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import getpass
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -79,22 +83,32 @@ class AuditLog:
         self.path = Path(path) if path is not None else default_audit_path()
 
     def append(self, event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """Append one entry and return it (with its ``seq``, ``prev`` and ``hash``)."""
+        """Append one entry and return it (with its ``seq``, ``prev`` and ``hash``) once it is on disk;
+        concurrent appends of this process to the same file share one lock and one ``fsync``."""
+        redacted: dict[str, Any] = redact_data(dict(fields))  # a secret interpolated into a plain field
+        return _committer(self.path).append(self, event, redacted)
+
+    def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Append ``batch`` (event, redacted fields) under one lock with one ``fsync``; its entries."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._locked() as fh:
                 last = _last_line(fh)
                 prev, seq = (last["hash"], last["seq"] + 1) if last else (GENESIS, 0)
-                fields = redact_data(dict(fields))  # a secret interpolated into a plain field
-                body = {"format": AUDIT_FORMAT, "seq": seq, "time": time.time(), "event": event, **fields}
-                entry = {**body, "prev": prev, "hash": _digest(prev, body)}
+                entries, lines = [], []
+                for event, fields in batch:
+                    body = {"format": AUDIT_FORMAT, "seq": seq, "time": time.time(), "event": event, **fields}
+                    entry = {**body, "prev": prev, "hash": _digest(prev, body)}
+                    entries.append(entry)
+                    lines.append(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+                    prev, seq = entry["hash"], seq + 1
                 fh.seek(0, os.SEEK_END)
-                fh.write((json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n").encode())
+                fh.write("".join(lines).encode())
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
             raise AuditError(f"cannot append to the audit log {self.path}: {exc}") from None
-        return entry
+        return entries
 
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every entry, oldest first (a line that is not JSON raises ``AuditError`` naming it)."""
@@ -159,6 +173,78 @@ class AuditLog:
                 yield fh
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class _Pending:
+    """One caller's entry waiting for its group's write."""
+
+    __slots__ = ("entry", "error", "event", "fields", "written")
+
+    def __init__(self, event: str, fields: dict[str, Any]) -> None:
+        self.event, self.fields = event, fields
+        self.entry: dict[str, Any] | None = None
+        self.error: AuditError | None = None
+        self.written = False
+
+
+class _GroupCommit:
+    """Group commit for one audit file in this process (leader and followers).
+
+    A caller queues its entry; if no write is under way it becomes the writer, takes every entry queued
+    so far (its own and those that arrived while the previous group was written) and writes them with
+    one lock and one ``fsync``; the others wait until their entry is written (or failed). Order in the
+    file is the order of arrival; the chain is computed under the file lock as before, so other
+    processes appending to the same file interleave whole groups and never fork the chain.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._writing = False
+
+    def append(self, log: AuditLog, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+        json.dumps(fields)  # a field JSON cannot hold fails its own caller here, not the whole group
+        mine = _Pending(event, fields)
+        with self._cond:
+            self._queue.append(mine)
+            while self._writing and not mine.written:
+                self._cond.wait()
+            if not mine.written:  # no write under way: this caller writes the group
+                group, self._queue, self._writing = self._queue, [], True
+            else:
+                group = []
+        if group:
+            try:
+                written = log._write([(p.event, p.fields) for p in group])
+                for pending, entry in zip(group, written, strict=True):
+                    pending.entry = entry
+            except AuditError as exc:
+                for pending in group:
+                    pending.error = exc
+            finally:  # whatever happened, the followers are woken and the next group can be written
+                with self._cond:
+                    for pending in group:
+                        pending.written = True
+                    self._writing = False
+                    self._cond.notify_all()
+        if mine.error is not None:
+            raise AuditError(str(mine.error))
+        if mine.entry is None:  # the writer met something unexpected (its own caller sees the exception)
+            raise AuditError("the audit entry was not written: the group it was in failed")
+        return mine.entry
+
+
+_committers: dict[str, _GroupCommit] = {}
+_committers_lock = threading.Lock()
+
+
+def _committer(path: Path) -> _GroupCommit:
+    key = os.path.abspath(path)
+    with _committers_lock:
+        found = _committers.get(key)
+        if found is None:
+            found = _committers[key] = _GroupCommit()
+        return found
 
 
 def _last_line(fh: IO[bytes]) -> dict[str, Any] | None:

@@ -12,10 +12,10 @@ those that only read (``/v1/validate``, ``/v1/estimate``, the web view's sign-in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-
-from starlette.concurrency import run_in_threadpool
 
 from engine.audit import AuditLog
 
@@ -60,12 +60,21 @@ def entry_fields(method: str, path: str, status: int, state: MutableMapping[str,
     return fields
 
 
+_WRITERS = 64
+"""Threads waiting on the audit log's group commits: apart from the request threads, so requests waiting
+for their entry to be on disk never hold a thread that a route needs (the log writes them in groups)."""
+
+
 class AuditTrail:
     """ASGI middleware appending the audited requests' entries (see the module's docstring)."""
 
     def __init__(self, app: _ASGIApp, log: AuditLog) -> None:
         self.app = app
         self.log = log
+        self._writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="headrace-audit")
+
+    async def _append(self, fields: dict[str, Any]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._writers, self.log.append, "api", fields)
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         if scope["type"] != "http":
@@ -84,7 +93,7 @@ class AuditTrail:
                 status = int(message["status"])
                 if audited(method, path, status):
                     fields = entry_fields(method, path, status, state, where)
-                    await run_in_threadpool(self.log.append, "api", fields)
+                    await self._append(fields)
             await send(message)
 
         try:
@@ -92,5 +101,5 @@ class AuditTrail:
         except Exception:
             if not started and audited(method, path, 500):
                 fields = entry_fields(method, path, 500, state, where)
-                await run_in_threadpool(self.log.append, "api", fields)
+                await self._append(fields)
             raise

@@ -28,8 +28,10 @@ from engine.service.ledger import RunLedger
 from engine.service.models import PipelineSource, RunRequest
 
 _TICK_S = 0.5
-_KEEP_ENDED = 10_000
-"""Ended runs held for ``GET /v1/runs/{id}`` (older ones are in the runs store: `headrace runs show`)."""
+_KEEP_ENDED = 256
+"""Ended runs held in memory with their event logs (for a late reader of their stream). Older ones are
+answered from the ledger and the runs store (as after a restart), so memory stays flat however many runs
+a server has taken (``python -m benchmarks.service_load --rounds 2`` shows it)."""
 _INTERNAL = 70
 
 
@@ -80,6 +82,7 @@ class ServedRuns:
         with self._lock:
             if run_id is not None and run_id in self._runs and not self._runs[run_id].handle.done():
                 raise DuplicateRun(f"run {run_id!r} is in flight on this engine")
+        fresh = run_id is None
         if run_id is None:  # chosen here so the ledger has the run before the engine does
             run_id = f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(6)}"
         options: dict[str, Any] = {"cache": request.cache, "progress": False}
@@ -91,7 +94,8 @@ class ServedRuns:
         if "value" in request.model_fields_set:
             options["value"] = request.value
         tenant = request.tenant or "default"
-        previous = self.ledger.get(run_id) if self.ledger is not None else None
+        # a fresh id has no earlier row to put back if the engine refuses the run
+        previous = self.ledger.get(run_id) if self.ledger is not None and not fresh else None
         if self.ledger is not None:
             stored = request.model_dump(exclude={"env", "value"}, exclude_none=True)
             self.ledger.accept(run_id, tenant, compiled.checked.plan.name, token, stored)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import threading
+import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from engine.audit import GENESIS, AuditLog
@@ -89,3 +92,48 @@ def test_cli_verify_exits_1_naming_the_line(tmp_path: Path) -> None:
     assert f"{log.path}:2: error:" in bad.output
     head = runner.invoke(cli, ["audit", "head", "--log", str(log.path)])
     assert head.exit_code == 0 and len(head.output.strip()) == 64
+
+
+def test_concurrent_appends_share_one_fsync_per_group_and_keep_the_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: while one group is being written, the appends that arrive wait and are written
+    together as the next group, with one fsync; each caller returns its own entry, on disk."""
+    from engine import audit
+
+    log = AuditLog(tmp_path / "audit.jsonl")
+    synced: list[int] = []
+    release = threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        if len(synced) == 1:  # hold the first group on disk until every other append is queued
+            assert release.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(audit.os, "fsync", fsync)
+    got: dict[int, dict[str, object]] = {}
+
+    def append(i: int) -> None:
+        got[i] = log.append("api", {"method": "POST", "n": i})
+
+    first = threading.Thread(target=append, args=(0,))
+    first.start()
+    while not synced:  # the first append is inside its fsync
+        time.sleep(0.001)
+    others = [threading.Thread(target=append, args=(i,)) for i in range(1, 21)]
+    for t in others:
+        t.start()
+    committer = audit._committer(log.path)
+    while len(committer._queue) < 20:  # every other append waits for the group under way
+        time.sleep(0.001)
+    release.set()
+    for t in [first, *others]:
+        t.join(30)
+    assert len(synced) == 2  # one fsync for the first group, one for the 20 queued behind it
+    assert log.verify() == []
+    on_disk = {e["n"]: e for e in log.entries()}
+    assert sorted(on_disk) == list(range(21))
+    assert all(got[i] == on_disk[i] for i in range(21))  # each caller got its own written entry
+    assert [e["seq"] for e in log.entries()] == list(range(21))
