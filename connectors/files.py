@@ -9,7 +9,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from engine.errors import DataError
-from engine.policy import Policy
+from engine.policy import active_policy
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def resolve(path: str, base_dir: str) -> str:
 def expand(paths: list[str], *, node: str, suffixes: tuple[str, ...] = ()) -> list[FileRef]:
     """Every file the paths name, in a stable order; folders list their files recursively."""
     out: list[FileRef] = []
-    policy = Policy.from_env()
+    policy = active_policy()  # the run's (a tenant's on a service), else this process's environment's
     for path in paths:
         fs, fs_path = url_to_fs(path)
         protocol = _protocol(fs)

@@ -48,6 +48,9 @@ class StageJob:
     """Each pooled (LLM) node's way to its shared pool (a ``PoolClient``); filled in by the runtime."""
     trace: Mapping[str, str] = field(default_factory=dict)
     """The run's trace context for the task's spans (see engine.telemetry); empty: tracing is off."""
+    policy: Policy | None = None
+    """The run's policy, in force in the worker while it runs the task (code it imports is judged by it,
+    not by the worker's environment); None: the worker's environment's."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class TailJob:
     """The pipeline's params (an LLM barrier renders templates with them)."""
     trace: Mapping[str, str] = field(default_factory=dict)
     """The run's trace context for the task's spans (see engine.telemetry); empty: tracing is off."""
+    policy: Policy | None = None
+    """The run's policy, in force in the worker while it runs the task (as :attr:`StageJob.policy`)."""
 
 
 @dataclass(frozen=True)
@@ -129,9 +134,13 @@ def ray_options(resources: Resources) -> dict[str, Any]:
 
 
 def build_physical(
-    stages: list[Stage], batch_rows: int, resolve: Callable[[str, str], str]
+    stages: list[Stage],
+    batch_rows: int,
+    resolve: Callable[[str, str], str],
+    policy: Policy | None = None,
 ) -> list[PhysicalStage]:
-    """Physical stages; ``resolve(node, path)`` makes a node's relative path absolute."""
+    """Physical stages; ``resolve(node, path)`` makes a node's relative path absolute; ``policy`` (the
+    run's) travels with every task to be in force in the worker."""
     out = []
     for stage in stages:
         src, sink = stage.source.spec, stage.sink.spec
@@ -148,6 +157,7 @@ def build_physical(
             on_error={n.id: n.on_error for n in stage.nodes if n.on_error.mode != "fail"},
             dead_letters=_dead_letter_folder(stage, resolve),
             emit=bool(stage.barriers),
+            policy=policy,
         )
         tails = tuple(
             TailJob(
@@ -159,6 +169,7 @@ def build_physical(
                 output=job.output if i == len(stage.barriers) - 1 else None,
                 on_error=job.on_error,
                 dead_letters=job.dead_letters,
+                policy=policy,
             )
             for i, b in enumerate(stage.barriers)
         )

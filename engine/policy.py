@@ -21,6 +21,12 @@ file. There are two named policies:
                                ``call``, plugin entry points), comma-separated (``mycompany.etl,tests``);
                                open: unset means any
 
+A run carries its policy: the service compiles each run under its tenant's policy (the server's narrowed
+by the tenant's, :meth:`Policy.narrowed`), the compiled plan holds it, and the runtime puts it in force
+(:meth:`Policy.active`) around the run in the driver and around each task in a worker, so every later
+check (a folder expanded, code imported in a worker) judges by the run's policy, not by the environment
+of the process it happens in. Outside a run, :func:`active_policy` is the environment's.
+
 A local path is judged by where it really is: ``..`` is resolved and symlinks are followed, so a link
 inside an allowed folder that points outside it is refused, both when the pipeline is checked and when a
 folder or glob is expanded in a worker. Code is judged by where it is *defined*: an import path must name
@@ -33,7 +39,9 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -133,6 +141,37 @@ class Policy:
 
         return policy_from_mapping(data, document=document, at=at)
 
+    def narrowed(self, other: Policy) -> Policy:
+        """What both ``self`` and ``other`` allow: a tenant's policy applied to the server's can only take
+        away (roots inside both, schemes in both, modules inside both; closed if either is)."""
+        return Policy(
+            roots=_meet(self.roots, other.roots, "/"),
+            schemes=self.schemes & other.schemes,
+            modules=_meet(self.modules, other.modules, "."),
+            name="closed" if "closed" in (self.name, other.name) else "open",
+        )
+
+    def beyond(self, other: Policy) -> list[tuple[str, str]]:
+        """What ``other`` lists that ``self`` does not allow, as (field, value): a tenant's policy naming
+        them would try to widen the server's (:meth:`narrowed` drops them)."""
+        out: list[tuple[str, str]] = []
+        if self.roots is not None:
+            out += [("roots", r) for r in other.roots or () if not _within(r, self.roots, "/")]
+        out += [("schemes", s) for s in sorted(other.schemes) if s not in self.schemes]
+        if self.modules is not None:
+            out += [("modules", m) for m in other.modules or () if not _within(m, self.modules, ".")]
+        return out
+
+    @contextmanager
+    def active(self) -> Iterator[Policy]:
+        """Put this policy in force for what runs in this context (this thread, or this task's
+        coroutines) until the block ends: :func:`active_policy` answers it."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
     def environ(self) -> dict[str, str]:
         """This policy as the ``HEADRACE_*`` variables, for the workers of a service that holds it."""
         out = {"HEADRACE_POLICY": self.name, "HEADRACE_ALLOWED_SCHEMES": ",".join(sorted(self.schemes))}
@@ -192,6 +231,27 @@ class Policy:
         )
 
 
+_ACTIVE: ContextVar[Policy | None] = ContextVar("headrace_policy", default=None)
+
+
+def active_policy() -> Policy:
+    """The policy in force here: the run's (see :meth:`Policy.active`), else the environment's."""
+    found = _ACTIVE.get()
+    return found if found is not None else Policy.from_env()
+
+
+def _within(item: str, prefixes: Iterable[str], sep: str) -> bool:
+    return any(item == p or item.startswith(p.rstrip(sep) + sep) for p in prefixes)
+
+
+def _meet(mine: tuple[str, ...] | None, theirs: tuple[str, ...] | None, sep: str) -> tuple[str, ...] | None:
+    """The prefixes (folders, URL prefixes, module names) inside both lists; None stands for anything."""
+    if mine is None or theirs is None:
+        return theirs if mine is None else mine
+    kept = {a for a in mine if _within(a, theirs, sep)} | {b for b in theirs if _within(b, mine, sep)}
+    return tuple(sorted(kept))
+
+
 def _root(given: str | os.PathLike[str]) -> str:
     text = os.fspath(given).strip()
     return text.rstrip("/") if "://" in text else os.path.realpath(os.path.expanduser(text))
@@ -241,7 +301,7 @@ def import_object(path: str, policy: Policy | None = None) -> object:
 
     Raises ``PolicyViolation``, or ``ImportError`` / ``AttributeError`` saying what is missing.
     """
-    policy = Policy.from_env() if policy is None else policy
+    policy = active_policy() if policy is None else policy
     problem = policy.module_problem(path)
     if problem is not None:
         raise PolicyViolation(f"{path}: {problem}")

@@ -18,6 +18,7 @@ import httpx
 import uvicorn
 
 from engine.audit import AuditLog
+from engine.policy import Policy
 from engine.runtime.engine import Engine
 from engine.runtime.tenants import TenantQuota
 from engine.service.app import create_app
@@ -76,10 +77,13 @@ def live_service(
     tls: tuple[Path, Path] | None = None,
     max_concurrent_runs: int = 8,
     schedules: list[ScheduleSpec] | None = None,
+    policies: dict[str, Policy] | None = None,
     **app_options: Any,
 ) -> Iterator[LiveService]:
     """Serve the app until the block ends (``home`` must be ``$HEADRACE_HOME`` of the test); ``quotas``:
-    the engine's tenants; ``tls``: (certificate, key) to serve HTTPS with."""
+    the engine's tenants; ``tls``: (certificate, key) to serve HTTPS with; ``policies``: the tenants' own
+    policies (as the configuration's ``tenants.T.policy``); dataflow runs use the Ray this process has
+    (the ``ray_cluster`` fixture's)."""
     tokens = ServiceTokens(LocalToken(), TokenStore(home / "tokens.json"))
     audit = AuditLog(home / "audit.jsonl")
     app = create_app(None, tokens, audit, **app_options)
@@ -97,7 +101,7 @@ def live_service(
 
     def started() -> None:
         if running is not None:
-            app.state.runs = open_served_runs(running, asyncio.get_running_loop())
+            app.state.runs = open_served_runs(running, asyncio.get_running_loop(), policies)
             app.state.schedules = start_schedules(app.state.runs, schedules or [], audit)
         ready.set()
 

@@ -41,7 +41,7 @@ from engine.physical import (
     plan_pools,
 )
 from engine.plan import Plan, Problem
-from engine.policy import Policy
+from engine.policy import Policy, active_policy
 from engine.spec.models import Pipeline
 from engine.spec.registry import Kind, behaviour_kinds
 
@@ -59,12 +59,13 @@ def compile_pipeline(
     """Compile ``checked``; never raises for a problem of the pipeline (see :meth:`Compiled.raise_errors`).
 
     ``capacity`` (each alive Ray node's resources, name -> amount, as ``ray.nodes()`` gives) and ``placement``
-    add the checks that need a cluster; ``policy`` defaults to the deployment's (``Policy.from_env``);
+    add the checks that need a cluster; ``policy`` defaults to the one in force (the run's inside a run,
+    else the deployment's: :func:`engine.policy.active_policy`);
     ``cache=False`` compiles for a run that neither reads nor writes the response cache; ``credentials``
     is the severity of a provider's missing key (``validate`` warns: the machine that runs may have one).
     """
     pipeline = checked.loaded.spec
-    policy = policy if policy is not None else Policy.from_env()
+    policy = policy if policy is not None else active_policy()
     if _is_state_graph(pipeline):  # its `call` nodes' code is what the policy judges
         denied = _located(check_policy([], checked.plan.nodes.values(), policy), checked)
         subs = tuple(subpipeline_problems(checked, _chain, compile_pipeline))
@@ -76,7 +77,7 @@ def compile_pipeline(
     problems += found
     problems += _type_problems(checked.plan)
     problems += _behaviour_problems(checked.plan)
-    physical = build_physical(stages, pipeline.defaults.batch_rows, checked.resolver())
+    physical = build_physical(stages, pipeline.defaults.batch_rows, checked.resolver(), policy)
     problems += check_outputs(physical)
     problems += check_policy(physical, checked.plan.nodes.values(), policy)
     pools, found = plan_pools(stages, pipeline.defaults)

@@ -122,7 +122,13 @@ def run_checked(
         run_id = resume or run_id or new_run_id()
     name = checked.loaded.spec.name
     outcome: RunSummary | GraphRunSummary | None = None
-    with run_context(resume or run_id or "", name), telemetry.run_span(resume or run_id, name) as span:
+    # the run's policy (a service tenant's) is what the driver's checks judge by: folders and globs
+    # expanded when splits are planned, a state graph's code imported, a sub-pipeline compiled
+    with (
+        compiled.policy.active(),
+        run_context(resume or run_id or "", name),
+        telemetry.run_span(resume or run_id, name) as span,
+    ):
         try:
             if graph:
                 outcome = run_graph(

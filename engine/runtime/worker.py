@@ -11,10 +11,12 @@ are written (with node, error, input file and split offset) to a dead-letter fil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -28,6 +30,7 @@ from connectors.writers import PartInfo, open_part
 from engine import telemetry
 from engine.errors import BudgetExceeded, DataError, FatalRunError, TransientError
 from engine.physical import StageJob, TailJob
+from engine.policy import Policy
 from engine.runtime.allocator import keep_freed_memory
 from engine.runtime.llm.pool import PoolClient, PoolResult
 from engine.spec.models import NodeSpec
@@ -96,6 +99,16 @@ class _Where:
 def run_split(job: StageJob, split: Split) -> Any:
     """Run the head segment on ``split``: a SplitResult, or (SplitResult, tables) when ``job.emit``."""
     keep_freed_memory()
+    with _in_force(job.policy):
+        return _run_split_traced(job, split)
+
+
+def _in_force(policy: Policy | None) -> AbstractContextManager[Any]:
+    """The run's policy in force for a task (a worker serves many runs, each with its own policy)."""
+    return policy.active() if policy is not None else contextlib.nullcontext()
+
+
+def _run_split_traced(job: StageJob, split: Split) -> Any:
     if job.trace:
         nodes = [job.source_id, *(n for n, _ in job.transforms), *([] if job.emit else [job.sink_id])]
         where = {"headrace.input": split.url, "headrace.byte_range": [split.start, split.end]}
@@ -137,11 +150,12 @@ def _run_split(job: StageJob, split: Split) -> Any:
 def run_tail(job: TailJob, tables: list[pa.Table], index: int) -> Any:
     """Run a tail segment on batches a barrier released: a SplitResult, or (SplitResult, tables)."""
     keep_freed_memory()
-    if job.trace:
-        nodes = [n for n, _ in job.transforms] + ([job.sink_id] if job.sink is not None else [])
-        where = {"headrace.barrier": job.barrier_id}
-        return _traced("tail", job.trace, nodes, index, where, partial(_run_tail, job, tables, index))
-    return _run_tail(job, tables, index)
+    with _in_force(job.policy):
+        if job.trace:
+            nodes = [n for n, _ in job.transforms] + ([job.sink_id] if job.sink is not None else [])
+            where = {"headrace.barrier": job.barrier_id}
+            return _traced("tail", job.trace, nodes, index, where, partial(_run_tail, job, tables, index))
+        return _run_tail(job, tables, index)
 
 
 def _traced(

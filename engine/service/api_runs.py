@@ -16,7 +16,7 @@ from engine.policy import PolicyViolation
 from engine.records.events import RECORD_STATUSES
 from engine.runtime.admission import EngineBusy
 from engine.service import catalog
-from engine.service.auth import Operator, Principal, Viewer, for_tenant, note
+from engine.service.auth import Operator, Principal, Viewer, for_tenant, note, tenant_of
 from engine.service.catalog import Found
 from engine.service.models import Problems, ResumeRequest, RunCreated, RunPage, RunRequest
 from engine.service.runs import DuplicateRun, ServedRuns, UnknownRun
@@ -54,8 +54,7 @@ def _read_run(run_id: str, request: Request, caller: Viewer) -> Found:
 def submit_run(runs: ServedRuns, body: RunRequest, request: Request, caller: Principal) -> Any:
     """Start ``body`` for ``caller``: 201, or 422 with located problems, 403, 409 or 429."""
     if body.tenant is None:
-        only = sorted(caller.tenants) if caller.tenants is not None else []
-        body = body.model_copy(update={"tenant": only[0] if len(only) == 1 else "default"})
+        body = body.model_copy(update={"tenant": tenant_of(caller)})
     assert body.tenant is not None
     for_tenant(request, caller, body.tenant)
     note(request, target=body.path or "(text)", run_id=body.resume or body.run_id)

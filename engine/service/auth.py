@@ -156,6 +156,12 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+def tenant_of(caller: Principal) -> str:
+    """The tenant a request that names none acts for: the token's only tenant, else ``default``."""
+    only = sorted(caller.tenants) if caller.tenants is not None else []
+    return only[0] if len(only) == 1 else "default"
+
+
 def for_tenant(request: Request, caller: Principal, tenant: str) -> None:
     """Refuse (403) a request that acts for a tenant that is not the caller's."""
     note(request, tenant=tenant)

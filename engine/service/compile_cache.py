@@ -1,15 +1,17 @@
 """The warm engine's compile cache: a pipeline is checked and compiled once per content, overrides and
 environment.
 
-A key is the file's name, a hash of its bytes, the ``--set`` values, the directory they are relative to
-and whether the run uses the response cache. An entry remembers which variables the check looked up
+A key is the file's name, a hash of its bytes, the ``--set`` values, the directory they are relative to,
+whether the run uses the response cache and the policy it is checked under (a tenant's, see
+:meth:`engine.service.runs.ServedRuns.policy_for`). An entry remembers which variables the check looked up
 (``${NAME}`` references, the policy's) and their values, so it serves only a request whose environment
 gives them the same values; any change to the file's bytes (the format has no includes: a pipeline is
 one file) makes a new key, so a changed file is compiled afresh. Refusals are cached too: an invalid
 file is answered from the cache until it changes.
 
-The policy is the server's, whatever the request: ``HEADRACE_POLICY`` and ``HEADRACE_ALLOWED_*`` are read
-from the server's environment, never from the values a client sends for its references.
+The policy is the server's, never the request's: the caller gives it (the server's environment's, narrowed
+by the tenant's), and ``HEADRACE_POLICY`` and ``HEADRACE_ALLOWED_*`` are never read from the values a
+client sends for its references.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from engine.compile import Compiled, compile_pipeline
 from engine.errors import ConfigError
 from engine.policy import Policy
 
-_Key = tuple[str, str, tuple[str, ...], str | None, bool]
+_Key = tuple[str, str, tuple[str, ...], str | None, bool, Policy]
 _SERVER_SIDE = ("HEADRACE_POLICY", "HEADRACE_ALLOWED_")
 
 
@@ -94,11 +96,14 @@ class CompileCache:
         env: Mapping[str, str],
         cwd: str | None,
         cache: bool = True,
+        policy: Policy | None = None,
     ) -> Compiled:
-        """The compiled pipeline for ``content`` (read from ``path``), from the cache when it holds one
-        made with the same overrides and environment values; raises :class:`ConfigError` as ``validate``
-        would refuse it. ``cache``: whether the run uses the LLM response cache."""
-        key: _Key = (path, hashlib.sha256(content).hexdigest(), tuple(overrides), cwd, cache)
+        """The compiled pipeline for ``content`` (read from ``path``) under ``policy``, from the cache when
+        it holds one made with the same overrides, policy and environment values; raises
+        :class:`ConfigError` as ``validate`` would refuse it. ``cache``: whether the run uses the LLM
+        response cache; ``policy`` defaults to the server's environment's."""
+        policy = Policy.from_env() if policy is None else policy
+        key: _Key = (path, hashlib.sha256(content).hexdigest(), tuple(overrides), cwd, cache, policy)
         current = _LookupRecorder(env)
         with self._lock:
             for entry in self._entries.get(key, ()):
@@ -112,8 +117,6 @@ class CompileCache:
         refusal: ConfigError | None = None
         try:
             checked = check_file(path, content=content, overrides=overrides, env=recorder, cwd=cwd)
-            # the policy read through the recorder: its variables join the key (and are the server's)
-            policy = Policy.from_env(recorder)
             compiled = compile_pipeline(checked, cache=cache, policy=policy).raise_errors()
         except ConfigError as exc:
             refusal = exc

@@ -36,6 +36,12 @@ class PipelineSource(BaseModel):
         description="Values for the pipeline's `${NAME}` references (a name absent here is unset); default: "
         "the server's environment.",
     )
+    tenant: str | None = Field(
+        None,
+        description="The tenant the pipeline is checked under (its policy: the server's narrowed by the "
+        "tenant's own) and a run admitted and accounted under (one of the token's); default: the token's "
+        "only tenant, else `default`.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> PipelineSource:
@@ -49,11 +55,6 @@ class RunRequest(PipelineSource):
 
     run_id: str | None = Field(None, description="Use this run id instead of a generated one.")
     resume: str | None = Field(None, description="Continue this earlier run of the same pipeline.")
-    tenant: str | None = Field(
-        None,
-        description="The tenant the run is admitted and accounted under (one of the token's); default: the "
-        "token's only tenant, else `default`.",
-    )
     priority: int = Field(0, description="Higher starts first within the tenant.")
     inputs: dict[str, Any] | None = Field(None, description="A state graph's input state.")
     cache: bool = Field(True, description="Read and write the LLM response cache.")

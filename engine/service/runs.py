@@ -62,12 +62,15 @@ class ServedRuns:
         loop: asyncio.AbstractEventLoop,
         ledger: RunLedger | None = None,
         records: RecordStore | None = None,
+        policies: Mapping[str, Policy] | None = None,
     ) -> None:
         self.engine = engine
         self.cache = cache
         self.ledger = ledger
         self.records = records
         """The runs store's records (the per-node table, reports), where the runs write them."""
+        self.policies = dict(policies or {})
+        """Each tenant's own policy (the configuration's), applied on top of the server's."""
         self._loop = loop
         self._runs: dict[str, ServedRun] = {}
         self._lock = threading.Lock()
@@ -77,7 +80,8 @@ class ServedRuns:
         """Check and submit ``request`` for the caller ``token`` (its id, for the ledger); raise
         :class:`ConfigError` for an invalid pipeline. The run is in the ledger before it is submitted, so
         an accepted run is never lost from ``GET /v1/runs`` (see :mod:`engine.service.ledger`)."""
-        compiled = self._check(request)
+        tenant = request.tenant or "default"
+        compiled = self._check(request, tenant)
         run_id = request.resume or request.run_id
         with self._lock:
             if run_id is not None and run_id in self._runs and not self._runs[run_id].handle.done():
@@ -93,7 +97,6 @@ class ServedRuns:
             options["run_id"] = run_id
         if "value" in request.model_fields_set:
             options["value"] = request.value
-        tenant = request.tenant or "default"
         # a fresh id has no earlier row to put back if the engine refuses the run
         previous = self.ledger.get(run_id) if self.ledger is not None and not fresh else None
         if self.ledger is not None:
@@ -169,24 +172,37 @@ class ServedRuns:
                     served.last_progress = snapshot
                     served.events.append("progress", {"status": served.handle.status(), "summary": snapshot})
 
-    def _check(self, request: RunRequest) -> Compiled:
+    def policy_for(self, tenant: str) -> Policy:
+        """The policy ``tenant``'s pipelines are checked and run under: the server's (its environment's,
+        read now) narrowed by the tenant's own when the configuration gives it one, never wider."""
+        server = Policy.from_env()
+        own = self.policies.get(tenant)
+        return server if own is None else server.narrowed(own)
+
+    def _check(self, request: RunRequest, tenant: str) -> Compiled:
         env: Mapping[str, str] = os.environ if request.env is None else request.env
-        label, content = read_source(request, env)
+        policy = self.policy_for(tenant)
+        label, content = read_source(request, env, policy)
         return self.cache.check(
-            label, content, overrides=request.overrides, env=env, cwd=request.cwd, cache=request.cache
+            label,
+            content,
+            overrides=request.overrides,
+            env=env,
+            cwd=request.cwd,
+            cache=request.cache,
+            policy=policy,
         )
 
 
-def read_source(request: PipelineSource, env: Mapping[str, str]) -> tuple[str, bytes]:
+def read_source(request: PipelineSource, env: Mapping[str, str], policy: Policy) -> tuple[str, bytes]:
     """The pipeline a request names: its label (``-`` for text, else the path as given) and its bytes.
 
-    A ``path`` must lie under the server's allowed roots when its policy names any (``PolicyViolation``,
-    a 403); a file that cannot be read is refused as ``headrace validate`` refuses it (``ConfigError``)."""
+    A ``path`` must lie under ``policy``'s allowed roots when it names any (``PolicyViolation``, a 403); a
+    file that cannot be read is refused as ``headrace validate`` refuses it (``ConfigError``)."""
     if request.pipeline is not None:
         return "-", request.pipeline.encode("utf-8")
     assert request.path is not None
     where = os.path.join(request.cwd or os.getcwd(), request.path)
-    policy = Policy.from_env()
     if policy.roots is not None and (problem := policy.path_problem(where)) is not None:
         raise PolicyViolation(f"pipeline file {request.path}: {problem}")
     try:

@@ -19,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -27,13 +27,14 @@ from typing import Any
 import uvicorn
 
 from engine.audit import AuditLog
-from engine.errors import HeadraceError
+from engine.errors import ConfigError, HeadraceError
+from engine.policy import Policy
 from engine.runtime.engine import Engine
 from engine.service.app import create_app
 from engine.service.auth import LocalToken, ServiceTokens
 from engine.service.catalog import settle
 from engine.service.compile_cache import CompileCache
-from engine.service.config import ServiceConfig, load_service_config
+from engine.service.config import ServiceConfig, load_service_config, tenant_policy_problems
 from engine.service.discovery import (
     EngineInfo,
     discovery_path,
@@ -105,9 +106,12 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
     settings = load_service_config(options.config) if options.config else ServiceConfig()
     if settings.policy is not None:
         os.environ.update(settings.policy.policy().environ())  # the compile cache and workers read it
+    chosen = close_unless_loopback(options.host, os.environ)
+    if options.config and (problems := tenant_policy_problems(options.config, settings, Policy.from_env())):
+        raise ConfigError(problems)  # a tenant's policy may only narrow the server's
     sock = _bind(options.host, options.port)
     url = _url(options.host, sock.getsockname()[1], tls=options.tls_cert is not None)
-    if (chosen := close_unless_loopback(options.host, os.environ)) is not None:
+    if chosen is not None:
         announce(chosen)
     tokens = ServiceTokens(LocalToken(), TokenStore())
     app = create_app(None, tokens)
@@ -125,7 +129,7 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
     state: dict[str, Any] = {}
 
     def started() -> None:
-        runs = open_served_runs(engine, asyncio.get_running_loop())
+        runs = open_served_runs(engine, asyncio.get_running_loop(), settings.policies())
         runs.start_ticker()
         app.state.schedules = start_schedules(runs, settings.schedules, AuditLog())
         state["runs"] = app.state.runs = runs
@@ -167,17 +171,21 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
         announce("headrace engine stopped")
 
 
-def open_served_runs(engine: Engine, loop: asyncio.AbstractEventLoop) -> ServedRuns:
+def open_served_runs(
+    engine: Engine, loop: asyncio.AbstractEventLoop, policies: Mapping[str, Policy] | None = None
+) -> ServedRuns:
     """The runs of a service starting on ``loop``: its ledger (``service.db`` under ``$HEADRACE_HOME``),
     the runs store's records, and the runs an earlier process left unended settled (see
-    :mod:`engine.service.ledger`)."""
+    :mod:`engine.service.ledger`); ``policies``: the tenants' own policies (the configuration's)."""
     from engine.records import open_records
     from engine.runtime.graphs import ensure_store_folder, store_url
 
     url = store_url(None)
     ensure_store_folder(url)
     ledger = RunLedger(headrace_home() / LEDGER_FILE, server=f"{socket.gethostname()}:{os.getpid()}")
-    runs = ServedRuns(engine, CompileCache(), loop, ledger=ledger, records=open_records(url))
+    runs = ServedRuns(
+        engine, CompileCache(), loop, ledger=ledger, records=open_records(url), policies=policies
+    )
     settled = settle(runs, runs.records)
     if settled:
         _log.warning("%d run(s) accepted by an earlier server were left unended: settled", len(settled))
