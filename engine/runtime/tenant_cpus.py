@@ -16,8 +16,8 @@ only counted its own tasks could not see the other engines' tasks; Ray's schedul
 - **A reservation as well as a cap.** While the group exists its CPUs are held for the tenant even when
   it is idle: other tenants cannot use them. The group therefore lives only while an engine that declares
   the tenant's ``max_cpus`` is open: the first run that needs it creates it, and it is removed when the
-  last such engine closes (an engine whose driver died is noticed the next time any engine registers
-  that tenant's quota).
+  last such engine closes. An engine whose driver died is noticed by the ledger actor within seconds
+  (its registration token's owner is gone; the actor looks every few seconds) and its group removed.
 - **One owner.** The cluster's tenant ledger actor (:mod:`engine.runtime.tenants`) creates and removes
   every group, so two engines asking at once get the same group (actor calls run one at a time). Groups
   are created without ``lifetime="detached"``: they share the fate of that detached actor, so killing it

@@ -66,6 +66,8 @@ DEFAULT_TENANT = "default"
 LEDGER_NAME = "headrace-ledger"
 _READY_WAIT_S = 10.0  # then warn that the tenant's CPUs are busy, and let its tasks wait in the group
 _ALIVE_WAIT_S = 5.0
+_REAP_S = 3.0
+"""How often the ledger actor looks for engines whose driver died (their CPU groups are then removed)."""
 _log = get_logger("runtime")
 
 
@@ -288,10 +290,26 @@ class TenantLedgerActor:
         self._runs = RunAccounts(lambda tenant: LocalTenant(self._ledger, tenant))
         self._tokens: dict[str, Any] = {}
         self._groups: dict[str, tuple[float, Any]] = {}  # tenant -> (max_cpus, placement group)
+        self._reaper: threading.Thread | None = None
+
+    def reap(self) -> list[str]:
+        """Withdraw the declarations of engines whose driver died (their token's owner is gone), so a
+        crashed engine's placement group is removed within seconds, not when another engine registers
+        its tenant; returns the holders withdrawn. Asked every few seconds by the actor itself."""
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=_ask_to_reap, name="headrace-ledger-reaper", daemon=True)
+            self._reaper.start()
+        dead = [holder for holder in list(self._tokens) if not self._alive(holder)]
+        for holder in dead:
+            _log.warning("engine %s stopped without closing: its tenant quotas and CPUs are freed", holder)
+            self.unregister(holder)
+        return dead
 
     def register(self, holder: str, quotas: Mapping[str, TenantQuota], token: list[Any]) -> None:
         """Declare an engine's quotas (``token``: a one-item list holding its token, so it stays a
         reference); raises ``QuotaError`` when an open engine declares other terms."""
+        if self._reaper is None:
+            self.reap()  # starts the thread that asks for it every few seconds
         for tenant in quotas:
             for other in self._ledger.holders(tenant):
                 if other != holder and not self._alive(other):
@@ -429,6 +447,17 @@ class TenantLedgerActor:
         except ray.exceptions.ObjectLostError:  # OwnerDiedError: the engine's driver is gone
             return False
         return True
+
+
+def _ask_to_reap() -> None:
+    """Ask the ledger actor this thread runs in to reap dead engines, every ``_REAP_S`` seconds: the ask
+    is an actor call, so the reaping itself runs in the actor's own thread, one call at a time."""
+    import ray
+
+    me = ray.get_runtime_context().current_actor
+    while True:
+        time.sleep(_REAP_S)
+        me.reap.remote()
 
 
 @dataclass(frozen=True)

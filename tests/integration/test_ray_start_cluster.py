@@ -191,6 +191,34 @@ def test_a_run_uses_both_nodes_and_a_pool_larger_than_its_gateway_writes_every_r
     assert len(set(table["node_id"].to_pylist())) == 2  # each 1-CPU node ran splits
 
 
+def test_a_cpu_capped_tenant_uses_a_pool_that_needs_a_custom_resource(nodes: Nodes, tmp_path: Path) -> None:
+    """Point 3: the tenant's tasks go into its one-CPU placement group; the pool's actors, a cluster
+    service asking for ``llm_gateway``, are placed outside it, on the worker."""
+    path = _write(
+        tmp_path,
+        f"""  classify:
+    op: llm_classify
+    input: input
+    provider: offline
+    prompt: "{{{{ text }}}}"
+    labels: [a, b]
+    resources: {{custom: {{llm_gateway: 1}}}}
+  output: {{op: write_parquet, input: classify, path: {tmp_path / "out"}}}
+""",
+        rows=100,
+    )
+    quota = json.dumps({"max_cpus": 1})
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.integration.tenant_procs", "drive", nodes.address, str(path),
+         "capped", quota],
+        env=nodes.env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["status"] == "succeeded", outcome["error"]
+    assert sorted(pq.read_table(tmp_path / "out")["n"].to_pylist()) == list(range(100))
+
+
 def test_a_run_whose_only_node_for_its_work_dies_stops_naming_what_it_lacks(
     nodes: Nodes, tmp_path: Path
 ) -> None:
