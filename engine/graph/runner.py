@@ -162,6 +162,8 @@ class Runner:
         out.clear()
 
     def _stop_before(self) -> bool:
+        if not self.before:
+            return False
         hits = [
             t for t in self.tasks if t.node in self.before and not t.skip_before and t.id not in self.finished
         ]

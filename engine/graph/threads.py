@@ -93,8 +93,9 @@ class StoreRecorder:
 
 def pending_meta(plan: GraphPlan[Any], pending: list[Task], meta: dict) -> dict:
     # most steps have only plain tasks, fully described by `next`; keep those records small
-    if any(not t.plain or t.done for t in pending):
-        return {**meta, "pending": [t.to_json(plan) for t in pending]}
+    for t in pending:
+        if not t.plain or t.done:
+            return {**meta, "pending": [t.to_json(plan) for t in pending]}
     return meta
 
 

@@ -188,12 +188,24 @@ class SqliteStore(StoreCore):
         if status is not None and meta:
             check_json(meta, "meta")
         try:
-            with self._transaction():
-                inserted = self._db.executemany(_APPEND, rows).rowcount
-                if inserted != len(rows):
-                    raise _Retry
-                if status is not None:
-                    self._set_status(run_id, status, meta)
+            with self._lock:  # _transaction inlined: this is the runner's per-step path
+                self._check_open()
+                db = self._db
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    if len(rows) == 1:
+                        inserted = db.execute(_APPEND, rows[0]).rowcount
+                    else:
+                        inserted = db.executemany(_APPEND, rows).rowcount
+                    if inserted != len(rows):
+                        raise _Retry
+                    if status is not None:
+                        self._set_status(run_id, status, meta)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # also when COMMIT itself failed (busy, disk full)
+                        db.execute("ROLLBACK")
+                    raise
         except _Retry:
             super().append_many(records, status=status, meta=meta)  # rolled back; names the culprit
 
