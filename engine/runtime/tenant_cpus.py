@@ -6,7 +6,9 @@ use what the group holds. So every Ray task and actor of a capped tenant's runs 
 barrier actors, LLM pool actors, the run's ledger, planning tasks, heavy state-graph nodes, and with
 ``placement_group_capture_child_tasks`` whatever they start) goes into the tenant's group, and Ray never
 runs more than ``max_cpus`` of them at once, on any engine, whatever the cluster's size. A driver that
-only counted its own tasks could not see the other engines' tasks; Ray's scheduler sees them all.
+only counted its own tasks could not see the other engines' tasks; Ray's scheduler sees them all. A task
+waiting for an LLM pool keeps its CPU while it waits (:mod:`engine.runtime.llm.pool` waits without
+telling Ray it is blocked), so the cap bounds the work under way, not only the CPU reserved.
 
 - **Bundles.** ``{"CPU": 1}`` bundles adding up to ``max_cpus``, the fractional rest as a last smaller
   bundle (``2.5`` → 1, 1, 0.5), strategy ``PACK``. One-CPU bundles fit on any machine and let the group

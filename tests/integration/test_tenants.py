@@ -179,6 +179,29 @@ def test_an_llm_run_of_a_capped_tenant_finishes_with_its_actors_placed_in_the_gr
 
 
 @pytest.mark.usefixtures("ray_cluster")
+def test_a_tenant_capped_at_one_cpu_has_one_task_waiting_on_its_pool_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25, point 3: the cap bounds the tenant's work under way, not only the CPU it reserves. A task
+    waiting for its pool keeps its CPU, so a one-CPU tenant has one split's batch at the provider at a
+    time (a task that handed its CPU back let the next split's task start and send its batch too)."""
+    monkeypatch.setenv("HEADRACE_TEST_KEY", KEY)
+    write_rows(tmp_path / "rows.csv", 60)
+    tenants = {"cpu-waits": TenantQuota(max_cpus=1)}
+    with LLMServer(responder=label_responder, latency_s=0.3) as server, Engine(tenants=tenants) as engine:
+        path = pipeline(tmp_path, server, extra_top="defaults: {batch_rows: 5}")
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("rows.csv, column_types", "rows.csv, split_bytes: 600, column_types"))
+        handle = engine.submit(path, tenant="cpu-waits", cache=False)
+        summary = handle.result(timeout=180)
+        answered = [(r.received_at, r.responded_at) for r in server.requests if r.endpoint == "messages"]
+    assert handle.status() == "succeeded", summary.error
+    assert summary.nodes["output"].rows == 60 and len(answered) == 60
+    # one 5-row batch at a time: two tasks at once would have up to 10 rows in flight
+    assert _max_overlap(answered) <= 5, f"{_max_overlap(answered)} rows at the provider at once"
+
+
+@pytest.mark.usefixtures("ray_cluster")
 def test_a_node_larger_than_a_bundle_is_refused_before_the_run_starts(tmp_path: Path, numbers: Path) -> None:
     log = tmp_path / "spans.jsonl"
     path = _cpu_pipeline(tmp_path, numbers, "wide", log, "wide", num_cpus=2)

@@ -133,7 +133,7 @@ class PoolClient:
         director = self.director
         for attempt in range(_REDISPATCH + 1):
             try:
-                lease = ray.get(director.lease.remote(request))
+                lease = _answer(director.lease.remote(request))
             except ray.exceptions.RayActorError:  # the director was killed: the next caller restarts it
                 director = pool_director(self.name)
                 continue
@@ -143,7 +143,7 @@ class PoolClient:
                 )
             died = False
             try:
-                result: PoolResult = ray.get(lease.actor.process.remote(batch, ref, trace))
+                result: PoolResult = _answer(lease.actor.process.remote(batch, ref, trace))
                 return result
             except ray.exceptions.RayActorError as exc:
                 died = True
@@ -154,6 +154,15 @@ class PoolClient:
             finally:
                 director.release.remote(lease.id, died)
         raise TransientError(f"node '{batch.node}': the pool {self.name} could not be reached")
+
+
+def _answer(ref: Any) -> Any:
+    """The director's lease or the actor's answer. A task in a tenant's placement group (``max_cpus``)
+    waits for it holding its CPU: ``ray.get`` would hand the CPU back while it waits, and the group would
+    start another of the tenant's tasks in its place, so more than ``max_cpus`` would be under way."""
+    if ray.util.get_current_placement_group() is not None:
+        ref.future().result()  # a plain wait on a callback: Ray does not see the task as blocked
+    return ray.get(ref)
 
 
 def _lost(node: str, times: int, exc: BaseException) -> str:
