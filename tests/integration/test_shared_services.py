@@ -223,3 +223,20 @@ nodes:
     assert done.stdout.split("\n")[:2] == ["succeeded None", "succeeded None"], done.stdout
     for i in range(2):
         assert pq.read_table(tmp_path / f"out{i}").num_rows == 20
+
+
+def test_an_actor_no_node_can_hold_is_withdrawn_when_no_batch_waits_for_it_any_more() -> None:
+    """Issue 25, point 2: a pool actor asking for what no node has never answers; once its run ended (the
+    run-time watch failed it) the director does not leave it pending on the cluster for ever."""
+    director = _test_director("test-pool-unplaceable")
+    options = {"num_cpus": 0, "resources": {"no_such_gateway": 1}}
+    waiting = director.lease.remote(LeaseRequest("r", "t", 1.0, 10, 1, options))
+    deadline = time.monotonic() + 60
+    while ray.get(director.status.remote())["starting"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert ray.get(director.drop.remote("r")) == 1  # the run ended while its batch waited
+    assert ray.get(waiting, timeout=30) is None
+    status = ray.get(director.status.remote())
+    ray.kill(director)
+    assert status["starting"] == 0 and status["actors"] == 0  # withdrawn, not pending for ever

@@ -13,7 +13,8 @@ actor (the rows never pass through the director) and gives the lease back.
   gives its pool (``resources.concurrency``). An actor idle for ``HEADRACE_POOL_IDLE_S`` seconds (60) is
   retired.
 - **Alive and placed.** A new actor gets work only once it has answered (it is placed and running);
-  the director awaits that answer, it never blocks its event loop on Ray.
+  the director awaits that answer, it never blocks its event loop on Ray. An actor still not placed when
+  no batch waits any more (its run ended: no node could hold it) is withdrawn, not left pending.
   A task whose actor died mid-batch says so when it gives the lease back: the actor is dropped and the
   task sends the whole batch again to another (the dead actor's answers never reached the output).
 - **Cancelling frees the share at once.** When a run ends its waiting leases are dropped, its leased
@@ -218,6 +219,11 @@ class PoolDirector:
                 if actor is not None:
                     actor.leases.discard(lease_id)
                     actor.handle.cancel_run.remote(run_id)
+        if not len(self._queue):
+            # nothing waits: an actor still not placed (no node can hold it now) is withdrawn instead of
+            # staying pending for ever; the next batch to wait starts another
+            for actor_id in [i for i, a in self._actors.items() if not a.ready]:
+                self._forget(actor_id, kill=True)
         self._deal()
         return len(dropped)
 
@@ -287,7 +293,8 @@ class PoolDirector:
         try:
             _, holder = await handle.ready.remote()
         except Exception as exc:  # it could not start: leases keep waiting for others
-            _log.warning("pool %s: an actor failed to start: %s", self.name, exc)
+            if actor_id in self._actors:  # not withdrawn on purpose (see drop)
+                _log.warning("pool %s: an actor failed to start: %s", self.name, exc)
             self._forget(actor_id, kill=True)
         else:
             actor = self._actors.get(actor_id)
