@@ -144,6 +144,7 @@ class BudgetLease:
     """Calls taken from the lease since it was last refilled (for the sizer)."""
     refilled_at: float = 0.0
     used_at: float = 0.0
+    reported_at: float = 0.0
     exact: bool = False
     """The ledger granted one call at a time (the last of a budget): each call's leftover is given back
     as soon as it settles, so that other holders' calls are not kept waiting for it."""
@@ -177,9 +178,10 @@ class BudgetLease:
         """No call holds any of it."""
         return self.in_flight == Charge() or fits(self.in_flight, Charge())
 
-    def report(self, give_back: bool, rows: int = 0) -> LeaseReport:
+    def report(self, give_back: bool, rows: int = 0, now: float = 0.0) -> LeaseReport:
         """The report to send (its spend, and the unused part when ``give_back``); the lease is changed
         as if the ledger had taken it."""
+        self.reported_at = now
         unused = positive(self.free) if give_back else Charge()
         report = LeaseReport(plus(self.spent, unused), self.spent, self.answered, self.failed, rows)
         self.granted = minus(self.granted, report.release)

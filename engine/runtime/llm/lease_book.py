@@ -43,7 +43,10 @@ _REFILLS = 8
 """Round trips one call may make for a block that covers it (more only when calls settling meanwhile
 keep costing more than they reserved)."""
 _SWEEP_S = 0.25
-"""How often spend is reported while calls go on, and idle leases looked for."""
+"""How often idle leases are looked for."""
+_REPORT_S = 1.0
+"""Spend not reported for this long is reported while calls go on (progress; batches report theirs as
+they end)."""
 _log = get_logger("runtime")
 
 
@@ -53,6 +56,9 @@ class _Budget:
     lease: BudgetLease
     sizer: BlockSizer
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stopped: BudgetExceeded | None = None
+    """The ledger's refusal: a run's budget stop is final, so later calls are refused here, without a
+    round trip each."""
 
 
 @dataclass
@@ -94,6 +100,8 @@ class LeaseBook:
             return True
         async with entry.lock:
             for _ in range(_REFILLS):
+                if entry.stopped is not None:
+                    raise BudgetExceeded(str(entry.stopped), scope=entry.stopped.scope)
                 now = self._clock()
                 if entry.lease.take(charge, now):
                     return True
@@ -108,15 +116,19 @@ class LeaseBook:
         """One round trip: report, give back the unused part, lease a new block (False: wait)."""
         lease = entry.lease
         calls = entry.sizer.next(lease.calls, now - lease.refilled_at)
-        report = lease.report(give_back=True)
+        report = lease.report(give_back=True, now=now)
         # calls that cost more than their estimate left the lease short: the grant covers that too
         # (calls settling while this round trip is out may add more: the caller then asks again)
         debt = positive(minus(Charge(), lease.free))
         need = plus(charge, debt)
         need = Charge(need.cost_usd, need.input_tokens, need.output_tokens, floor_usd=charge.least_usd)
-        granted = await _remote(
-            entry.ledger.exchange.remote(key[0], key[1], key[2], self.holder, report, calls, need)
-        )
+        try:
+            granted = await _remote(
+                entry.ledger.exchange.remote(key[0], key[1], key[2], self.holder, report, calls, need)
+            )
+        except BudgetExceeded as exc:
+            entry.stopped = exc
+            raise
         if granted is None:
             return False
         lease.granted, lease.calls, lease.refilled_at = plus(lease.granted, granted), 0, self._clock()
@@ -144,7 +156,7 @@ class LeaseBook:
             if rows:
                 await _remote(ledger.exchange.remote(*key, self.holder, LeaseReport(rows=rows)))
             return
-        report = entry.lease.report(give_back=give_back, rows=rows)
+        report = entry.lease.report(give_back=give_back, rows=rows, now=self._clock())
         await _remote(entry.ledger.exchange.remote(*key, self.holder, report))
 
     # -- rate limits -----------------------------------------------------------------------------------
@@ -202,8 +214,9 @@ class LeaseBook:
             idle = entry.lease.idle and now - entry.lease.used_at >= LEASE_IDLE_S
             if idle:
                 del self._budgets[key]
-            if entry.lease.unreported or (idle and entry.lease.granted != Charge()):
-                report = entry.lease.report(give_back=idle)
+            due = entry.lease.unreported and now - entry.lease.reported_at >= _REPORT_S
+            if due or (idle and (entry.lease.unreported or entry.lease.granted != Charge())):
+                report = entry.lease.report(give_back=idle, now=now)
                 with contextlib.suppress(BudgetExceeded):
                     await _remote(entry.ledger.exchange.remote(*key, self.holder, report))
         for name, rate in list(self._rates.items()):
