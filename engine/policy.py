@@ -21,8 +21,8 @@ file. There are two named policies:
                                ``call``, plugin entry points), comma-separated (``mycompany.etl,tests``);
                                open: unset means any
 
-A run carries its policy: the service compiles each run under its tenant's policy (the server's narrowed
-by the tenant's, :meth:`Policy.narrowed`), the compiled plan holds it, and the runtime puts it in force
+A run carries its policy: the service compiles each run under its tenant's policy (the server's widened
+by the tenant's, :meth:`Policy.widened`), the compiled plan holds it, and the runtime puts it in force
 (:meth:`Policy.active`) around the run in the driver and around each task in a worker, so every later
 check (a folder expanded, code imported in a worker) judges by the run's policy, not by the environment
 of the process it happens in. Outside a run, :func:`active_policy` is the environment's.
@@ -141,26 +141,16 @@ class Policy:
 
         return policy_from_mapping(data, document=document, at=at)
 
-    def narrowed(self, other: Policy) -> Policy:
-        """What both ``self`` and ``other`` allow: a tenant's policy applied to the server's can only take
-        away (roots inside both, schemes in both, modules inside both; closed if either is)."""
+    def widened(self, other: Policy) -> Policy:
+        """What ``self`` or ``other`` allows: a tenant's policy applied to the server's adds to it (roots,
+        schemes and modules of either; anywhere or any module if either is unrestricted; closed only if
+        both are). Safe because both come from the operator's own configuration, never from a request."""
         return Policy(
-            roots=_meet(self.roots, other.roots, "/"),
-            schemes=self.schemes & other.schemes,
-            modules=_meet(self.modules, other.modules, "."),
-            name="closed" if "closed" in (self.name, other.name) else "open",
+            roots=_join(self.roots, other.roots, "/"),
+            schemes=self.schemes | other.schemes,
+            modules=_join(self.modules, other.modules, "."),
+            name="closed" if self.name == other.name == "closed" else "open",
         )
-
-    def beyond(self, other: Policy) -> list[tuple[str, str]]:
-        """What ``other`` lists that ``self`` does not allow, as (field, value): a tenant's policy naming
-        them would try to widen the server's (:meth:`narrowed` drops them)."""
-        out: list[tuple[str, str]] = []
-        if self.roots is not None:
-            out += [("roots", r) for r in other.roots or () if not _within(r, self.roots, "/")]
-        out += [("schemes", s) for s in sorted(other.schemes) if s not in self.schemes]
-        if self.modules is not None:
-            out += [("modules", m) for m in other.modules or () if not _within(m, self.modules, ".")]
-        return out
 
     @contextmanager
     def active(self) -> Iterator[Policy]:
@@ -244,12 +234,13 @@ def _within(item: str, prefixes: Iterable[str], sep: str) -> bool:
     return any(item == p or item.startswith(p.rstrip(sep) + sep) for p in prefixes)
 
 
-def _meet(mine: tuple[str, ...] | None, theirs: tuple[str, ...] | None, sep: str) -> tuple[str, ...] | None:
-    """The prefixes (folders, URL prefixes, module names) inside both lists; None stands for anything."""
+def _join(mine: tuple[str, ...] | None, theirs: tuple[str, ...] | None, sep: str) -> tuple[str, ...] | None:
+    """The prefixes (folders, URL prefixes, module names) of either list, each once and none inside
+    another; None stands for anything, so it wins."""
     if mine is None or theirs is None:
-        return theirs if mine is None else mine
-    kept = {a for a in mine if _within(a, theirs, sep)} | {b for b in theirs if _within(b, mine, sep)}
-    return tuple(sorted(kept))
+        return None
+    both = set(mine) | set(theirs)
+    return tuple(sorted(p for p in both if not _within(p, both - {p}, sep)))
 
 
 def _root(given: str | os.PathLike[str]) -> str:

@@ -1,5 +1,5 @@
 """``/v1/validate`` and ``/v1/estimate``: what ``headrace validate`` and ``headrace estimate`` say of a
-pipeline, over HTTP, under the policy of the tenant it is checked for (the server's, narrowed by the
+pipeline, over HTTP, under the policy of the tenant it is checked for (the server's, widened by the
 tenant's). Both read files on the server (the pipeline, an estimate's data sample), so they need an
 operator's token; neither starts a run or changes anything.
 """

@@ -9,7 +9,7 @@ gives them the same values; any change to the file's bytes (the format has no in
 one file) makes a new key, so a changed file is compiled afresh. Refusals are cached too: an invalid
 file is answered from the cache until it changes.
 
-The policy is the server's, never the request's: the caller gives it (the server's environment's, narrowed
+The policy is the server's, never the request's: the caller gives it (the server's environment's, widened
 by the tenant's), and ``HEADRACE_POLICY`` and ``HEADRACE_ALLOWED_*`` are never read from the values a
 client sends for its references.
 """

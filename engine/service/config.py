@@ -9,7 +9,7 @@ at its line and column, as pipelines are.
       modules: [mycompany.etl]
     tenants:
       team-a:
-        policy:                     # narrows the server's for this tenant's runs (never widens it)
+        policy:                     # added to the server's for this tenant's runs only
           roots: [/data/team-a]
         quota:                      # engine.runtime.tenants.TenantQuota
           max_concurrent_runs: 4
@@ -23,11 +23,13 @@ at its line and column, as pipelines are.
       - {name: nightly, tenant: team-a, path: /data/nightly.yaml, cron: "0 2 * * *", catch_up: last}
 
 The quotas become the engine's tenants; the policy becomes the server's ``HEADRACE_POLICY`` and
-``HEADRACE_ALLOWED_*``. A tenant's ``policy`` (closed unless it says ``name: open``) applies on top of the
-server's: a run of the tenant may touch only what both allow (:meth:`engine.policy.Policy.narrowed`), it
-is compiled under that policy and carries it to its workers. A tenant's policy naming a root, scheme or
-module the server's does not allow is an error at its line (:func:`tenant_policy_problems`): a tenant's
-policy can narrow the server's, never widen it.
+``HEADRACE_ALLOWED_*``. A tenant's ``policy`` (closed unless it says ``name: open``) widens the server's
+for that tenant's runs only: a run of the tenant may touch what either allows
+(:meth:`engine.policy.Policy.widened`), it is compiled under that policy and carries it to its workers.
+So the server's policy holds what every tenant shares (closed, or a few shared roots), each tenant's what
+is its own, and a tenant cannot touch what only another tenant's policy allows; a tenant without a
+policy gets the server's. Widening is safe because the tenants' policies are the operator's, written in
+this file; nothing a client sends can change them.
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ class TenantSettings(BaseModel):
     )
     policy: PolicySettings | None = Field(
         None,
-        description="What the tenant's runs may touch, within the server's policy (closed by default: only "
-        "the roots, schemes and modules listed; it can narrow the server's, never widen it). Default: the "
-        "server's policy.",
+        description="What the tenant's runs may touch besides what the server's policy allows (closed by "
+        "default: only the roots, schemes and modules listed; other tenants' runs do not get it). Default: "
+        "the server's policy only.",
     )
 
 
@@ -89,51 +91,8 @@ class ServiceConfig(BaseModel):
         return {name: t.quota for name, t in self.tenants.items() if t.quota is not None}
 
     def policies(self) -> dict[str, Policy]:
-        """The tenants' own policies (each applied on top of the server's when one of its runs is checked)."""
+        """The tenants' own policies (each widens the server's when one of its runs is checked)."""
         return {name: t.policy.policy() for name, t in self.tenants.items() if t.policy is not None}
-
-
-def tenant_policy_problems(path: str, settings: ServiceConfig, server: Policy) -> list[Diagnostic]:
-    """Each root, scheme or module a tenant's policy in the file ``path`` lists that the ``server``'s
-    policy does not allow (it would widen the server's), located at its line and column."""
-    from engine.spec.document import read_document
-
-    problems: list[Diagnostic] = []
-    doc: Document | None = None
-    for name, tenant in settings.tenants.items():
-        if tenant.policy is None:
-            continue
-        for field, value in server.beyond(tenant.policy.policy()):
-            if field == "schemes" and tenant.policy.schemes is None and tenant.policy.name == "open":
-                continue  # an open policy's default schemes narrow nothing: they are not a widening
-            doc = doc or read_document(path)
-            written = getattr(tenant.policy, field) or []
-            at: JsonPath = ("tenants", name, "policy")
-            index = _index_of(written, value, field)
-            at = (*at, field, index) if index is not None else (*at, "roots" if field == "schemes" else field)
-            span = doc.source_map.locate(at, prefer="value")
-            allowed = {"roots": server.roots, "schemes": sorted(server.schemes), "modules": server.modules}
-            message = (
-                f"tenant '{name}': {field[:-1]} {value!r} is not allowed by the server's {server.name} "
-                f"policy (its {field}: {list(allowed[field] or ())}); a tenant's policy can narrow the "
-                "server's, never widen it"
-            )
-            problems.append(
-                Diagnostic(
-                    doc.path, span.line, span.col, message, code="service_config", json_path=format_path(at)
-                )
-            )
-    return problems
-
-
-def _index_of(written: list[str], value: str, field: str) -> int | None:
-    """Where ``value`` (as the policy holds it: a root resolved, a scheme lower-cased) was written."""
-    for i, text in enumerate(written):
-        if field == "roots" and Policy.closed(roots=[text]).roots == (value,):
-            return i
-        if field != "roots" and text.strip().lower() == value.lower():
-            return i
-    return None
 
 
 def load_service_config(path: str, content: bytes | str | None = None) -> ServiceConfig:

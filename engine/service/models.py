@@ -38,7 +38,7 @@ class PipelineSource(BaseModel):
     )
     tenant: str | None = Field(
         None,
-        description="The tenant the pipeline is checked under (its policy: the server's narrowed by the "
+        description="The tenant the pipeline is checked under (its policy: the server's widened by the "
         "tenant's own) and a run admitted and accounted under (one of the token's); default: the token's "
         "only tenant, else `default`.",
     )

@@ -174,10 +174,10 @@ class ServedRuns:
 
     def policy_for(self, tenant: str) -> Policy:
         """The policy ``tenant``'s pipelines are checked and run under: the server's (its environment's,
-        read now) narrowed by the tenant's own when the configuration gives it one, never wider."""
+        read now) widened by the tenant's own when the configuration gives it one (never another's)."""
         server = Policy.from_env()
         own = self.policies.get(tenant)
-        return server if own is None else server.narrowed(own)
+        return server if own is None else server.widened(own)
 
     def _check(self, request: RunRequest, tenant: str) -> Compiled:
         env: Mapping[str, str] = os.environ if request.env is None else request.env

@@ -27,14 +27,14 @@ from typing import Any
 import uvicorn
 
 from engine.audit import AuditLog
-from engine.errors import ConfigError, HeadraceError
+from engine.errors import HeadraceError
 from engine.policy import Policy
 from engine.runtime.engine import Engine
 from engine.service.app import create_app
 from engine.service.auth import LocalToken, ServiceTokens
 from engine.service.catalog import settle
 from engine.service.compile_cache import CompileCache
-from engine.service.config import ServiceConfig, load_service_config, tenant_policy_problems
+from engine.service.config import ServiceConfig, load_service_config
 from engine.service.discovery import (
     EngineInfo,
     discovery_path,
@@ -107,8 +107,6 @@ def serve(options: ServeOptions, *, announce: Any = print) -> None:
     if settings.policy is not None:
         os.environ.update(settings.policy.policy().environ())  # the compile cache and workers read it
     chosen = close_unless_loopback(options.host, os.environ)
-    if options.config and (problems := tenant_policy_problems(options.config, settings, Policy.from_env())):
-        raise ConfigError(problems)  # a tenant's policy may only narrow the server's
     sock = _bind(options.host, options.port)
     url = _url(options.host, sock.getsockname()[1], tls=options.tls_cert is not None)
     if chosen is not None:

@@ -1,10 +1,9 @@
 """Per-tenant policy on Ray: a dataflow run submitted over the service's HTTP API carries its tenant's
-policy to the driver's split planning and to its Ray workers, which judge by it rather than by the
-server's environment (that allows more)."""
+policy (the server's widened by the tenant's own) to the driver's split planning and to its Ray workers,
+which judge by it rather than by the server's environment (closed, allowing none of it)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -37,10 +36,13 @@ def test_a_tenants_policy_is_what_its_ray_workers_and_split_planning_judge_by(
     (a / "linked" / "rows.csv").symlink_to(b / "secret.csv")  # a's folder, b's data
     monkeypatch.setenv("HEADRACE_HOME", str(home))
     monkeypatch.delenv("HEADRACE_CHECKPOINTS", raising=False)
-    monkeypatch.setenv("HEADRACE_POLICY", "closed")  # the server (and its local workers): a, b and tests
-    monkeypatch.setenv("HEADRACE_ALLOWED_ROOTS", os.pathsep.join([str(a), str(b)]))
-    monkeypatch.setenv("HEADRACE_ALLOWED_MODULES", "tests")
-    policies = {"team-a": Policy.closed(roots=[a], modules=["tests.integration.policy_udfs"])}
+    monkeypatch.setenv("HEADRACE_POLICY", "closed")  # the server (and its local workers): nothing at all
+    monkeypatch.delenv("HEADRACE_ALLOWED_ROOTS", raising=False)
+    monkeypatch.delenv("HEADRACE_ALLOWED_MODULES", raising=False)
+    policies = {
+        "team-a": Policy.closed(roots=[a], modules=["tests.integration.policy_udfs"]),
+        "team-b": Policy.closed(roots=[b], modules=["tests"]),  # b and the code a's re-export names
+    }
     with live_service(home, policies=policies) as svc:
         client = svc.client(svc.token("operator", "team-a"))
 
@@ -49,16 +51,17 @@ def test_a_tenants_policy_is_what_its_ray_workers_and_split_planning_judge_by(
             assert sent.status_code == 201, sent.text
             return wait_status(client, sent.json()["run_id"], "succeeded", "failed", timeout=180)
 
+        # the server's policy alone refuses a's folder and code: team-a's widens it, in the workers too
         ok = run(a / "in", "ok", "same")
         assert ok["status"] == "succeeded", ok
         assert ok["summary"]["nodes"]["output"]["rows"] == 2
         # in a Ray worker: the name is in team-a's module, the code is defined in tests.integration.udfs
-        # (allowed by the server's environment, not by team-a's policy)
+        # (allowed by team-b's policy, not by team-a's)
         worker = run(a / "in", "worker", "reexported")
         assert worker["status"] == "failed", worker
         assert "defined in 'tests.integration.udfs'" in worker["summary"]["error"]
         assert not list((a / "out" / "worker").glob("*.parquet"))
-        # when splits are planned: a's folder holds a link to b's file (the server allows b, team-a not)
+        # at split planning: a's folder holds a link to b's file (team-b's policy allows b, not team-a's)
         linked = run(a / "linked", "linked", "same")
         assert linked["status"] == "failed", linked
         assert f"really {b / 'secret.csv'}" in linked["summary"]["error"]
