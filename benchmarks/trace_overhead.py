@@ -69,7 +69,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp())
     os.environ["HEADRACE_OUT"] = str(folder / "qs")
     os.environ["HEADRACE_TRACE_FILE"] = str(folder / "spans.jsonl")
-    ray.init(num_cpus=2, object_store_memory=512 * 1024 * 1024, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=512 * 1024 * 1024, include_dashboard=False)
     pipelines = {
         "quickstart": ROOT / "configs" / "examples" / "quickstart.yaml",
         "csv-100k": csv_pipeline(folder, 100_000),

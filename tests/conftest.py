@@ -13,6 +13,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # this session, never the user's home (a stale cached answer would hide a request a test counts).
     # Ray workers started later inherit these from this process.
     home = tempfile.mkdtemp(prefix="headrace-tests-")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Each pytest-xdist worker (a lane, see below) gets a home of its own: runs listed, audited and
+        # cached by one lane's tests must not show up in the other's.
+        os.environ["HEADRACE_HOME"] = home
+        os.environ["HEADRACE_CACHE_DIR"] = os.path.join(home, "cache")
     os.environ.setdefault("HEADRACE_HOME", home)
     os.environ.setdefault("HEADRACE_CACHE_DIR", os.path.join(home, "cache"))
     os.environ.pop("HEADRACE_AUDIT_LOG", None)
@@ -24,13 +29,21 @@ def pytest_configure(config: pytest.Config) -> None:
 _INTEGRATION = os.path.join("tests", "integration") + os.sep
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test under tests/integration, and any test that asks for the ``ray_cluster`` fixture, carries
-    the ``integration`` marker, so ``pytest -m "not integration"`` is the fast subset without Ray."""
+    the ``integration`` marker, so ``pytest -m "not integration"`` is the fast subset without Ray.
+
+    Lanes for pytest-xdist (``-n 2 --dist loadgroup``, the README's test command): the tests on the
+    session's shared Ray (the ``ray_cluster`` fixture) form one group, run one after another in one
+    worker on its one Ray; every other test is grouped by its module, so a module's fixtures are made
+    once, and the modules (those starting Ray processes of their own included) fill the other worker.
+    xdist hands out the largest group first: the Ray lane starts at once."""
     for item in items:
-        under = _INTEGRATION in str(item.path)
-        if under or "ray_cluster" in getattr(item, "fixturenames", ()):
+        on_session_ray = "ray_cluster" in getattr(item, "fixturenames", ())
+        if on_session_ray or _INTEGRATION in str(item.path):
             item.add_marker(pytest.mark.integration)
+        item.add_marker(pytest.mark.xdist_group("ray" if on_session_ray else item.nodeid.split("::")[0]))
 
 
 _NO_RAY = "127.0.0.1:9"

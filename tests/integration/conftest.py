@@ -23,6 +23,9 @@ def ray_cluster() -> Iterator[None]:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), previous) if p)
         try:
             ray.init(
+                # "local": always a new instance; without it ray.init joins a cluster that a test in the
+                # other xdist lane started with `ray start` or ray.cluster_utils (and refuses num_cpus)
+                address="local",
                 num_cpus=2,
                 object_store_memory=512 * 1024 * 1024,
                 include_dashboard=False,
