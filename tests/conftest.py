@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import pytest
 
@@ -29,21 +30,40 @@ def pytest_configure(config: pytest.Config) -> None:
 _INTEGRATION = os.path.join("tests", "integration") + os.sep
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test under tests/integration, and any test that asks for the ``ray_cluster`` fixture, carries
-    the ``integration`` marker, so ``pytest -m "not integration"`` is the fast subset without Ray.
-
-    Lanes for pytest-xdist (``-n 2 --dist loadgroup``, the README's test command): the tests on the
-    session's shared Ray (the ``ray_cluster`` fixture) form one group, run one after another in one
-    worker on its one Ray; every other test is grouped by its module, so a module's fixtures are made
-    once, and the modules (those starting Ray processes of their own included) fill the other worker.
-    xdist hands out the largest group first: the Ray lane starts at once."""
+    the ``integration`` marker, so ``pytest -m "not integration"`` is the fast subset without Ray."""
     for item in items:
-        on_session_ray = "ray_cluster" in getattr(item, "fixturenames", ())
-        if on_session_ray or _INTEGRATION in str(item.path):
+        under = _INTEGRATION in str(item.path)
+        if under or "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
-        item.add_marker(pytest.mark.xdist_group("ray" if on_session_ray else item.nodeid.split("::")[0]))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Two lanes for ``-n 2 --dist loadscope`` (the README's test command): every module that uses the
+    session's shared Ray (the ``ray_cluster`` fixture) is one work unit, run one after another in one
+    worker on its one Ray, as without xdist; every other module is a unit of its own (those starting
+    Ray processes of their own included) and fills the other worker. xdist hands out the largest unit
+    first, so the Ray lane starts at once. (Scopes are decided here, from the module's source, because
+    ``--dist loadgroup`` does not group under pytest 9: it renames node ids, which pytest 9 ignores.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = config.rootpath
+    on_session_ray = {
+        str(path.relative_to(root)).replace(os.sep, "/")
+        for path in (root / "tests").rglob("test_*.py")
+        if "ray_cluster" in path.read_text(encoding="utf-8", errors="replace")
+    }
+
+    class Lanes(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "session-ray" if module in on_session_ray else module
+
+    return Lanes(config, log)
 
 
 _NO_RAY = "127.0.0.1:9"

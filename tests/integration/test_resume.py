@@ -32,8 +32,13 @@ def _source(path: Path, rows: int) -> list[tuple[str, str]]:
     return data
 
 
-def _pipeline(tmp_path: Path, src: Path, seconds: float) -> Path:
+def _pipeline(tmp_path: Path, src: Path, seconds: float, hold: Path | None = None) -> Path:
+    """``src`` through a pause of ``seconds`` a batch (or, with ``hold``, rows from id 1000 on wait
+    while that file exists) into a Parquet folder."""
     path = tmp_path / "pipe.yaml"
+    fn, kwargs = "slow", f"{{seconds: {seconds}}}"
+    if hold is not None:
+        fn, kwargs = "hold_while", f"{{marker: '{hold}', from_id: 1000}}"
     path.write_text(
         f"""version: 1
 name: resumable
@@ -47,8 +52,8 @@ nodes:
   pause:
     op: map_batches
     input: input
-    fn: tests.integration.udfs:slow
-    kwargs: {{seconds: {seconds}}}
+    fn: tests.integration.udfs:{fn}
+    kwargs: {kwargs}
   output: {{op: write_parquet, input: pause, path: {tmp_path / "out"}}}
 """,
         encoding="utf-8",
@@ -105,7 +110,9 @@ def test_resume_refuses_another_run_or_a_changed_pipeline(tmp_path: Path) -> Non
 def test_kill_9_mid_run_then_resume_gives_exactly_the_rows_of_a_clean_run(tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
     data = _source(src, 3_000)
-    path = _pipeline(tmp_path, src, 0.3)
+    hold = tmp_path / "hold"
+    hold.touch()  # rows past id 1000 wait while it exists: the run is mid-way when it is killed
+    path = _pipeline(tmp_path, src, 0.0, hold=hold)
     out = tmp_path / "out"
     cmd = [*HEADRACE, "run", str(path), "--json"]
     env = {**os.environ, "HEADRACE_OBJECT_STORE_BYTES": str(256 * 1024 * 1024), "PYTHONPATH": str(ROOT)}
@@ -132,6 +139,7 @@ def test_kill_9_mid_run_then_resume_gives_exactly_the_rows_of_a_clean_run(tmp_pa
         for proc in ray_processes:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
+    hold.unlink()
     assert not (out / "_manifest.json").exists()
     committed_before = len(list(out.glob("part-*.parquet")))
     resumed = subprocess.run(
@@ -151,10 +159,8 @@ def test_a_run_past_max_seconds_stops_keeping_its_parts_and_resumes_to_the_exact
     data = _source(src, 3_000)
     marker = tmp_path / "hold"
     marker.touch()  # splits past the first wait while it exists, so the time limit always falls mid-run
-    path = _pipeline(tmp_path, src, 0.0)
-    text = path.read_text().replace("name: resumable", "name: resumable\nbudget: {max_seconds: 10}")
-    text = text.replace("fn: tests.integration.udfs:slow", "fn: tests.integration.udfs:hold_while")
-    limited = text.replace("kwargs: {seconds: 0.0}", f"kwargs: {{marker: '{marker}', from_id: 1000}}")
+    path = _pipeline(tmp_path, src, 0.0, hold=marker)
+    limited = path.read_text().replace("name: resumable", "name: resumable\nbudget: {max_seconds: 10}")
     path.write_text(limited)
     first = run_checked(check_file(str(path)), progress=False)
     assert first.status == "budget_exceeded" and first.exit_code == 4

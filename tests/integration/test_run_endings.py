@@ -237,7 +237,9 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_then_resume_gives_the_exact_rows(tmp
 def test_a_driver_killed_9_is_found_died_by_runs_list_show_and_resume(tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
     data = _source(src, 3_000)
-    path = _pipeline(tmp_path, src, 0.3)
+    hold = tmp_path / "hold"
+    hold.touch()  # rows past id 1000 wait while it exists: the run is mid-way when it is killed
+    path = _pipeline(tmp_path, src, 0.0, hold=hold)
     out = tmp_path / "out"
     driver = _start(tmp_path, path, "--run-id", "run-died")
     ray_processes: list[psutil.Process] = []
@@ -250,6 +252,7 @@ def test_a_driver_killed_9_is_found_died_by_runs_list_show_and_resume(tmp_path: 
         for proc in ray_processes:  # the driver's own local Ray outlives a SIGKILL
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
+        hold.unlink()
     listed = json.loads(run_headrace("runs", "list", "--status", "died", "--json").stdout)
     assert "run-died" in [r["run_id"] for r in listed]
     shown = run_headrace("runs", "show", "run-died")
