@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,18 @@ from benchmarks.__main__ import main
 from benchmarks.session import FAMILIES
 from benchmarks.summary import SUMMARY_JSON, SUMMARY_MD
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_ray() -> Iterator[None]:
+    """One local Ray for the module, which every family of every tiny session reuses: its own, not the
+    suite's shared one, so the module runs beside the tests on that one (or reuses it if it is up)."""
+    from benchmarks.harness import ray_running
+
+    with ray_running(num_cpus=2):
+        yield
+
 
 SYSTEM_KEYS = {
     "repeats",

@@ -257,7 +257,8 @@ nodes:
         run_file(path)
     (diag,) = err.value.diagnostics
     assert (diag.line, diag.col) == (9, 27)
-    assert "needs 64 CPU per task; the cluster has 2" in diag.message
+    assert "node 'output' needs, per task, 64 CPU; no node has 64 CPU" in diag.message
+    assert "1 node: {2 CPU" in diag.message  # what the nodes have, node by node
 
 
 def test_an_llm_node_without_provider_or_price_is_refused_at_its_line(tmp_path: Path) -> None:

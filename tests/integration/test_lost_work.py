@@ -57,7 +57,14 @@ nodes:
 def test_a_batch_whose_pool_actor_keeps_dying_fails_naming_the_loss_after_its_retries() -> None:
     options = {"max_concurrency": 10_000, "scheduling_strategy": "DEFAULT", "num_cpus": 0}
     director = ray.remote(PoolDirector).options(**options).remote("test-dying-pool", DyingPoolWorker)
-    fields: dict[str, Any] = {"spec": None, "params": {}, "settings": None, "ledger": None, "limiter": None}
+    fields: dict[str, Any] = {
+        "spec": None,
+        "params": {},
+        "settings": None,
+        "ledger": None,
+        "limiter": None,
+        "epoch": 0,
+    }
     batch = PoolBatch(run_id="r", node="classify", **fields)
     client = PoolClient("test-dying-pool", batch, director)
     try:
