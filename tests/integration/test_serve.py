@@ -137,6 +137,11 @@ nodes:
     return path
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _wait_status(served: Served, run_id: str, want: str, timeout: float = 240) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -243,16 +248,21 @@ def test_ctrl_c_cancels_the_run_on_the_engine_and_resume_finishes_it(served: Ser
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl-C as a terminal delivers it: with SIGINT's default disposition, whatever the test runner's
+        # worker process inherited (the client ignored it in two full two-lane runs, never alone)
+        preexec_fn=_sigint_default,
     )
     try:
         _wait_status(served, "held-1", "running")
         time.sleep(1.0)  # into the run's loop
         client.send_signal(signal.SIGINT)
+        sent = time.monotonic()
         out, err = client.communicate(timeout=180)
+        elapsed = time.monotonic() - sent
     finally:
         if client.poll() is None:
             client.kill()
-    assert client.returncode == 130, err
+    assert client.returncode == 130, (err, out[-500:], signal.getsignal(signal.SIGINT), elapsed)
     summary = json.loads(out)
     assert summary["status"] == "cancelled" and summary["run_id"] == "held-1"
     assert _wait_status(served, "held-1", "cancelled")["exit_code"] == 130
